@@ -1,0 +1,42 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+# Both set up everything they use: Debian tools (ffmpeg, exiftool, espeak-ng) when missing,
+# a virtual environment in .venv, and the Python packages.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+SYSTEM_TOOLS := ffmpeg ffprobe exiftool espeak-ng
+
+.PHONY: demo test lint typecheck system-tools setup clean
+
+system-tools:
+	@missing=""; for tool in $(SYSTEM_TOOLS); do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing system tools:$$missing"; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
+			ffmpeg libimage-exiftool-perl espeak-ng >/dev/null; \
+	fi
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+setup: system-tools $(STAMP)
+
+demo: setup
+	$(BIN)/qarina --data qarina-data demo
+
+lint: setup
+	$(BIN)/ruff check workers models evidence pipelines tests
+	$(BIN)/mypy workers models evidence pipelines
+
+test: lint
+	$(BIN)/python -m pytest -q -ra
+
+clean:
+	rm -rf $(VENV) qarina-data .mypy_cache .ruff_cache .pytest_cache

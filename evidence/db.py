@@ -1,0 +1,93 @@
+"""Engines for the two backends and the migration that brings a database to the current schema.
+
+SQLite is the embedded default: WAL so readers never block the writer, `BEGIN IMMEDIATE` so a
+writing transaction takes the write lock up front instead of failing half-way with SQLITE_BUSY,
+and `synchronous=FULL` because a committed result must survive a power cut, not just a crash.
+PostgreSQL is the store at scale; leasing there uses `FOR UPDATE SKIP LOCKED`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config as AlembicConfig
+
+_MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def utc_now() -> dt.datetime:
+    """The one clock of the store: timezone-aware UTC."""
+    return dt.datetime.now(dt.UTC)
+
+
+def as_utc(value: dt.datetime) -> dt.datetime:
+    """Read-back timestamps as aware UTC (SQLite returns them naive)."""
+    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
+@dataclass(frozen=True)
+class Database:
+    """A writer engine and a reader engine on the same database.
+
+    On SQLite they differ: writes begin IMMEDIATE (serialised, no mid-transaction upgrade
+    failures), reads begin DEFERRED so `status` never waits behind a running backlog.
+    """
+
+    url: str
+    writer: sa.Engine
+    reader: sa.Engine
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.writer.dialect.name == "sqlite"
+
+    def dispose(self) -> None:
+        self.writer.dispose()
+        if self.reader is not self.writer:
+            self.reader.dispose()
+
+
+def _sqlite_engine(url: str, *, immediate: bool) -> sa.Engine:
+    engine = sa.create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy's begin hook, not the driver, decide how transactions start.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=60000")
+        cursor.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(connection: sa.Connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine
+
+
+def connect(url: str) -> Database:
+    """Open (not migrate) the database at `url`."""
+    if url.startswith("sqlite"):
+        return Database(url, _sqlite_engine(url, immediate=True), _sqlite_engine(url, immediate=False))
+    engine = sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    return Database(url, engine, engine)
+
+
+def migrate(database: Database) -> None:
+    """Bring the database to the newest schema revision (idempotent)."""
+    config = AlembicConfig()
+    config.set_main_option("script_location", str(_MIGRATIONS))
+    with database.writer.begin() as connection:
+        if not database.is_sqlite:
+            # Nodes of a cluster start together; one migrates while the others wait here.
+            connection.execute(sa.text("SELECT pg_advisory_xact_lock(7411)"))
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")

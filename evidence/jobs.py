@@ -1,0 +1,442 @@
+"""The durable job queue: the store, not Ray, is the source of truth for what is left to do.
+
+A job is leased with an owner, an expiry and a fencing token; its outcome is committed together
+with its result, artifacts, custody event and follow-up jobs in one transaction, and only if
+the token still matches. Kill any process at any moment: an expired or orphaned lease returns
+the job to the queue, and a result that was already committed is never stored twice.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from evidence import custody
+from evidence.custody import CustodyEntry, canonical_json
+from evidence.db import Database, utc_now
+from evidence.schema import artifacts, items, jobs, results
+
+QUEUED, LEASED, DONE, FAILED, DEAD = "queued", "leased", "done", "failed", "dead"
+#: States in which a job still has work ahead of it.
+OPEN_STATES = (QUEUED, LEASED)
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """Which stage, at which version and options, should run on an item."""
+
+    stage: str
+    stage_version: str
+    config_hash: str
+    #: Stages whose results must exist before this one may be queued.
+    requires: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class LeasedJob:
+    id: int
+    token: int
+    sha256: str
+    stage: str
+    stage_version: str
+    config_hash: str
+    kind: str | None
+    priority: int
+    attempts: int
+
+
+@dataclass(frozen=True)
+class ArtifactRecord:
+    sha256: str
+    role: str
+    media_type: str
+    size_bytes: int
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Success:
+    """A stage finished: with data, or with a recorded skip reason."""
+
+    data: Mapping[str, Any]
+    provenance: Mapping[str, Any]
+    artifacts: Sequence[ArtifactRecord] = ()
+    skip_reason: str | None = None
+    #: Set by the probe stage: the item's kind as decided from its bytes.
+    item_kind: str | None = None
+    follow_ups: Sequence[JobSpec] = ()
+
+
+@dataclass(frozen=True)
+class Failure:
+    reason: str
+    detail: str
+    retryable: bool
+    provenance: Mapping[str, Any] = field(default_factory=dict)
+    #: Set by the probe stage when it could not decide a media kind.
+    item_kind: str | None = None
+
+
+Outcome = Success | Failure
+
+
+@dataclass(frozen=True)
+class CommitReport:
+    committed: int
+    #: Outcomes refused because the lease had moved on (expired and re-leased elsewhere).
+    stale: int
+
+
+def _insert(database: Database, table: sa.Table) -> Any:
+    """INSERT that understands ON CONFLICT on both backends."""
+    return (sqlite.insert if database.is_sqlite else postgresql.insert)(table)
+
+
+def enqueue(
+    database: Database,
+    connection: sa.Connection,
+    sha256: str,
+    specs: Iterable[JobSpec],
+    priority: int,
+    max_attempts: int,
+) -> int:
+    """Queue jobs for an item inside the caller's transaction; existing jobs are kept once.
+
+    A job that is already queued is raised to `priority` if that is higher, so an urgent
+    re-acquisition of material already in a backlog jumps the queue.
+    """
+    now = utc_now()
+    added = 0
+    for spec in specs:
+        if spec.requires and not _results_exist(connection, sha256, spec.requires):
+            continue
+        statement = (
+            _insert(database, jobs)
+            .values(
+                sha256=sha256,
+                stage=spec.stage,
+                stage_version=spec.stage_version,
+                config_hash=spec.config_hash,
+                state=QUEUED,
+                priority=priority,
+                max_attempts=max_attempts,
+                created_at=now,
+                updated_at=now,
+            )
+            .on_conflict_do_nothing()
+        )
+        added += connection.execute(statement).rowcount
+    connection.execute(
+        sa.update(jobs)
+        .where(jobs.c.sha256 == sha256, jobs.c.state == QUEUED, jobs.c.priority < priority)
+        .values(priority=priority, updated_at=now)
+    )
+    return added
+
+
+def _results_exist(connection: sa.Connection, sha256: str, stages: Sequence[str]) -> bool:
+    found = connection.execute(
+        sa.select(sa.func.count(sa.distinct(results.c.stage))).where(
+            results.c.sha256 == sha256, results.c.stage.in_(stages), results.c.status == "ok"
+        )
+    ).scalar_one()
+    return int(found) == len(set(stages))
+
+
+def release_expired(database: Database) -> int:
+    """Return jobs whose lease ran out (a lost worker or driver) to the queue."""
+    with database.writer.begin() as connection:
+        return connection.execute(
+            sa.update(jobs)
+            .where(jobs.c.state == LEASED, jobs.c.lease_expires_at < utc_now())
+            .values(state=QUEUED, lease_owner=None, lease_expires_at=None, updated_at=utc_now())
+        ).rowcount
+
+
+def release_owners(database: Database, owners: Sequence[str]) -> int:
+    """Return the leases of owners known to be dead (a killed driver on this host) at once."""
+    if not owners:
+        return 0
+    with database.writer.begin() as connection:
+        return connection.execute(
+            sa.update(jobs)
+            .where(jobs.c.state == LEASED, jobs.c.lease_owner.in_(owners))
+            .values(state=QUEUED, lease_owner=None, lease_expires_at=None, updated_at=utc_now())
+        ).rowcount
+
+
+def lease_owners(database: Database) -> list[str]:
+    with database.reader.connect() as connection:
+        return list(
+            connection.execute(
+                sa.select(jobs.c.lease_owner).where(jobs.c.state == LEASED).distinct()
+            ).scalars()
+        )
+
+
+def _of_spec(spec: JobSpec) -> sa.ColumnElement[bool]:
+    return sa.and_(
+        jobs.c.stage == spec.stage,
+        jobs.c.stage_version == spec.stage_version,
+        jobs.c.config_hash == spec.config_hash,
+    )
+
+
+def lease(
+    database: Database, owner: str, spec: JobSpec, limit: int, ttl: dt.timedelta
+) -> list[LeasedJob]:
+    """Lease up to `limit` queued jobs of one stage, highest priority first, oldest first.
+
+    Only jobs of exactly this stage version and options: a driver running newer code never
+    stores its output under an older version's key.
+    """
+    if limit <= 0:
+        return []
+    now = utc_now()
+    with database.writer.begin() as connection:
+        candidates = (
+            sa.select(jobs.c.id)
+            .where(jobs.c.state == QUEUED, _of_spec(spec))
+            .order_by(jobs.c.priority.desc(), jobs.c.id)
+            .limit(limit)
+        )
+        if not database.is_sqlite:
+            candidates = candidates.with_for_update(skip_locked=True)
+        ids = list(connection.execute(candidates).scalars())
+        if not ids:
+            return []
+        connection.execute(
+            sa.update(jobs)
+            .where(jobs.c.id.in_(ids))
+            .values(
+                state=LEASED,
+                lease_owner=owner,
+                lease_expires_at=now + ttl,
+                lease_token=jobs.c.lease_token + 1,
+                updated_at=now,
+            )
+        )
+        rows = connection.execute(
+            sa.select(
+                jobs.c.id,
+                jobs.c.lease_token,
+                jobs.c.sha256,
+                jobs.c.stage,
+                jobs.c.stage_version,
+                jobs.c.config_hash,
+                items.c.kind,
+                jobs.c.priority,
+                jobs.c.attempts,
+            )
+            .join(items, items.c.sha256 == jobs.c.sha256)
+            .where(jobs.c.id.in_(ids))
+            .order_by(jobs.c.priority.desc(), jobs.c.id)
+        ).all()
+    return [LeasedJob(*row) for row in rows]
+
+
+def renew(database: Database, owner: str, job_ids: Sequence[int], ttl: dt.timedelta) -> None:
+    """Extend the leases a live driver still holds, so long jobs are not taken from it."""
+    if not job_ids:
+        return
+    with database.writer.begin() as connection:
+        connection.execute(
+            sa.update(jobs)
+            .where(jobs.c.id.in_(job_ids), jobs.c.lease_owner == owner, jobs.c.state == LEASED)
+            .values(lease_expires_at=utc_now() + ttl)
+        )
+
+
+def upstream_results(
+    database: Database, pairs: Iterable[tuple[str, str]]
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """Stored data of (sha256, stage) pairs that later stages read instead of recomputing."""
+    wanted = set(pairs)
+    if not wanted:
+        return {}
+    found: dict[tuple[str, str], dict[str, Any]] = {}
+    with database.reader.connect() as connection:
+        rows = connection.execute(
+            sa.select(results.c.sha256, results.c.stage, results.c.data).where(
+                results.c.sha256.in_({sha for sha, _ in wanted}),
+                results.c.stage.in_({stage for _, stage in wanted}),
+                results.c.status == "ok",
+            )
+        )
+        for sha256, stage, data in rows:
+            if (sha256, stage) in wanted:
+                found[(sha256, stage)] = data
+    return found
+
+
+def commit(
+    database: Database,
+    outcomes: Sequence[tuple[LeasedJob, Outcome]],
+    actor: str,
+    max_attempts_default: int = 3,
+) -> CommitReport:
+    """Commit outcomes atomically: each result with its artifacts, custody and follow-ups.
+
+    One transaction for the whole batch keeps SQLite's fsyncs per batch rather than per item;
+    every outcome is still all-or-nothing with the others, so no partial result exists.
+    """
+    committed = stale = 0
+    with database.writer.begin() as connection:
+        entries: list[CustodyEntry] = []
+        for job, outcome in outcomes:
+            if not _hold_lease(connection, job):
+                stale += 1
+                continue
+            if isinstance(outcome, Success):
+                entries.append(
+                    _commit_success(database, connection, job, outcome, actor, max_attempts_default)
+                )
+            else:
+                entries.append(_commit_failure(connection, job, outcome, actor))
+            committed += 1
+        custody.append(connection, entries)
+    return CommitReport(committed, stale)
+
+
+def _hold_lease(connection: sa.Connection, job: LeasedJob) -> bool:
+    held = connection.execute(
+        sa.select(jobs.c.id).where(
+            jobs.c.id == job.id, jobs.c.lease_token == job.token, jobs.c.state == LEASED
+        )
+    ).first()
+    return held is not None
+
+
+def _finish(connection: sa.Connection, job: LeasedJob, **values: Any) -> None:
+    connection.execute(
+        sa.update(jobs)
+        .where(jobs.c.id == job.id)
+        .values(lease_owner=None, lease_expires_at=None, updated_at=utc_now(), **values)
+    )
+
+
+def _commit_success(
+    database: Database,
+    connection: sa.Connection,
+    job: LeasedJob,
+    outcome: Success,
+    actor: str,
+    max_attempts: int,
+) -> CustodyEntry:
+    data = dict(outcome.data)
+    data_sha256 = hashlib.sha256(canonical_json(data).encode()).hexdigest()
+    inserted = connection.execute(
+        _insert(database, results)
+        .values(
+            sha256=job.sha256,
+            stage=job.stage,
+            stage_version=job.stage_version,
+            config_hash=job.config_hash,
+            status="skipped" if outcome.skip_reason else "ok",
+            skip_reason=outcome.skip_reason,
+            data=data,
+            data_sha256=data_sha256,
+            provenance=dict(outcome.provenance),
+            created_at=utc_now(),
+        )
+        .on_conflict_do_nothing()
+        .returning(results.c.id)
+    ).scalar()
+    if inserted is not None and outcome.artifacts:
+        connection.execute(
+            sa.insert(artifacts),
+            [
+                {
+                    "sha256": artifact.sha256,
+                    "parent_sha256": job.sha256,
+                    "result_id": inserted,
+                    "stage": job.stage,
+                    "role": artifact.role,
+                    "media_type": artifact.media_type,
+                    "size_bytes": artifact.size_bytes,
+                    "meta": dict(artifact.meta),
+                }
+                for artifact in outcome.artifacts
+            ],
+        )
+    if outcome.item_kind is not None:
+        connection.execute(
+            sa.update(items).where(items.c.sha256 == job.sha256).values(kind=outcome.item_kind)
+        )
+    _finish(connection, job, state=DONE, finished_at=utc_now(), error_reason=None, error_detail=None)
+    enqueue(database, connection, job.sha256, outcome.follow_ups, job.priority, max_attempts)
+    return CustodyEntry(
+        actor=actor,
+        action="result" if outcome.skip_reason is None else "skip",
+        item_sha256=job.sha256,
+        stage=job.stage,
+        details={
+            "stage_version": job.stage_version,
+            "config_hash": job.config_hash,
+            "result_sha256": data_sha256,
+            "already_stored": inserted is None,
+            "skip_reason": outcome.skip_reason,
+            "artifacts": sorted(artifact.sha256 for artifact in outcome.artifacts),
+            "provenance": dict(outcome.provenance),
+        },
+    )
+
+
+def _commit_failure(
+    connection: sa.Connection, job: LeasedJob, outcome: Failure, actor: str
+) -> CustodyEntry:
+    attempts = job.attempts + 1
+    max_attempts = connection.execute(
+        sa.select(jobs.c.max_attempts).where(jobs.c.id == job.id)
+    ).scalar_one()
+    if not outcome.retryable:
+        state = FAILED
+    elif attempts < max_attempts:
+        state = QUEUED
+    else:
+        state = DEAD
+    _finish(
+        connection,
+        job,
+        state=state,
+        attempts=attempts,
+        error_reason=outcome.reason,
+        error_detail=outcome.detail,
+        finished_at=None if state == QUEUED else utc_now(),
+    )
+    if outcome.item_kind is not None:
+        connection.execute(
+            sa.update(items).where(items.c.sha256 == job.sha256).values(kind=outcome.item_kind)
+        )
+    return CustodyEntry(
+        actor=actor,
+        action="failure",
+        item_sha256=job.sha256,
+        stage=job.stage,
+        details={
+            "stage_version": job.stage_version,
+            "reason": outcome.reason,
+            "detail": outcome.detail,
+            "attempt": attempts,
+            "state": state,
+            "provenance": dict(outcome.provenance),
+        },
+    )
+
+
+def open_jobs(database: Database, specs: Sequence[JobSpec]) -> int:
+    """Jobs of these stages not yet ended (queued, or leased by anyone)."""
+    with database.reader.connect() as connection:
+        return int(
+            connection.execute(
+                sa.select(sa.func.count())
+                .select_from(jobs)
+                .where(jobs.c.state.in_(OPEN_STATES), sa.or_(*(_of_spec(spec) for spec in specs)))
+            ).scalar_one()
+        )

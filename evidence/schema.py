@@ -1,0 +1,142 @@
+"""The evidence store's tables, in SQLAlchemy Core: one schema for SQLite and PostgreSQL.
+
+Alembic migrations in `evidence/migrations` create exactly these tables; a test compares the
+migrated database with this metadata so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+    }
+)
+
+SHA256 = sa.String(64)
+#: Timestamps are timezone-aware UTC everywhere; SQLite stores them as ISO text.
+Timestamp = sa.DateTime(timezone=True)
+
+items = sa.Table(
+    "items",
+    metadata,
+    sa.Column("sha256", SHA256, primary_key=True),
+    sa.Column("size_bytes", sa.BigInteger, nullable=False),
+    # NULL until the probe stage has looked at the bytes; then photo | video | audio | other.
+    sa.Column("kind", sa.String(16)),
+    sa.Column("created_at", Timestamp, nullable=False),
+)
+
+acquisitions = sa.Table(
+    "acquisitions",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("sha256", SHA256, sa.ForeignKey("items.sha256"), nullable=False, index=True),
+    sa.Column("source", sa.String(200), nullable=False),
+    # File names are kept as the raw bytes the file system gave: they can be in any encoding
+    # and are evidence themselves, so they are never decoded lossily nor written to logs.
+    sa.Column("original_name", sa.LargeBinary, nullable=False),
+    sa.Column("original_path", sa.LargeBinary, nullable=False),
+    sa.Column("original_mtime", Timestamp),
+    sa.Column("operator", sa.String(200), nullable=False),
+    sa.Column("acquired_at", Timestamp, nullable=False),
+    sa.Column("priority", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("request_ref", sa.String(200), index=True),
+)
+
+jobs = sa.Table(
+    "jobs",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("sha256", SHA256, sa.ForeignKey("items.sha256"), nullable=False),
+    sa.Column("stage", sa.String(64), nullable=False),
+    sa.Column("stage_version", sa.String(32), nullable=False),
+    sa.Column("config_hash", sa.String(32), nullable=False),
+    # queued -> leased -> done | failed (final reason) ; queued again on a retryable failure
+    # until max_attempts, then dead.
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("priority", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("max_attempts", sa.Integer, nullable=False, server_default="3"),
+    sa.Column("lease_owner", sa.String(200)),
+    sa.Column("lease_expires_at", Timestamp),
+    # Incremented on every lease: a worker whose lease expired and was re-leased holds a stale
+    # token, and its late commit is refused (the fencing token pattern).
+    sa.Column("lease_token", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("error_reason", sa.String(32)),
+    sa.Column("error_detail", sa.Text),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Column("updated_at", Timestamp, nullable=False),
+    sa.Column("finished_at", Timestamp),
+    sa.UniqueConstraint("sha256", "stage", "stage_version", "config_hash"),
+    sa.Index("ix_jobs_lease_order", "state", "stage", sa.text("priority DESC"), "id"),
+    sa.Index("ix_jobs_finished_at", "finished_at"),
+)
+
+results = sa.Table(
+    "results",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("sha256", SHA256, sa.ForeignKey("items.sha256"), nullable=False),
+    sa.Column("stage", sa.String(64), nullable=False),
+    sa.Column("stage_version", sa.String(32), nullable=False),
+    sa.Column("config_hash", sa.String(32), nullable=False),
+    # ok | skipped; failures live on the job and in custody, not here.
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("skip_reason", sa.String(64)),
+    sa.Column("data", sa.JSON, nullable=False),
+    sa.Column("data_sha256", SHA256, nullable=False),
+    sa.Column("provenance", sa.JSON, nullable=False),
+    sa.Column("created_at", Timestamp, nullable=False),
+    # The idempotency key: the same job run twice, on any node, stores one result.
+    sa.UniqueConstraint("sha256", "stage", "stage_version", "config_hash"),
+)
+
+artifacts = sa.Table(
+    "artifacts",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("sha256", SHA256, nullable=False, index=True),
+    sa.Column("parent_sha256", SHA256, sa.ForeignKey("items.sha256"), nullable=False, index=True),
+    sa.Column("result_id", sa.Integer, sa.ForeignKey("results.id"), nullable=False),
+    sa.Column("stage", sa.String(64), nullable=False),
+    sa.Column("role", sa.String(64), nullable=False),
+    sa.Column("media_type", sa.String(100), nullable=False),
+    sa.Column("size_bytes", sa.BigInteger, nullable=False),
+    sa.Column("meta", sa.JSON, nullable=False),
+    sa.UniqueConstraint("result_id", "sha256", "role"),
+)
+
+matches = sa.Table(
+    "matches",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("a_sha256", SHA256, sa.ForeignKey("items.sha256"), nullable=False, index=True),
+    sa.Column("b_sha256", SHA256, sa.ForeignKey("items.sha256"), nullable=False, index=True),
+    sa.Column("algorithm", sa.String(32), nullable=False),
+    sa.Column("distance", sa.Float, nullable=False),
+    sa.Column("a_time_s", sa.Float),
+    sa.Column("b_time_s", sa.Float),
+    sa.Column("created_at", Timestamp, nullable=False),
+)
+
+custody_events = sa.Table(
+    "custody_events",
+    metadata,
+    # Assigned by the writer as previous + 1 under the chain lock, so gaps are detectable.
+    sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("at", Timestamp, nullable=False),
+    sa.Column("actor", sa.String(200), nullable=False),
+    sa.Column("action", sa.String(32), nullable=False),
+    sa.Column("item_sha256", SHA256, index=True),
+    sa.Column("stage", sa.String(64)),
+    # Canonical JSON text (sorted keys), stored as text so the hashed bytes are the stored bytes.
+    sa.Column("details", sa.Text, nullable=False),
+    sa.Column("prev_hash", SHA256, nullable=False),
+    sa.Column("event_hash", SHA256, nullable=False, unique=True),
+)

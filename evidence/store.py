@@ -1,0 +1,376 @@
+"""The evidence store: database plus blob folder, and the questions operators ask of them."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from evidence import custody, jobs
+from evidence.blobs import BlobStore, StoredBlob
+from evidence.custody import CustodyEntry
+from evidence.db import Database, as_utc, connect, migrate, utc_now
+from evidence.schema import acquisitions, artifacts, items, matches, results
+from evidence.schema import jobs as jobs_table
+
+
+@dataclass(frozen=True)
+class Acquisition:
+    """One arrival of bytes: who brought them, from where, under what name, how urgent."""
+
+    source: str
+    original_name: bytes
+    original_path: bytes
+    operator: str
+    original_mtime: dt.datetime | None = None
+    priority: int = 0
+    request_ref: str | None = None
+
+
+@dataclass(frozen=True)
+class Registered:
+    sha256: str
+    new_item: bool
+    acquisition_id: int
+    jobs_enqueued: int
+
+
+@dataclass(frozen=True)
+class StageCounts:
+    stage: str
+    counts: dict[str, int]
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    stages: list[StageCounts]
+    items: int
+    #: Jobs ended per second over the recent window; None before anything finished in it.
+    throughput_per_s: float | None
+    open_jobs: int
+    eta_s: float | None
+    window_s: int
+    failures_by_reason: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FixityProblem:
+    sha256: str
+    problem: str
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    chain: custody.ChainReport
+    blobs_checked: int
+    fixity_problems: list[FixityProblem]
+
+    @property
+    def ok(self) -> bool:
+        return self.chain.first_break is None and not self.fixity_problems
+
+
+class Store:
+    """Opened once per process; migrates the database to the current schema on open."""
+
+    def __init__(self, database: Database, blobs: BlobStore) -> None:
+        self.database = database
+        self.blobs = blobs
+
+    @classmethod
+    def open(cls, url: str, blob_root: Path) -> Store:
+        database = connect(url)
+        migrate(database)
+        return cls(database, BlobStore(blob_root))
+
+    def close(self) -> None:
+        self.database.dispose()
+
+    def register(
+        self,
+        blob: StoredBlob,
+        acquisition: Acquisition,
+        initial_jobs: Sequence[jobs.JobSpec],
+        actor: str,
+        max_attempts: int,
+    ) -> Registered:
+        """Record an arrival: item (once per content), acquisition, custody, first jobs."""
+        now = utc_now()
+        with self.database.writer.begin() as connection:
+            new_item = (
+                connection.execute(
+                    jobs._insert(self.database, items)
+                    .values(sha256=blob.sha256, size_bytes=blob.size_bytes, created_at=now)
+                    .on_conflict_do_nothing()
+                ).rowcount
+                == 1
+            )
+            acquisition_id = connection.execute(
+                sa.insert(acquisitions)
+                .values(
+                    sha256=blob.sha256,
+                    source=acquisition.source,
+                    original_name=acquisition.original_name,
+                    original_path=acquisition.original_path,
+                    original_mtime=acquisition.original_mtime,
+                    operator=acquisition.operator,
+                    acquired_at=now,
+                    priority=acquisition.priority,
+                    request_ref=acquisition.request_ref,
+                )
+                .returning(acquisitions.c.id)
+            ).scalar_one()
+            enqueued = jobs.enqueue(
+                self.database, connection, blob.sha256, initial_jobs, acquisition.priority, max_attempts
+            )
+            custody.append(
+                connection,
+                [
+                    CustodyEntry(
+                        actor=actor,
+                        action="ingest",
+                        item_sha256=blob.sha256,
+                        details={
+                            "acquisition_id": acquisition_id,
+                            "source": acquisition.source,
+                            "operator": acquisition.operator,
+                            "size_bytes": blob.size_bytes,
+                            "duplicate_of_stored_item": not new_item,
+                            # The name is evidence kept in the acquisition row; the chain
+                            # covers it by hash so the custody record can be shared without it.
+                            "original_name_sha256": hashlib.sha256(
+                                acquisition.original_name
+                            ).hexdigest(),
+                            "priority": acquisition.priority,
+                            "request_ref": acquisition.request_ref,
+                        },
+                    )
+                ],
+            )
+        return Registered(blob.sha256, new_item, acquisition_id, enqueued)
+
+    def record_refusal(self, source: str, path: bytes, reason: str, actor: str) -> None:
+        """An input that could not even be stored still leaves a custody record."""
+        with self.database.writer.begin() as connection:
+            custody.append(
+                connection,
+                [
+                    CustodyEntry(
+                        actor=actor,
+                        action="ingest_refused",
+                        details={
+                            "source": source,
+                            "reason": reason,
+                            "original_path_sha256": hashlib.sha256(path).hexdigest(),
+                        },
+                    )
+                ],
+            )
+
+    def status(self, request_ref: str | None = None, window_s: int = 300) -> StatusReport:
+        """Counts per stage and state, recent throughput and an ETA, in a few indexed queries."""
+        scope = sa.true()
+        if request_ref is not None:
+            scope = jobs_table.c.sha256.in_(
+                sa.select(acquisitions.c.sha256).where(acquisitions.c.request_ref == request_ref)
+            )
+        since = utc_now() - dt.timedelta(seconds=window_s)
+        with self.database.reader.connect() as connection:
+            per_stage: dict[str, dict[str, int]] = {}
+            for stage, state, count in connection.execute(
+                sa.select(jobs_table.c.stage, jobs_table.c.state, sa.func.count())
+                .where(scope)
+                .group_by(jobs_table.c.stage, jobs_table.c.state)
+            ):
+                per_stage.setdefault(stage, {})[state] = count
+            recent = connection.execute(
+                sa.select(sa.func.count(), sa.func.min(jobs_table.c.finished_at)).where(
+                    scope, jobs_table.c.finished_at >= since
+                )
+            ).one()
+            failures = {
+                str(reason): int(count)
+                for reason, count in connection.execute(
+                    sa.select(jobs_table.c.error_reason, sa.func.count())
+                    .where(scope, jobs_table.c.state.in_((jobs.FAILED, jobs.DEAD)))
+                    .group_by(jobs_table.c.error_reason)
+                )
+            }
+            item_scope = (
+                sa.true()
+                if request_ref is None
+                else items.c.sha256.in_(
+                    sa.select(acquisitions.c.sha256).where(acquisitions.c.request_ref == request_ref)
+                )
+            )
+            item_count = connection.execute(
+                sa.select(sa.func.count()).select_from(items).where(item_scope)
+            ).scalar_one()
+        open_count = sum(
+            counts.get(state, 0) for counts in per_stage.values() for state in jobs.OPEN_STATES
+        )
+        throughput = None
+        finished_recently, oldest = recent
+        if finished_recently and oldest is not None:
+            elapsed = max((utc_now() - as_utc(oldest)).total_seconds(), 1.0)
+            throughput = finished_recently / elapsed
+        eta = open_count / throughput if throughput else None
+        return StatusReport(
+            stages=[StageCounts(stage, per_stage[stage]) for stage in sorted(per_stage)],
+            items=int(item_count),
+            throughput_per_s=throughput,
+            open_jobs=open_count,
+            eta_s=eta,
+            window_s=window_s,
+            failures_by_reason=failures,
+        )
+
+    def show(self, sha256: str) -> dict[str, Any] | None:
+        """Everything known about one item, as plain JSON data (for `qarina show --json`)."""
+        with self.database.reader.connect() as connection:
+            item = connection.execute(sa.select(items).where(items.c.sha256 == sha256)).first()
+            if item is None:
+                return None
+            arrivals = connection.execute(
+                sa.select(acquisitions).where(acquisitions.c.sha256 == sha256).order_by(acquisitions.c.id)
+            ).all()
+            stage_results = connection.execute(
+                sa.select(results).where(results.c.sha256 == sha256).order_by(results.c.id)
+            ).all()
+            failed = connection.execute(
+                sa.select(jobs_table)
+                .where(jobs_table.c.sha256 == sha256, jobs_table.c.error_reason.is_not(None))
+                .order_by(jobs_table.c.id)
+            ).all()
+            derived = connection.execute(
+                sa.select(artifacts).where(artifacts.c.parent_sha256 == sha256).order_by(artifacts.c.id)
+            ).all()
+            linked = connection.execute(
+                sa.select(matches).where(
+                    sa.or_(matches.c.a_sha256 == sha256, matches.c.b_sha256 == sha256)
+                )
+            ).all()
+            open_stages = sorted(
+                connection.execute(
+                    sa.select(jobs_table.c.stage).where(
+                        jobs_table.c.sha256 == sha256, jobs_table.c.state.in_(jobs.OPEN_STATES)
+                    )
+                ).scalars()
+            )
+        return {
+            "sha256": item.sha256,
+            "kind": item.kind,
+            "size_bytes": item.size_bytes,
+            "blob_path": str(self.blobs.path_for(item.sha256)),
+            "acquisitions": [_acquisition_json(row) for row in arrivals],
+            "results": {
+                row.stage: {
+                    "status": row.status,
+                    "skip_reason": row.skip_reason,
+                    "stage_version": row.stage_version,
+                    "config_hash": row.config_hash,
+                    "data": row.data,
+                    "data_sha256": row.data_sha256,
+                    "provenance": row.provenance,
+                }
+                for row in stage_results
+            },
+            "failures": [
+                {
+                    "stage": row.stage,
+                    "reason": row.error_reason,
+                    "detail": row.error_detail,
+                    "state": row.state,
+                    "attempts": row.attempts,
+                }
+                for row in failed
+                if row.state in (jobs.FAILED, jobs.DEAD)
+            ],
+            "pending": open_stages,
+            "artifacts": [
+                {
+                    "sha256": row.sha256,
+                    "stage": row.stage,
+                    "role": row.role,
+                    "media_type": row.media_type,
+                    "size_bytes": row.size_bytes,
+                    "meta": row.meta,
+                }
+                for row in derived
+            ],
+            "matches": [
+                {
+                    "other": row.b_sha256 if row.a_sha256 == sha256 else row.a_sha256,
+                    "algorithm": row.algorithm,
+                    "distance": row.distance,
+                }
+                for row in linked
+            ],
+        }
+
+    def verify(self, fixity: bool, actor: str) -> VerifyReport:
+        """Re-walk the custody chain and optionally re-hash every stored blob; log the check."""
+        with self.database.reader.connect() as connection:
+            chain = custody.verify_chain(connection)
+            shas: list[str] = []
+            if fixity:
+                shas = list(connection.execute(sa.select(items.c.sha256).order_by(items.c.sha256)).scalars())
+                shas += list(
+                    connection.execute(sa.select(artifacts.c.sha256).distinct().order_by(artifacts.c.sha256)).scalars()
+                )
+        problems = [problem for sha in shas if (problem := self._check_blob(sha)) is not None]
+        report = VerifyReport(chain, len(shas), problems)
+        with self.database.writer.begin() as connection:
+            custody.append(
+                connection,
+                [
+                    CustodyEntry(
+                        actor=actor,
+                        action="verify",
+                        details={
+                            "events_checked": chain.events,
+                            "head_hash": chain.head_hash,
+                            "chain_ok": chain.first_break is None,
+                            "first_break_seq": chain.first_break.seq if chain.first_break else None,
+                            "blobs_checked": len(shas),
+                            "fixity_problems": [problem.sha256 for problem in problems],
+                        },
+                    )
+                ],
+            )
+        return report
+
+    def _check_blob(self, sha256: str) -> FixityProblem | None:
+        path = self.blobs.path_for(sha256)
+        if not path.is_file():
+            return FixityProblem(sha256, "missing")
+        if path.stat().st_mode & 0o222:
+            return FixityProblem(sha256, "writable")
+        if self.blobs.rehash(sha256) != sha256:
+            return FixityProblem(sha256, "content changed")
+        return None
+
+
+def _acquisition_json(row: sa.Row[Any]) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "source": row.source,
+        # Lossless: undecodable bytes appear as surrogate escapes, and the hex is exact.
+        "original_name": row.original_name.decode("utf-8", "surrogateescape").encode(
+            "utf-8", "backslashreplace"
+        ).decode(),
+        "original_name_hex": row.original_name.hex(),
+        "original_path": row.original_path.decode("utf-8", "surrogateescape").encode(
+            "utf-8", "backslashreplace"
+        ).decode(),
+        "original_mtime": as_utc(row.original_mtime).isoformat() if row.original_mtime else None,
+        "operator": row.operator,
+        "acquired_at": as_utc(row.acquired_at).isoformat(),
+        "priority": row.priority,
+        "request_ref": row.request_ref,
+    }

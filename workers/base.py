@@ -1,0 +1,191 @@
+"""The Stage interface every worker implements, and the vocabulary it shares with the store.
+
+A stage is a pure function of one original: it reads the file at a store path, may write
+derived files into a scratch folder it is given, and returns a small frozen dataclass. It knows
+nothing of Ray or the database, so it can be run and tested alone on a file from a prompt.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, ClassVar, Generic, TypeVar
+
+
+class Kind(StrEnum):
+    """What an item is, decided from its bytes by the probe stage, never from its name."""
+
+    PHOTO = "photo"
+    VIDEO = "video"
+    AUDIO = "audio"
+    OTHER = "other"
+
+
+class FailureReason(StrEnum):
+    """The failure taxonomy: every failed job carries exactly one of these.
+
+    The split between final and retryable matters for a backlog of millions: retrying a corrupt
+    file wastes a worker forever, while a timeout on a loaded node often passes the second time.
+    """
+
+    UNSUPPORTED_TYPE = "unsupported_type"
+    CORRUPT_MEDIA = "corrupt_media"
+    DECODE_ERROR = "decode_error"
+    TOOL_TIMEOUT = "tool_timeout"
+    TOOL_CRASH = "tool_crash"
+    RESOURCE_LIMIT = "resource_limit"
+    MODEL_ERROR = "model_error"
+    STORE_ERROR = "store_error"
+    INTEGRITY_ERROR = "integrity_error"
+
+    @property
+    def retryable(self) -> bool:
+        """Whether another attempt could plausibly succeed on the same bytes."""
+        return self in _RETRYABLE
+
+
+_RETRYABLE = frozenset(
+    {
+        FailureReason.TOOL_TIMEOUT,
+        FailureReason.TOOL_CRASH,
+        FailureReason.RESOURCE_LIMIT,
+        FailureReason.MODEL_ERROR,
+        FailureReason.STORE_ERROR,
+    }
+)
+
+
+class StageError(Exception):
+    """A classified failure of one stage on one item; it becomes a failed job, never a crash.
+
+    `detail` is shown to operators and stored, so it must never contain a file name, GPS or
+    transcript text: stages only ever see store paths, and tool stderr is trimmed.
+    """
+
+    def __init__(self, reason: FailureReason, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail[:500]
+
+
+class StageSkipped(Exception):
+    """The stage does not apply to this item (a video with no audio): a skip, not a failure.
+
+    `reason` is a short code (`no_audio`) recorded with the skip.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one actor of a stage asks the Ray scheduler for.
+
+    Fractional CPUs are deliberate for stages whose real work happens in a child process
+    (exiftool, ffprobe) or in I/O: Ray would otherwise leave cores idle.
+    """
+
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    memory_mb: int = 1024
+
+
+@dataclass(frozen=True)
+class StageInput:
+    """One item as a stage sees it: a read-only store path and what earlier stages found.
+
+    `upstream` maps a required stage's name to its stored result (plain JSON data), so a stage
+    that needs the probe's streams does not probe again.
+    """
+
+    sha256: str
+    path: Path
+    kind: Kind
+    upstream: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ArtifactFile:
+    """A derived file a stage wrote into its scratch folder; the runtime stores it by content."""
+
+    path: Path
+    media_type: str
+    role: str
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class StageOutput(Generic[R]):
+    """A stage's typed result plus the derived files it made."""
+
+    result: R
+    artifacts: tuple[ArtifactFile, ...] = ()
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """Base of every stage's typed options; its hash is part of the result's idempotency key."""
+
+    def config_hash(self) -> str:
+        """A short, stable hash of the options, so changed options mean a new result key."""
+        canonical = json.dumps(dataclasses.asdict(self), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+C = TypeVar("C", bound=StageConfig)
+
+
+class Stage(ABC, Generic[C, R]):
+    """One processing step. Construct cheaply (it is pickled to workers); load heavy things later.
+
+    Heavy things (processes, models) belong in setup(), run once per worker.
+    Subclasses set the class attributes below; `name` is a storage key and must stay unique and
+    stable, `version` changes whenever the output for the same input would change.
+    """
+
+    name: ClassVar[str]
+    version: ClassVar[str]
+    kinds: ClassVar[frozenset[Kind]]
+    requires: ClassVar[tuple[str, ...]] = ()
+    resources: ClassVar[Resources] = Resources()
+    #: Items handed to one call; small files take milliseconds and a Ray call costs about 1 ms.
+    batch_size: ClassVar[int] = 1
+
+    def __init__(self, config: C) -> None:
+        self.config = config
+
+    def setup(self) -> None:  # an optional hook, empty on purpose
+        """Start long-lived helpers (exiftool, models) once per worker, never per item."""
+
+    def teardown(self) -> None:  # an optional hook, empty on purpose
+        """Stop what setup() started."""
+
+    def tool_versions(self) -> dict[str, str]:
+        """Versions of the external tools and libraries this stage used, for provenance."""
+        return {}
+
+    @abstractmethod
+    def run(self, item: StageInput, workdir: Path) -> StageOutput[R]:
+        """Process one item; raise StageError or StageSkipped for classified outcomes.
+
+        Anything else raised is an unexpected crash: the runtime retries it a bounded number
+        of times and then marks the job dead.
+        """
+
+
+def result_to_json(result: object) -> dict[str, Any]:
+    """A stage result as plain JSON data (results are frozen dataclasses of primitives)."""
+    if not dataclasses.is_dataclass(result) or isinstance(result, type):
+        raise TypeError(f"stage results must be dataclass instances, got {type(result)!r}")
+    return dataclasses.asdict(result)
