@@ -139,6 +139,50 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _write_chunks(
+    temp_fd: int,
+    to_write: queue.Queue[bytes | None],
+    to_verify: queue.Queue[tuple[int, int] | None],
+    failures: list[BaseException],
+) -> None:
+    offset = 0
+    try:
+        while (chunk := to_write.get()) is not None:
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(temp_fd, view) :]
+            to_verify.put((offset, len(chunk)))
+            offset += len(chunk)
+    except BaseException as error:
+        failures.append(error)
+        while to_write.get() is not None:  # keep draining so the reader never blocks
+            pass
+    finally:
+        to_verify.put(None)
+
+
+def _read_back(
+    temp: Path,
+    to_verify: queue.Queue[tuple[int, int] | None],
+    digest: hashlib._Hash,
+    failures: list[BaseException],
+) -> None:
+    read_fd = os.open(temp, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        while (span := to_verify.get()) is not None:
+            offset, length = span
+            data = os.pread(read_fd, length, offset)
+            if len(data) != length:
+                raise BlobIntegrityError("short read-back")
+            digest.update(data)
+    except BaseException as error:
+        failures.append(error)
+        while to_verify.get() is not None:
+            pass
+    finally:
+        os.close(read_fd)
+
+
 def _copy_hash_and_verify(source_fd: int, temp_fd: int, temp: Path) -> tuple[str, int]:
     """Copy with three overlapping threads: read+hash, write, read-back+hash.
 
@@ -150,44 +194,12 @@ def _copy_hash_and_verify(source_fd: int, temp_fd: int, temp: Path) -> tuple[str
     to_verify: queue.Queue[tuple[int, int] | None] = queue.Queue(_QUEUE_DEPTH * 4)
     failures: list[BaseException] = []
     verify_digest = hashlib.sha256()
-
-    def write() -> None:
-        offset = 0
-        try:
-            while (chunk := to_write.get()) is not None:
-                view = memoryview(chunk)
-                while view:
-                    written = os.write(temp_fd, view)
-                    view = view[written:]
-                to_verify.put((offset, len(chunk)))
-                offset += len(chunk)
-        except BaseException as error:
-            failures.append(error)
-            while to_write.get() is not None:  # unblock the reader
-                pass
-        finally:
-            to_verify.put(None)
-
-    def verify() -> None:
-        read_fd = os.open(temp, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            while (span := to_verify.get()) is not None:
-                offset, length = span
-                data = os.pread(read_fd, length, offset)
-                if len(data) != length:
-                    raise BlobIntegrityError("short read-back")
-                verify_digest.update(data)
-        except BaseException as error:
-            failures.append(error)
-            while to_verify.get() is not None:
-                pass
-        finally:
-            os.close(read_fd)
-
-    writer = threading.Thread(target=write, name="blob-write", daemon=True)
-    verifier = threading.Thread(target=verify, name="blob-verify", daemon=True)
-    writer.start()
-    verifier.start()
+    threads = [
+        threading.Thread(target=_write_chunks, args=(temp_fd, to_write, to_verify, failures)),
+        threading.Thread(target=_read_back, args=(temp, to_verify, verify_digest, failures)),
+    ]
+    for thread in threads:
+        thread.start()
     source_digest = hashlib.sha256()
     size = 0
     try:
@@ -197,8 +209,8 @@ def _copy_hash_and_verify(source_fd: int, temp_fd: int, temp: Path) -> tuple[str
             to_write.put(chunk)
     finally:
         to_write.put(None)
-        writer.join()
-        verifier.join()
+        for thread in threads:
+            thread.join()
     if failures:
         raise failures[0]
     sha256 = source_digest.hexdigest()

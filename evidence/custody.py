@@ -76,7 +76,14 @@ def append(connection: sa.Connection, entries: list[CustodyEntry]) -> None:
         seq += 1
         details = canonical_json(dict(entry.details or {}))
         event_hash = _event_hash(
-            seq, at_iso, entry.actor, entry.action, entry.item_sha256, entry.stage, details, prev_hash
+            seq,
+            at_iso,
+            entry.actor,
+            entry.action,
+            entry.item_sha256,
+            entry.stage,
+            details,
+            prev_hash,
         )
         rows.append(
             {
@@ -131,10 +138,19 @@ def verify_chain(connection: sa.Connection) -> ChainReport:
         if row.seq != expected_seq:
             return ChainReport(count, prev_hash, ChainBreak(expected_seq, "event missing"))
         if row.prev_hash != prev_hash:
-            return ChainReport(count, prev_hash, ChainBreak(row.seq, "link to previous event broken"))
+            return ChainReport(
+                count, prev_hash, ChainBreak(row.seq, "link to previous event broken")
+            )
         at_iso = as_utc(row.at).isoformat(timespec="microseconds")
         recomputed = _event_hash(
-            row.seq, at_iso, row.actor, row.action, row.item_sha256, row.stage, row.details, row.prev_hash
+            row.seq,
+            at_iso,
+            row.actor,
+            row.action,
+            row.item_sha256,
+            row.stage,
+            row.details,
+            row.prev_hash,
         )
         if recomputed != row.event_hash:
             return ChainReport(count, prev_hash, ChainBreak(row.seq, "event content altered"))

@@ -76,7 +76,9 @@ def _sqlite_engine(url: str, *, immediate: bool) -> sa.Engine:
 def connect(url: str) -> Database:
     """Open (not migrate) the database at `url`."""
     if url.startswith("sqlite"):
-        return Database(url, _sqlite_engine(url, immediate=True), _sqlite_engine(url, immediate=False))
+        return Database(
+            url, _sqlite_engine(url, immediate=True), _sqlite_engine(url, immediate=False)
+        )
     engine = sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
     return Database(url, engine, engine)
 

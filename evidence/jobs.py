@@ -369,7 +369,9 @@ def _commit_success(
         connection.execute(
             sa.update(items).where(items.c.sha256 == job.sha256).values(kind=outcome.item_kind)
         )
-    _finish(connection, job, state=DONE, finished_at=utc_now(), error_reason=None, error_detail=None)
+    _finish(
+        connection, job, state=DONE, finished_at=utc_now(), error_reason=None, error_detail=None
+    )
     enqueue(database, connection, job.sha256, outcome.follow_ups, job.priority, max_attempts)
     return CustodyEntry(
         actor=actor,

@@ -126,7 +126,12 @@ class Store:
                 .returning(acquisitions.c.id)
             ).scalar_one()
             enqueued = jobs.enqueue(
-                self.database, connection, blob.sha256, initial_jobs, acquisition.priority, max_attempts
+                self.database,
+                connection,
+                blob.sha256,
+                initial_jobs,
+                acquisition.priority,
+                max_attempts,
             )
             custody.append(
                 connection,
@@ -174,7 +179,7 @@ class Store:
 
     def status(self, request_ref: str | None = None, window_s: int = 300) -> StatusReport:
         """Counts per stage and state, recent throughput and an ETA, in a few indexed queries."""
-        scope = sa.true()
+        scope: sa.ColumnElement[bool] = sa.true()
         if request_ref is not None:
             scope = jobs_table.c.sha256.in_(
                 sa.select(acquisitions.c.sha256).where(acquisitions.c.request_ref == request_ref)
@@ -205,7 +210,9 @@ class Store:
                 sa.true()
                 if request_ref is None
                 else items.c.sha256.in_(
-                    sa.select(acquisitions.c.sha256).where(acquisitions.c.request_ref == request_ref)
+                    sa.select(acquisitions.c.sha256).where(
+                        acquisitions.c.request_ref == request_ref
+                    )
                 )
             )
             item_count = connection.execute(
@@ -237,7 +244,9 @@ class Store:
             if item is None:
                 return None
             arrivals = connection.execute(
-                sa.select(acquisitions).where(acquisitions.c.sha256 == sha256).order_by(acquisitions.c.id)
+                sa.select(acquisitions)
+                .where(acquisitions.c.sha256 == sha256)
+                .order_by(acquisitions.c.id)
             ).all()
             stage_results = connection.execute(
                 sa.select(results).where(results.c.sha256 == sha256).order_by(results.c.id)
@@ -248,7 +257,9 @@ class Store:
                 .order_by(jobs_table.c.id)
             ).all()
             derived = connection.execute(
-                sa.select(artifacts).where(artifacts.c.parent_sha256 == sha256).order_by(artifacts.c.id)
+                sa.select(artifacts)
+                .where(artifacts.c.parent_sha256 == sha256)
+                .order_by(artifacts.c.id)
             ).all()
             linked = connection.execute(
                 sa.select(matches).where(
@@ -319,9 +330,13 @@ class Store:
             chain = custody.verify_chain(connection)
             shas: list[str] = []
             if fixity:
-                shas = list(connection.execute(sa.select(items.c.sha256).order_by(items.c.sha256)).scalars())
+                shas = list(
+                    connection.execute(sa.select(items.c.sha256).order_by(items.c.sha256)).scalars()
+                )
                 shas += list(
-                    connection.execute(sa.select(artifacts.c.sha256).distinct().order_by(artifacts.c.sha256)).scalars()
+                    connection.execute(
+                        sa.select(artifacts.c.sha256).distinct().order_by(artifacts.c.sha256)
+                    ).scalars()
                 )
         problems = [problem for sha in shas if (problem := self._check_blob(sha)) is not None]
         report = VerifyReport(chain, len(shas), problems)
@@ -361,13 +376,13 @@ def _acquisition_json(row: sa.Row[Any]) -> dict[str, Any]:
         "id": row.id,
         "source": row.source,
         # Lossless: undecodable bytes appear as surrogate escapes, and the hex is exact.
-        "original_name": row.original_name.decode("utf-8", "surrogateescape").encode(
-            "utf-8", "backslashreplace"
-        ).decode(),
+        "original_name": row.original_name.decode("utf-8", "surrogateescape")
+        .encode("utf-8", "backslashreplace")
+        .decode(),
         "original_name_hex": row.original_name.hex(),
-        "original_path": row.original_path.decode("utf-8", "surrogateescape").encode(
-            "utf-8", "backslashreplace"
-        ).decode(),
+        "original_path": row.original_path.decode("utf-8", "surrogateescape")
+        .encode("utf-8", "backslashreplace")
+        .decode(),
         "original_mtime": as_utc(row.original_mtime).isoformat() if row.original_mtime else None,
         "operator": row.operator,
         "acquired_at": as_utc(row.acquired_at).isoformat(),

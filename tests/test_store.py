@@ -54,7 +54,9 @@ def test_blob_is_content_addressed_read_only_and_stored_once(tmp_path: Path) -> 
     first = blobs.put(_file(tmp_path, "a.jpg", b"same bytes"))
     second = blobs.put(_file(tmp_path, "b.jpg", b"same bytes"))
     path = blobs.path_for(first.sha256)
-    assert path == tmp_path / "blobs" / "sha256" / first.sha256[:2] / first.sha256[2:4] / first.sha256
+    assert (
+        path == tmp_path / "blobs" / "sha256" / first.sha256[:2] / first.sha256[2:4] / first.sha256
+    )
     assert path.read_bytes() == b"same bytes"
     assert first.created and not second.created and first.sha256 == second.sha256
     assert not path.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)
@@ -90,7 +92,9 @@ def test_symlinks_fifos_and_directories_are_refused(tmp_path: Path) -> None:
 # --- registration and queue ----------------------------------------------------------------
 
 
-def test_same_bytes_twice_is_one_item_two_acquisitions_one_job(store: Store, tmp_path: Path) -> None:
+def test_same_bytes_twice_is_one_item_two_acquisitions_one_job(
+    store: Store, tmp_path: Path
+) -> None:
     sha = _register(store, _file(tmp_path, "a.jpg", b"photo"), source="one")
     assert _register(store, _file(tmp_path, "b.jpg", b"photo"), source="two") == sha
     record = store.show(sha)
@@ -152,7 +156,9 @@ def test_stale_lease_cannot_commit_after_reassignment(store: Store, tmp_path: Pa
         assert connection.execute(sa.text("SELECT count(*) FROM results")).scalar_one() == 1
 
 
-def test_retryable_failures_retry_then_die_final_failures_stop(store: Store, tmp_path: Path) -> None:
+def test_retryable_failures_retry_then_die_final_failures_stop(
+    store: Store, tmp_path: Path
+) -> None:
     flaky = _register(store, _file(tmp_path, "flaky", b"flaky"))
     broken = _register(store, _file(tmp_path, "broken", b"broken"))
     for attempt in range(3):
@@ -168,7 +174,13 @@ def test_retryable_failures_retry_then_die_final_failures_stop(store: Store, tmp
     flaky_record, broken_record = store.show(flaky), store.show(broken)
     assert flaky_record is not None and broken_record is not None
     assert flaky_record["failures"] == [
-        {"stage": "probe", "reason": "tool_timeout", "detail": "slow", "state": "dead", "attempts": 3}
+        {
+            "stage": "probe",
+            "reason": "tool_timeout",
+            "detail": "slow",
+            "state": "dead",
+            "attempts": 3,
+        }
     ]
     assert broken_record["failures"][0]["reason"] == "corrupt_media"
     assert store.status().failures_by_reason == {"tool_timeout": 1, "corrupt_media": 1}

@@ -67,9 +67,14 @@ class ToolRun:
         return " | ".join(lines[-3:])[:400]
 
 
+def _ran_out_of_memory(stderr: bytes) -> bool:
+    """How ffmpeg (ENOMEM), Perl (exiftool) and Python report hitting the address-space limit."""
+    text = stderr[-4096:].decode("utf-8", "replace").lower()
+    return any(sign in text for sign in ("cannot allocate memory", "out of memory", "memoryerror"))
+
+
 def _classify_signal(tool: str, returncode: int, stderr: bytes) -> StageError:
-    text = stderr.decode("utf-8", "replace").lower()
-    if "cannot allocate memory" in text or "out of memory" in text or returncode == -signal.SIGKILL:
+    if _ran_out_of_memory(stderr) or returncode == -signal.SIGKILL:
         return StageError(
             FailureReason.RESOURCE_LIMIT, f"{tool} ran out of memory (exit {returncode})"
         )
@@ -106,7 +111,7 @@ def run_tool(argv: Sequence[str], limits: ToolLimits) -> ToolRun:
         ) from None
     if process.returncode < 0:
         raise _classify_signal(tool, process.returncode, stderr)
-    if process.returncode != 0 and b"Cannot allocate memory" in stderr:
+    if process.returncode != 0 and _ran_out_of_memory(stderr):
         raise StageError(FailureReason.RESOURCE_LIMIT, f"{tool} could not allocate memory")
     return ToolRun(process.returncode, stdout, stderr)
 

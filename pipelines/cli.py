@@ -1,0 +1,292 @@
+"""The `qarina` command: ingest, run, status, show, verify, demo, benchmarks and evaluations."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from evidence.store import Store
+from pipelines.config import QarinaConfig
+from pipelines.ingest import ingest_paths
+from pipelines.plan import Plan
+from pipelines.runner import RunSummary, SequentialExecutor, run_queue
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks for sizing hardware.")
+eval_app = typer.Typer(no_args_is_help=True, help="Accuracy evaluations on the shared corpus.")
+app.add_typer(bench_app, name="bench")
+app.add_typer(eval_app, name="eval")
+
+console = Console(stderr=True)
+out = Console()
+
+
+def _config(ctx: typer.Context) -> QarinaConfig:
+    config: QarinaConfig = ctx.obj
+    return config
+
+
+def open_store(config: QarinaConfig) -> Store:
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    return Store.open(config.db_url, config.blob_root)
+
+
+@app.callback()
+def main(
+    ctx: typer.Context,
+    data: Annotated[Path | None, typer.Option("--data", help="Data folder (QARINA_DATA).")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log per item.")] = False,
+) -> None:
+    """Qarina: media processing for an evidence repository."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(message)s",
+        handlers=[RichHandler(console=console, show_path=False)],
+    )
+    ctx.obj = QarinaConfig.from_env(data)
+
+
+@app.command()
+def ingest(
+    ctx: typer.Context,
+    paths: Annotated[list[Path], typer.Argument(help="Files and folders (recursive).")],
+    source: Annotated[str, typer.Option("--source", help="Who or what the material came from.")],
+    priority: Annotated[int, typer.Option(help="Higher runs first.")] = 0,
+    request: Annotated[str | None, typer.Option("--request", help="Request reference.")] = None,
+) -> None:
+    """Copy files into the store by content, record each arrival and queue its processing."""
+    config = _config(ctx)
+    store = open_store(config)
+    try:
+        summary = ingest_paths(store, Plan.default(), config, paths, source, priority, request)
+    finally:
+        store.close()
+    out.print(
+        f"{summary.files} files: {summary.new_items} new items,"
+        f" {summary.duplicates} already stored,"
+        f" {sum(summary.refused.values())} refused {summary.refused or ''}".rstrip()
+    )
+
+
+def process_queue(
+    config: QarinaConfig, store: Store, sequential: bool, quiet: bool = False
+) -> RunSummary:
+    """Run every open job on Ray (or sequentially) with a progress bar."""
+    plan = Plan.default()
+    if sequential:
+        executor: Any = SequentialExecutor(plan, config)
+    else:
+        from pipelines.ray_runtime import RayExecutor, start_ray  # Ray starts only when used
+
+        start_ray(config.ray_address)
+        executor = RayExecutor(plan, config)
+    total = store.status().open_jobs
+    progress = Progress(
+        TextColumn("[bold]processing"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        disable=quiet,
+    )
+    with progress:
+        task = progress.add_task("jobs", total=total)
+
+        def advance(committed: int, in_flight: int) -> None:
+            completed = int(progress.tasks[0].completed) + committed
+            # Follow-up stages appear as their predecessors finish: the total grows.
+            progress.update(task, completed=completed, total=max(total, completed + in_flight))
+
+        try:
+            return run_queue(store, plan, executor, config, advance)
+        finally:
+            executor.close()
+
+
+@app.command()
+def run(
+    ctx: typer.Context,
+    address: Annotated[
+        str | None, typer.Option("--address", help="Ray cluster to join (RAY_ADDRESS).")
+    ] = None,
+    sequential: Annotated[bool, typer.Option(help="Run in this process, without Ray.")] = False,
+) -> None:
+    """Process the queue until it is empty."""
+    config = _config(ctx)
+    if address:
+        config = config.with_overrides(ray_address=address)
+    store = open_store(config)
+    try:
+        summary = process_queue(config, store, sequential)
+        status = store.status()
+    finally:
+        store.close()
+    out.print(
+        f"committed {summary.committed} outcomes ({summary.failed} failures)"
+        f" in {summary.wall_s:.1f} s;"
+        f" {status.open_jobs} jobs open"
+    )
+
+
+def _status_table(report: Any) -> Table:
+    states = ["queued", "leased", "done", "failed", "dead"]
+    table = Table("stage", *states, title=f"{report.items} items")
+    for stage in report.stages:
+        table.add_row(stage.stage, *(str(stage.counts.get(state, 0)) for state in states))
+    return table
+
+
+@app.command()
+def status(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    request: Annotated[str | None, typer.Option("--request", help="Only this request.")] = None,
+) -> None:
+    """Counts per stage and state, throughput and ETA."""
+    store = open_store(_config(ctx))
+    try:
+        report = store.status(request)
+    finally:
+        store.close()
+    if as_json:
+        out.print_json(
+            json.dumps(
+                {
+                    "items": report.items,
+                    "stages": {stage.stage: stage.counts for stage in report.stages},
+                    "open_jobs": report.open_jobs,
+                    "throughput_per_s": report.throughput_per_s,
+                    "eta_s": report.eta_s,
+                    "failures_by_reason": report.failures_by_reason,
+                }
+            )
+        )
+        return
+    out.print(_status_table(report))
+    rate = f"{report.throughput_per_s:.1f} jobs/s" if report.throughput_per_s else "idle"
+    eta = f", ETA {report.eta_s:.0f} s" if report.eta_s else ""
+    out.print(f"{report.open_jobs} open jobs; {rate} over the last {report.window_s} s{eta}")
+    if report.failures_by_reason:
+        out.print(f"failures: {report.failures_by_reason}")
+
+
+@app.command()
+def show(
+    ctx: typer.Context,
+    sha256: Annotated[str, typer.Argument(help="The item's SHA-256.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Everything known about one item."""
+    store = open_store(_config(ctx))
+    try:
+        record = store.show(sha256.lower())
+    finally:
+        store.close()
+    if record is None:
+        console.print(f"no item {sha256}")
+        raise typer.Exit(1)
+    if as_json:
+        sys.stdout.write(json.dumps(record, ensure_ascii=False, indent=2) + "\n")
+    else:
+        out.print_json(json.dumps(record, ensure_ascii=False))
+
+
+@app.command()
+def verify(
+    ctx: typer.Context,
+    fixity: Annotated[bool, typer.Option("--fixity", help="Re-hash every stored blob.")] = False,
+) -> None:
+    """Re-walk the custody chain (and re-hash originals); exit 1 naming the first problem."""
+    config = _config(ctx)
+    store = open_store(config)
+    try:
+        report = store.verify(fixity, actor=f"qarina-verify@{config.operator}")
+    finally:
+        store.close()
+    chain = report.chain
+    if chain.first_break is not None:
+        out.print(
+            f"custody chain BROKEN at event {chain.first_break.seq}: {chain.first_break.problem}"
+        )
+    else:
+        out.print(f"custody chain intact: {chain.events} events, head {chain.head_hash}")
+    if fixity:
+        for problem in report.fixity_problems:
+            out.print(f"blob {problem.sha256}: {problem.problem}")
+        out.print(
+            f"fixity: {report.blobs_checked} blobs checked, {len(report.fixity_problems)} problems"
+        )
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def demo(
+    ctx: typer.Context,
+    sequential: Annotated[bool, typer.Option(help="Run without Ray.")] = False,
+) -> None:
+    """Generate a small mixed set, ingest it, process it on local Ray, print a summary."""
+    from pipelines.demo import run_demo
+
+    run_demo(_config(ctx), sequential, out)
+
+
+@eval_app.command("metadata")
+def eval_metadata(
+    corpus: Annotated[Path, typer.Option(help="The shared corpus folder.")] = Path(
+        "../shared/corpus"
+    ),
+) -> None:
+    """Agreement of normalised metadata with the corpus ground truth, per field."""
+    from pipelines.metadata_eval import evaluate_metadata
+
+    evaluation = evaluate_metadata(corpus / "images_exif")
+    out.print(evaluation.render())
+
+
+@bench_app.command("ingest")
+def bench_ingest(
+    ctx: typer.Context,
+    size_mib: Annotated[int, typer.Option(help="Size of the generated file.")] = 1024,
+    runs: Annotated[int, typer.Option(help="Repetitions; the median is reported.")] = 3,
+    output: Annotated[Path, typer.Option(help="JSON results.")] = Path("bench-results/ingest.json"),
+) -> None:
+    """Ingest throughput against `openssl dgst -sha256` on the same file."""
+    from pipelines.bench import bench_ingest as run_bench
+
+    out.print_json(json.dumps(run_bench(_config(ctx), size_mib, runs, output)))
+
+
+@bench_app.command("photos")
+def bench_photos(
+    ctx: typer.Context,
+    count: Annotated[int, typer.Option(help="Generated 12 MP JPEGs.")] = 500,
+    output: Annotated[Path, typer.Option(help="JSON results.")] = Path("bench-results/photos.json"),
+) -> None:
+    """End-to-end photo throughput (ingest + probe + metadata), Ray against sequential."""
+    from pipelines.bench import bench_photos as run_bench
+
+    out.print_json(json.dumps(run_bench(_config(ctx), count, output)))
+
+
+@bench_app.command("backlog")
+def bench_backlog(
+    ctx: typer.Context,
+    jobs: Annotated[int, typer.Option(help="Jobs to enqueue.")] = 100_000,
+    output: Annotated[Path, typer.Option(help="JSON results.")] = Path(
+        "bench-results/backlog.json"
+    ),
+) -> None:
+    """Enqueue, lease and status timings for a large backlog."""
+    from pipelines.bench import bench_backlog as run_bench
+
+    out.print_json(json.dumps(run_bench(_config(ctx), jobs, output)))

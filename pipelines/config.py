@@ -1,0 +1,47 @@
+"""Run-time configuration: the one place that reads environment variables.
+
+Everything else receives a `QarinaConfig`; tests build one directly instead of patching the
+environment.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import getpass
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+DEFAULT_DATA_DIR = Path("qarina-data")
+
+
+@dataclass(frozen=True)
+class QarinaConfig:
+    data_dir: Path
+    db_url: str
+    ray_address: str | None = None
+    operator: str = "unknown"
+    #: A lease outlives a normal job many times over; a live driver renews it at a third of this.
+    lease_ttl: dt.timedelta = dt.timedelta(minutes=5)
+    max_attempts: int = 3
+    #: Batches in flight per actor: one running, one waiting, so an actor never idles.
+    batches_per_actor: int = 2
+
+    @property
+    def blob_root(self) -> Path:
+        return self.data_dir / "blobs"
+
+    @classmethod
+    def from_env(cls, data_dir: Path | None = None, ray_address: str | None = None) -> QarinaConfig:
+        """Resolve `--data`/QARINA_DATA, QARINA_DB_URL, `--address`/RAY_ADDRESS, QARINA_OPERATOR."""
+        data = (data_dir or Path(os.environ.get("QARINA_DATA", str(DEFAULT_DATA_DIR)))).resolve()
+        url = os.environ.get("QARINA_DB_URL") or f"sqlite:///{data / 'qarina.sqlite3'}"
+        return cls(
+            data_dir=data,
+            db_url=url,
+            ray_address=ray_address or os.environ.get("RAY_ADDRESS") or None,
+            operator=os.environ.get("QARINA_OPERATOR") or getpass.getuser(),
+        )
+
+    def with_overrides(self, **changes: object) -> QarinaConfig:
+        return replace(self, **changes)  # type: ignore[arg-type]

@@ -1,0 +1,54 @@
+"""Which stages run for which kind of item, and in which order.
+
+The registry in `workers` lists the stages; this module turns it into job specs: the probe
+first (it decides the kind), then every stage that accepts that kind once its required stages
+have results.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from evidence.jobs import JobSpec
+from workers import STAGES
+from workers.base import Kind, Stage, StageConfig
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The stages of this run with their options, keyed by name."""
+
+    stages: dict[str, Stage[Any, Any]]
+
+    @classmethod
+    def default(cls, only: Iterable[str] | None = None) -> Plan:
+        wanted = set(only) if only is not None else None
+        return cls(
+            {
+                stage_class.name: stage_class(config)
+                for stage_class, config in STAGES
+                if wanted is None or stage_class.name in wanted
+            }
+        )
+
+    def spec(self, name: str) -> JobSpec:
+        stage = self.stages[name]
+        config: StageConfig = stage.config
+        return JobSpec(name, stage.version, config.config_hash(), stage.requires)
+
+    def initial_jobs(self) -> list[JobSpec]:
+        """Stages that need nothing before them: the probe."""
+        return [self.spec(name) for name, stage in self.stages.items() if not stage.requires]
+
+    def follow_ups(self, finished: str, kind: str | None) -> list[JobSpec]:
+        """Stages that become possible once `finished` has a result on an item of `kind`."""
+        if kind is None:
+            return []
+        item_kind = Kind(kind)
+        return [
+            self.spec(name)
+            for name, stage in self.stages.items()
+            if finished in stage.requires and item_kind in stage.kinds
+        ]

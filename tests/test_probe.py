@@ -1,0 +1,166 @@
+"""Behaviour of the probe stage on generated media: kind from content, never from the name."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+
+from tests import media
+from tests.stage_contract import StageContract
+from workers.base import FailureReason, Kind, StageError, StageInput, result_to_json
+from workers.probe import ProbeConfig, ProbeResult, ProbeStage
+
+
+def _item(path: Path) -> StageInput:
+    # The runtime does not know the kind before the probe: it passes OTHER.
+    return StageInput("0" * 64, path, Kind.OTHER)
+
+
+@pytest.fixture
+def probe() -> ProbeStage:
+    stage = ProbeStage()
+    stage.setup()
+    return stage
+
+
+def _run(stage: ProbeStage, path: Path, tmp_path: Path) -> ProbeResult:
+    workdir = tmp_path / "work"
+    workdir.mkdir(exist_ok=True)
+    return stage.run(_item(path), workdir).result
+
+
+class TestProbeContract(StageContract):
+    stage_class = ProbeStage
+    config: ClassVar[ProbeConfig] = ProbeConfig()
+    expected_name = "probe"
+
+    def supported_item(self, tmp_path: Path) -> StageInput:
+        return _item(media.jpeg_with_exif(tmp_path / "item", size=(64, 48)))
+
+    def unsupported_item(self, tmp_path: Path) -> StageInput:
+        return _item(media.html_named_mp4(tmp_path))
+
+
+def test_jpeg_named_png_is_a_jpeg_photo(probe: ProbeStage, tmp_path: Path) -> None:
+    result = _run(probe, media.jpeg_bytes_named_png(tmp_path), tmp_path)
+    assert (result.kind, result.mime, result.format) == ("photo", "image/jpeg", "jpeg")
+    assert (result.width, result.height) == (64, 48)
+    assert result.flags == []
+
+
+def test_png_is_a_photo(probe: ProbeStage, tmp_path: Path) -> None:
+    result = _run(probe, media.png(tmp_path / "item"), tmp_path)
+    assert (result.kind, result.format) == ("photo", "png")
+
+
+def test_html_named_mp4_is_unsupported_and_says_what_it_is(
+    probe: ProbeStage, tmp_path: Path
+) -> None:
+    with pytest.raises(StageError) as caught:
+        _run(probe, media.html_named_mp4(tmp_path), tmp_path)
+    assert caught.value.reason is FailureReason.UNSUPPORTED_TYPE
+    assert caught.value.detail == "html document"
+    assert "clip" not in caught.value.detail
+
+
+@pytest.mark.parametrize(
+    ("content", "family"),
+    [(b"", "empty file"), (b"%PDF-1.7\n", "pdf document"), (b"PK\x03\x04rest", "zip archive"),
+     (b"just some notes\n", "text document")],
+)
+def test_other_content_is_unsupported(
+    probe: ProbeStage, tmp_path: Path, content: bytes, family: str
+) -> None:
+    path = tmp_path / "item.jpg"
+    path.write_bytes(content)
+    with pytest.raises(StageError) as caught:
+        _run(probe, path, tmp_path)
+    assert (caught.value.reason, caught.value.detail) == (FailureReason.UNSUPPORTED_TYPE, family)
+
+
+def test_video_with_audio(probe: ProbeStage, tmp_path: Path) -> None:
+    result = _run(probe, media.video_with_cuts(tmp_path / "item.jpg"), tmp_path)
+    assert (result.kind, result.format, result.mime) == ("video", "mp4", "video/mp4")
+    assert result.has_video and result.has_audio
+    assert (result.width, result.height) == (96, 64)
+    assert result.duration_s == pytest.approx(2.0, abs=0.2)
+    assert result.ffprobe is not None
+    assert "filename" not in result.ffprobe["format"], "the store path must not be kept"
+
+
+def test_silent_video_has_no_audio(probe: ProbeStage, tmp_path: Path) -> None:
+    result = _run(probe, media.video_with_cuts(tmp_path / "item", with_audio=False), tmp_path)
+    assert result.kind == "video"
+    assert not result.has_audio
+
+
+def test_rotation_is_clockwise_degrees(probe: ProbeStage, tmp_path: Path) -> None:
+    result = _run(probe, media.rotated_video(tmp_path / "item", 90), tmp_path)
+    assert result.rotation == 90
+
+
+def test_wav_is_audio(probe: ProbeStage, tmp_path: Path) -> None:
+    result = _run(probe, media.audio_wav(tmp_path / "item.mp4"), tmp_path)
+    assert (result.kind, result.format, result.has_video) == ("audio", "wav", False)
+
+
+def test_ogg_opus_voice_note_is_audio(probe: ProbeStage, tmp_path: Path) -> None:
+    result = _run(probe, media.audio_ogg_opus(tmp_path / "item"), tmp_path)
+    assert (result.kind, result.format, result.mime) == ("audio", "ogg", "audio/ogg")
+
+
+def test_truncated_jpeg_is_flagged(probe: ProbeStage, tmp_path: Path) -> None:
+    result = _run(probe, media.truncated_jpeg(tmp_path / "item"), tmp_path)
+    assert result.kind == "photo"
+    assert result.flags == ["truncated"]
+
+
+def test_decompression_bomb_is_a_resource_limit(probe: ProbeStage, tmp_path: Path) -> None:
+    path = media.png_bomb(tmp_path / "item")
+    assert path.stat().st_size < 200
+    with pytest.raises(StageError) as caught:
+        _run(probe, path, tmp_path)
+    assert caught.value.reason is FailureReason.RESOURCE_LIMIT
+
+
+def test_pixel_limit_comes_from_config(tmp_path: Path) -> None:
+    stage = ProbeStage(ProbeConfig(max_image_pixels=1000))
+    with pytest.raises(StageError) as caught:
+        _run(stage, media.png(tmp_path / "item", size=(64, 48)), tmp_path)
+    assert caught.value.reason is FailureReason.RESOURCE_LIMIT
+
+
+def test_corrupt_video_is_corrupt_media(probe: ProbeStage, tmp_path: Path) -> None:
+    with pytest.raises(StageError) as caught:
+        _run(probe, media.corrupt_video(tmp_path / "item"), tmp_path)
+    assert caught.value.reason is FailureReason.CORRUPT_MEDIA
+
+
+def test_unreadable_image_header_is_corrupt_media(probe: ProbeStage, tmp_path: Path) -> None:
+    path = tmp_path / "item"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    with pytest.raises(StageError) as caught:
+        _run(probe, path, tmp_path)
+    assert caught.value.reason is FailureReason.CORRUPT_MEDIA
+
+
+@pytest.mark.timeout(10)
+def test_fifo_is_refused_without_blocking(probe: ProbeStage, tmp_path: Path) -> None:
+    with pytest.raises(StageError) as caught:
+        _run(probe, media.fifo(tmp_path / "item"), tmp_path)
+    assert caught.value.reason is FailureReason.UNSUPPORTED_TYPE
+
+
+def test_result_is_json_serialisable(probe: ProbeStage, tmp_path: Path) -> None:
+    result = _run(probe, media.video_with_cuts(tmp_path / "item"), tmp_path)
+    data = result_to_json(result)
+    assert json.loads(json.dumps(data))["kind"] == "video"
+
+
+def test_tool_versions_name_ffprobe_and_pillow(probe: ProbeStage) -> None:
+    versions = probe.tool_versions()
+    assert versions["ffprobe"].startswith("ffprobe version")
+    assert versions["pillow"]
