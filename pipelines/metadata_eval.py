@@ -61,15 +61,6 @@ _ORIENTATION_IN_NAME = (
     re.compile(r"^pillow/hopper_orientation_([1-8])\.jpg$"),
 )
 
-#: Disagreements already traced to the truth itself, shown next to the row they explain.
-#: They are annotations only: every listed file still counts in the figures.
-KNOWN_TRUTH_ISSUES: dict[tuple[str, str], str] = {
-    ("pillow/exif_gps.jpg", "gps"): (
-        "truth gives GPSLatitude 4294967295 (0xFFFFFFFF, an unset-field sentinel in a Pillow "
-        "fuzz image) and no longitude or hemisphere; we report no position and flag gps_invalid"
-    ),
-}
-
 _DUMP_LINE = re.compile(r"^(?P<group>\S+) (?P<tag>\S+) \((?P<type>[^)]*)\): (?P<value>.*)$")
 
 
@@ -96,7 +87,6 @@ class Disagreement:
     truth: str
     ours: str
     truth_source: str
-    note: str | None
 
 
 @dataclass(frozen=True)
@@ -126,12 +116,10 @@ class MetadataEvaluation:
         parts: list[Any] = [scores]
         if self.disagreements:
             table = Table(title="Disagreements")
-            for column in ("file", "field", "truth", "ours", "truth from", "note"):
+            for column in ("file", "field", "truth", "ours", "truth from"):
                 table.add_column(column, overflow="fold")
             for row in self.disagreements:
-                table.add_row(
-                    row.file, row.field, row.truth, row.ours, row.truth_source, row.note or ""
-                )
+                table.add_row(row.file, row.field, row.truth, row.ours, row.truth_source)
             parts.append(table)
         if self.failures:
             table = Table(title="Files the stages failed on")
@@ -243,14 +231,20 @@ def _wall_clock(text: str | None) -> datetime | None:
         return None
 
 
-def _agrees(name: str, truth: Any, ours: Any) -> bool:
+def _is_position(value: Any) -> bool:
+    if not isinstance(value, tuple) or None in value:
+        return False
+    try:
+        lat, lon = float(value[0]), float(value[1])
+    except (TypeError, ValueError):
+        return False
+    return abs(lat) <= 90 and abs(lon) <= 180
+
+
+def _agrees(name: str, truth: Any, result: dict[str, Any] | None) -> bool:
+    ours = _ours(name, result)
     if name == "gps":
-        if ours is None or not isinstance(truth, tuple) or None in truth:
-            return False
-        return bool(
-            abs(float(truth[0]) - ours["lat"]) <= GPS_TOLERANCE_DEG
-            and abs(float(truth[1]) - ours["lon"]) <= GPS_TOLERANCE_DEG
-        )
+        return _gps_agrees(truth, ours, result)
     if name == "datetime_original":
         wall = _wall_clock(truth)
         return wall is not None and wall == _wall_clock(ours)
@@ -259,6 +253,22 @@ def _agrees(name: str, truth: Any, ours: Any) -> bool:
             return False
         return bool(truth == ((ours["make"] or "").strip(), (ours["model"] or "").strip()))
     return bool(truth == ours)
+
+
+def _gps_agrees(truth: Any, ours: Any, result: dict[str, Any] | None) -> bool:
+    if not _is_position(truth):
+        # The file holds GPS tags that are no position (Pillow's exif_gps.jpg: latitude
+        # 0xFFFFFFFF, no longitude). Agreeing means keeping the raw value exactly and
+        # refusing to turn it into a place.
+        raw = (result or {}).get("raw", {})
+        kept = {value for key, value in raw.items() if key.endswith(":GPSLatitude")}
+        return ours is None and truth[0] in kept
+    if ours is None:
+        return False
+    return bool(
+        abs(float(truth[0]) - ours["lat"]) <= GPS_TOLERANCE_DEG
+        and abs(float(truth[1]) - ours["lon"]) <= GPS_TOLERANCE_DEG
+    )
 
 
 def _ours(name: str, result: dict[str, Any] | None) -> Any:
@@ -299,9 +309,7 @@ def _images_root(corpus: Path) -> Path:
     return root
 
 
-def _build_truth(
-    root: Path, files: list[str]
-) -> tuple[dict[str, _Truth], list[str]]:
+def _build_truth(root: Path, files: list[str]) -> tuple[dict[str, _Truth], list[str]]:
     notes: list[str] = []
     by_lower = {name.lower(): name for name in files}
     truth = {name: _Truth() for name in files}
@@ -420,7 +428,7 @@ def evaluate_metadata(corpus: Path) -> MetadataEvaluation:
                 continue
             listed += 1
             expected, ours = truth[file].values[name], _ours(name, results[file])
-            if _agrees(name, expected, ours):
+            if _agrees(name, expected, results[file]):
                 agreed += 1
                 continue
             disagreements.append(
@@ -430,7 +438,6 @@ def evaluate_metadata(corpus: Path) -> MetadataEvaluation:
                     truth=_show(expected),
                     ours=_show(ours),
                     truth_source=truth[file].sources[name],
-                    note=KNOWN_TRUTH_ISSUES.get((file, name)),
                 )
             )
         scores.append(FieldScore(name, listed, agreed))
