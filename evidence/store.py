@@ -371,18 +371,18 @@ class Store:
         return None
 
 
+def _display_bytes(raw: bytes) -> str:
+    """Raw file-system bytes as text without loss: bytes that are not UTF-8 appear as \\xNN."""
+    return raw.decode("utf-8", "backslashreplace")
+
+
 def _acquisition_json(row: sa.Row[Any]) -> dict[str, Any]:
     return {
         "id": row.id,
         "source": row.source,
-        # Lossless: undecodable bytes appear as surrogate escapes, and the hex is exact.
-        "original_name": row.original_name.decode("utf-8", "surrogateescape")
-        .encode("utf-8", "backslashreplace")
-        .decode(),
+        "original_name": _display_bytes(row.original_name),
         "original_name_hex": row.original_name.hex(),
-        "original_path": row.original_path.decode("utf-8", "surrogateescape")
-        .encode("utf-8", "backslashreplace")
-        .decode(),
+        "original_path": _display_bytes(row.original_path),
         "original_mtime": as_utc(row.original_mtime).isoformat() if row.original_mtime else None,
         "operator": row.operator,
         "acquired_at": as_utc(row.acquired_at).isoformat(),
