@@ -1,0 +1,96 @@
+"""Smoke tests of `qarina bench`: each benchmark runs at a toy size, writes its JSON, cleans up.
+
+They check the shape and honesty of the report (peers measured, machine recorded, every item
+done, scratch data removed), not the speed: speed belongs to the full-size runs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from pipelines import bench
+from pipelines.config import QarinaConfig
+
+
+def _assert_report(result: dict[str, object], output: Path, config: QarinaConfig) -> None:
+    assert json.loads(output.read_text()) == result
+    machine = result["machine"]
+    assert isinstance(machine, dict)
+    assert machine["cpu_model"] and machine["cpus_usable"] and machine["python"]
+    assert machine["data_dir"]["fs_type"]
+    # Generated data lives in a scratch folder inside the data folder, removed afterwards.
+    assert not list(config.data_dir.glob("bench-*"))
+
+
+def test_bench_ingest_compares_with_openssl_and_dd(
+    sqlite_config: QarinaConfig, tmp_path: Path
+) -> None:
+    output = tmp_path / "results" / "ingest.json"
+    result = bench.bench_ingest(sqlite_config, 4, 2, output)
+    _assert_report(result, output, sqlite_config)
+    assert len(result["runs"]) == 2
+    assert result["all_digests_agree"]
+    for name in ("openssl", "hashlib", "ingest_disk", "dd"):
+        assert result["median"][name]["mb_per_s"] > 0
+    assert result["ratios"]["ingest_disk_to_openssl"] > 0
+    assert result["ratios"]["ingest_disk_to_dd"] > 0
+    assert result["target"]["ingest_to_openssl"] == 0.5
+
+
+def test_bench_backlog_on_sqlite(
+    sqlite_config: QarinaConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(bench.PG_URL_ENV, raising=False)
+    output = tmp_path / "results" / "backlog.json"
+    result = bench.bench_backlog(sqlite_config, 2_000, output)
+    _assert_report(result, output, sqlite_config)
+    assert list(result["backends"]) == ["sqlite"]
+    figures = result["backends"]["sqlite"]
+    assert figures["queued_before_lease"] == 2_000
+    assert figures["enqueue_bulk"]["jobs"] + figures["register_per_item"]["items"] == 2_000
+    assert figures["lease_commit_cycle"]["jobs_committed"] == 2_000
+    assert figures["status"]["under_1s"]
+    # Each committed probe queued its metadata job: the table holds both.
+    assert figures["status"]["jobs_in_table"] == 4_000
+
+
+@pytest.mark.postgres
+def test_bench_backlog_on_postgresql_drops_its_database(
+    sqlite_config: QarinaConfig, tmp_path: Path, postgres_database: str
+) -> None:
+    result = bench.bench_backlog(
+        sqlite_config, 200, tmp_path / "backlog.json", pg_url=postgres_database
+    )
+    assert result["backends"]["postgresql"]["lease_commit_cycle"]["jobs_committed"] == 200
+    engine = sa.create_engine(postgres_database)
+    with engine.connect() as connection:
+        left = connection.execute(
+            sa.text("SELECT count(*) FROM pg_database WHERE datname LIKE 'qarina_bench_%'")
+        ).scalar_one()
+    engine.dispose()
+    assert left == 0
+
+
+def test_generated_photos_are_distinct(tmp_path: Path) -> None:
+    made = bench.make_photos(tmp_path / "photos", 6, (320, 240))
+    files = sorted((tmp_path / "photos").iterdir())
+    assert made["count"] == len(files) == 6
+    assert len({path.read_bytes() for path in files}) == 6
+
+
+@pytest.mark.slow
+def test_bench_photos_ray_against_sequential(sqlite_config: QarinaConfig, tmp_path: Path) -> None:
+    output = tmp_path / "results" / "photos.json"
+    result = bench.bench_photos(sqlite_config, 6, output, runs=1, size=(640, 480))
+    _assert_report(result, output, sqlite_config)
+    assert result["all_done"]
+    (round_,) = result["runs"]
+    for runner in ("ray", "sequential"):
+        assert round_[runner]["new_items"] == 6
+        assert set(round_[runner]["stage_work"]) == {"probe", "metadata"}
+    assert round_["ray"]["ray_startup_s"] > 0
+    assert set(result["median"]["ray_overhead"]) == {"incl_startup", "excl_startup"}
