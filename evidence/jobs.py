@@ -49,6 +49,7 @@ class LeasedJob:
     kind: str | None
     priority: int
     attempts: int
+    max_attempts: int
 
 
 @dataclass(frozen=True)
@@ -106,11 +107,7 @@ def enqueue(
     priority: int,
     max_attempts: int,
 ) -> int:
-    """Queue jobs for an item inside the caller's transaction; existing jobs are kept once.
-
-    A job that is already queued is raised to `priority` if that is higher, so an urgent
-    re-acquisition of material already in a backlog jumps the queue.
-    """
+    """Queue jobs for an item inside the caller's transaction; existing jobs are kept once."""
     now = utc_now()
     added = 0
     for spec in specs:
@@ -132,12 +129,28 @@ def enqueue(
             .on_conflict_do_nothing()
         )
         added += connection.execute(statement).rowcount
-    connection.execute(
-        sa.update(jobs)
-        .where(jobs.c.sha256 == sha256, jobs.c.state == QUEUED, jobs.c.priority < priority)
-        .values(priority=priority, updated_at=now)
-    )
     return added
+
+
+def raise_priority(connection: sa.Connection, sha256: str, priority: int) -> None:
+    """Raise an item's queued jobs to `priority`: an urgent re-acquisition jumps the queue.
+
+    The item's jobs are found through the sha256 key first: a predicate on `state` would let
+    the planner scan every queued job of a large backlog instead.
+    """
+    lower = [
+        job_id
+        for job_id, state, current in connection.execute(
+            sa.select(jobs.c.id, jobs.c.state, jobs.c.priority).where(jobs.c.sha256 == sha256)
+        )
+        if state == QUEUED and current < priority
+    ]
+    if lower:
+        connection.execute(
+            sa.update(jobs)
+            .where(jobs.c.id.in_(lower))
+            .values(priority=priority, updated_at=utc_now())
+        )
 
 
 def _results_exist(connection: sa.Connection, sha256: str, stages: Sequence[str]) -> bool:
@@ -188,6 +201,15 @@ def _of_spec(spec: JobSpec) -> sa.ColumnElement[bool]:
     )
 
 
+def _any_queued(database: Database, spec: JobSpec) -> bool:
+    """A read-only look first: an empty poll must not take SQLite's write lock and fsync."""
+    with database.reader.connect() as connection:
+        found = connection.execute(
+            sa.select(jobs.c.id).where(jobs.c.state == QUEUED, _of_spec(spec)).limit(1)
+        ).first()
+    return found is not None
+
+
 def lease(
     database: Database, owner: str, spec: JobSpec, limit: int, ttl: dt.timedelta
 ) -> list[LeasedJob]:
@@ -196,7 +218,7 @@ def lease(
     Only jobs of exactly this stage version and options: a driver running newer code never
     stores its output under an older version's key.
     """
-    if limit <= 0:
+    if limit <= 0 or not _any_queued(database, spec):
         return []
     now = utc_now()
     with database.writer.begin() as connection:
@@ -225,7 +247,7 @@ def lease(
         rows = connection.execute(
             sa.select(
                 jobs.c.id,
-                jobs.c.lease_token,
+                jobs.c.lease_token.label("token"),
                 jobs.c.sha256,
                 jobs.c.stage,
                 jobs.c.stage_version,
@@ -233,12 +255,13 @@ def lease(
                 items.c.kind,
                 jobs.c.priority,
                 jobs.c.attempts,
+                jobs.c.max_attempts,
             )
             .join(items, items.c.sha256 == jobs.c.sha256)
             .where(jobs.c.id.in_(ids))
             .order_by(jobs.c.priority.desc(), jobs.c.id)
         ).all()
-    return [LeasedJob(*row) for row in rows]
+    return [LeasedJob(**row._mapping) for row in rows]
 
 
 def renew(database: Database, owner: str, job_ids: Sequence[int], ttl: dt.timedelta) -> None:
@@ -279,46 +302,46 @@ def commit(
     database: Database,
     outcomes: Sequence[tuple[LeasedJob, Outcome]],
     actor: str,
-    max_attempts_default: int = 3,
 ) -> CommitReport:
     """Commit outcomes atomically: each result with its artifacts, custody and follow-ups.
 
     One transaction for the whole batch keeps SQLite's fsyncs per batch rather than per item;
-    every outcome is still all-or-nothing with the others, so no partial result exists.
+    every outcome is still all-or-nothing with the others, so no partial result exists. An
+    outcome whose lease token no longer matches (the job expired and went to someone else) is
+    refused: its job has a newer owner.
     """
     committed = stale = 0
     with database.writer.begin() as connection:
         entries: list[CustodyEntry] = []
         for job, outcome in outcomes:
-            if not _hold_lease(connection, job):
-                stale += 1
-                continue
             if isinstance(outcome, Success):
-                entries.append(
-                    _commit_success(database, connection, job, outcome, actor, max_attempts_default)
-                )
+                entry = _commit_success(database, connection, job, outcome, actor)
             else:
-                entries.append(_commit_failure(connection, job, outcome, actor))
-            committed += 1
+                entry = _commit_failure(connection, job, outcome, actor)
+            if entry is None:
+                stale += 1
+            else:
+                entries.append(entry)
+                committed += 1
         custody.append(connection, entries)
     return CommitReport(committed, stale)
 
 
-def _hold_lease(connection: sa.Connection, job: LeasedJob) -> bool:
-    held = connection.execute(
-        sa.select(jobs.c.id).where(
-            jobs.c.id == job.id, jobs.c.lease_token == job.token, jobs.c.state == LEASED
-        )
-    ).first()
-    return held is not None
-
-
-def _finish(connection: sa.Connection, job: LeasedJob, **values: Any) -> None:
-    connection.execute(
-        sa.update(jobs)
-        .where(jobs.c.id == job.id)
-        .values(lease_owner=None, lease_expires_at=None, updated_at=utc_now(), **values)
+def _finish(connection: sa.Connection, job: LeasedJob, **values: Any) -> bool:
+    """End the lease, but only if it is still this job's lease (the fencing check)."""
+    return (
+        connection.execute(
+            sa.update(jobs)
+            .where(jobs.c.id == job.id, jobs.c.lease_token == job.token, jobs.c.state == LEASED)
+            .values(lease_owner=None, lease_expires_at=None, updated_at=utc_now(), **values)
+        ).rowcount
+        == 1
     )
+
+
+def _set_kind(connection: sa.Connection, sha256: str, kind: str | None) -> None:
+    if kind is not None:
+        connection.execute(sa.update(items).where(items.c.sha256 == sha256).values(kind=kind))
 
 
 def _commit_success(
@@ -327,8 +350,12 @@ def _commit_success(
     job: LeasedJob,
     outcome: Success,
     actor: str,
-    max_attempts: int,
-) -> CustodyEntry:
+) -> CustodyEntry | None:
+    now = utc_now()
+    if not _finish(
+        connection, job, state=DONE, finished_at=now, error_reason=None, error_detail=None
+    ):
+        return None
     data = dict(outcome.data)
     data_sha256 = hashlib.sha256(canonical_json(data).encode()).hexdigest()
     inserted = connection.execute(
@@ -343,7 +370,7 @@ def _commit_success(
             data=data,
             data_sha256=data_sha256,
             provenance=dict(outcome.provenance),
-            created_at=utc_now(),
+            created_at=now,
         )
         .on_conflict_do_nothing()
         .returning(results.c.id)
@@ -365,14 +392,8 @@ def _commit_success(
                 for artifact in outcome.artifacts
             ],
         )
-    if outcome.item_kind is not None:
-        connection.execute(
-            sa.update(items).where(items.c.sha256 == job.sha256).values(kind=outcome.item_kind)
-        )
-    _finish(
-        connection, job, state=DONE, finished_at=utc_now(), error_reason=None, error_detail=None
-    )
-    enqueue(database, connection, job.sha256, outcome.follow_ups, job.priority, max_attempts)
+    _set_kind(connection, job.sha256, outcome.item_kind)
+    enqueue(database, connection, job.sha256, outcome.follow_ups, job.priority, job.max_attempts)
     return CustodyEntry(
         actor=actor,
         action="result" if outcome.skip_reason is None else "skip",
@@ -392,18 +413,15 @@ def _commit_success(
 
 def _commit_failure(
     connection: sa.Connection, job: LeasedJob, outcome: Failure, actor: str
-) -> CustodyEntry:
+) -> CustodyEntry | None:
     attempts = job.attempts + 1
-    max_attempts = connection.execute(
-        sa.select(jobs.c.max_attempts).where(jobs.c.id == job.id)
-    ).scalar_one()
     if not outcome.retryable:
         state = FAILED
-    elif attempts < max_attempts:
+    elif attempts < job.max_attempts:
         state = QUEUED
     else:
         state = DEAD
-    _finish(
+    if not _finish(
         connection,
         job,
         state=state,
@@ -411,11 +429,9 @@ def _commit_failure(
         error_reason=outcome.reason,
         error_detail=outcome.detail,
         finished_at=None if state == QUEUED else utc_now(),
-    )
-    if outcome.item_kind is not None:
-        connection.execute(
-            sa.update(items).where(items.c.sha256 == job.sha256).values(kind=outcome.item_kind)
-        )
+    ):
+        return None
+    _set_kind(connection, job.sha256, outcome.item_kind)
     return CustodyEntry(
         actor=actor,
         action="failure",

@@ -133,6 +133,8 @@ class Store:
                 acquisition.priority,
                 max_attempts,
             )
+            if not new_item:
+                jobs.raise_priority(connection, blob.sha256, acquisition.priority)
             custody.append(
                 connection,
                 [

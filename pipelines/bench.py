@@ -855,7 +855,7 @@ def _lease_commit_cycle(
             (job, _probe_like_success(job, follow_ups)) for job in leased
         ]
         started = time.perf_counter()
-        report = jobq.commit(store.database, outcomes, f"qarina-bench@{owner}", config.max_attempts)
+        report = jobq.commit(store.database, outcomes, f"qarina-bench@{owner}")
         commit_times.append(time.perf_counter() - started)
         committed += report.committed
     total = sum(lease_times) + sum(commit_times)

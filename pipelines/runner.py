@@ -118,7 +118,7 @@ def run_queue(
             continue
         for tasks, outcomes in executor.collect(_COLLECT_TIMEOUT_S):
             pairs = [(task.job, outcome) for task, outcome in zip(tasks, outcomes, strict=True)]
-            report = jobs.commit(store.database, pairs, actor, config.max_attempts)
+            report = jobs.commit(store.database, pairs, actor)
             summary.committed += report.committed
             summary.stale += report.stale
             summary.failed += sum(isinstance(outcome, jobs.Failure) for outcome in outcomes)
