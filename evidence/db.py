@@ -14,8 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config as AlembicConfig
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -85,6 +83,9 @@ def connect(url: str) -> Database:
 
 def migrate(database: Database) -> None:
     """Bring the database to the newest schema revision (idempotent)."""
+    from alembic import command  # only the driver migrates; workers never load Alembic
+    from alembic.config import Config as AlembicConfig
+
     config = AlembicConfig()
     config.set_main_option("script_location", str(_MIGRATIONS))
     with database.writer.begin() as connection:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -20,71 +20,12 @@ from sqlalchemy.dialects import postgresql, sqlite
 from evidence import custody
 from evidence.custody import CustodyEntry, canonical_json
 from evidence.db import Database, utc_now
+from evidence.records import Failure, JobSpec, LeasedJob, Outcome, Success
 from evidence.schema import artifacts, items, jobs, results
 
 QUEUED, LEASED, DONE, FAILED, DEAD = "queued", "leased", "done", "failed", "dead"
 #: States in which a job still has work ahead of it.
 OPEN_STATES = (QUEUED, LEASED)
-
-
-@dataclass(frozen=True)
-class JobSpec:
-    """Which stage, at which version and options, should run on an item."""
-
-    stage: str
-    stage_version: str
-    config_hash: str
-    #: Stages whose results must exist before this one may be queued.
-    requires: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class LeasedJob:
-    id: int
-    token: int
-    sha256: str
-    stage: str
-    stage_version: str
-    config_hash: str
-    kind: str | None
-    priority: int
-    attempts: int
-    max_attempts: int
-
-
-@dataclass(frozen=True)
-class ArtifactRecord:
-    sha256: str
-    role: str
-    media_type: str
-    size_bytes: int
-    meta: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Success:
-    """A stage finished: with data, or with a recorded skip reason."""
-
-    data: Mapping[str, Any]
-    provenance: Mapping[str, Any]
-    artifacts: Sequence[ArtifactRecord] = ()
-    skip_reason: str | None = None
-    #: Set by the probe stage: the item's kind as decided from its bytes.
-    item_kind: str | None = None
-    follow_ups: Sequence[JobSpec] = ()
-
-
-@dataclass(frozen=True)
-class Failure:
-    reason: str
-    detail: str
-    retryable: bool
-    provenance: Mapping[str, Any] = field(default_factory=dict)
-    #: Set by the probe stage when it could not decide a media kind.
-    item_kind: str | None = None
-
-
-Outcome = Success | Failure
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from evidence import custody, jobs
+from evidence import custody, jobs, records
 from evidence.blobs import BlobStore, StoredBlob
 from evidence.custody import CustodyEntry
 from evidence.db import Database, as_utc, connect, migrate, utc_now
@@ -95,7 +95,7 @@ class Store:
         self,
         blob: StoredBlob,
         acquisition: Acquisition,
-        initial_jobs: Sequence[jobs.JobSpec],
+        initial_jobs: Sequence[records.JobSpec],
         actor: str,
         max_attempts: int,
     ) -> Registered:

@@ -43,6 +43,7 @@ import ray
 import sqlalchemy as sa
 
 from evidence import jobs as jobq
+from evidence import records
 from evidence.blobs import BlobStore, StoredBlob
 from evidence.db import utc_now
 from evidence.schema import items as items_table
@@ -448,7 +449,7 @@ def _unique_exif(index: int) -> bytes:
     make, model = _DEVICES[index % len(_DEVICES)]
     taken = dt.datetime(2024, 3, 12, 8, 0, tzinfo=_DAMASCUS) + dt.timedelta(seconds=37 * index)
     gps = (36.2021 + index * 1e-4, 37.1343 - index * 1e-4, 390.0 + index % 50)
-    exif = piexif.load(samples.exif_bytes(make=make, model=model, taken=taken, gps=gps))
+    exif = piexif.load(samples.exif_bytes(make=make, model=model, datetime_original=taken, gps=gps))
     exif["0th"][piexif.ImageIFD.ImageDescription] = f"qarina bench photo {index:06d}".encode()
     return bytes(piexif.dump(exif))
 
@@ -732,7 +733,7 @@ def _fake_sha(prefix: str, index: int) -> str:
     return hashlib.sha256(f"qarina-bench-{prefix}-{index}".encode()).hexdigest()
 
 
-def _bulk_enqueue(store: Store, spec: jobq.JobSpec, count: int, max_attempts: int) -> float:
+def _bulk_enqueue(store: Store, spec: records.JobSpec, count: int, max_attempts: int) -> float:
     """Insert `count` items with a queued first job each, in batches; returns the seconds taken.
 
     This is how a migration of an existing backlog would load the queue, not what ingest does
@@ -770,7 +771,7 @@ def _bulk_enqueue(store: Store, spec: jobq.JobSpec, count: int, max_attempts: in
 
 
 def _register_sample(
-    store: Store, spec: jobq.JobSpec, count: int, config: QarinaConfig
+    store: Store, spec: records.JobSpec, count: int, config: QarinaConfig
 ) -> list[float]:
     """`Store.register` one item at a time, as ingest does (the blob copy is not included)."""
     latencies = []
@@ -788,7 +789,7 @@ def _register_sample(
     return latencies
 
 
-def _lease_latencies(store: Store, spec: jobq.JobSpec, ttl: dt.timedelta) -> list[float]:
+def _lease_latencies(store: Store, spec: records.JobSpec, ttl: dt.timedelta) -> list[float]:
     """Time `lease(limit=16)` calls on the full queue, then hand every lease back."""
     owner = f"bench-lease-{uuid.uuid4().hex[:8]}"
     latencies = []
@@ -802,10 +803,12 @@ def _lease_latencies(store: Store, spec: jobq.JobSpec, ttl: dt.timedelta) -> lis
     return latencies
 
 
-def _probe_like_success(job: jobq.LeasedJob, follow_ups: Sequence[jobq.JobSpec]) -> jobq.Success:
+def _probe_like_success(
+    job: records.LeasedJob, follow_ups: Sequence[records.JobSpec]
+) -> records.Success:
     """An outcome shaped like a real probe result: a photo, with its metadata job to queue."""
     now = dt.datetime.now(dt.UTC).isoformat()
-    return jobq.Success(
+    return records.Success(
         data={
             "kind": "photo",
             "mime": "image/jpeg",
@@ -838,7 +841,7 @@ def _probe_like_success(job: jobq.LeasedJob, follow_ups: Sequence[jobq.JobSpec])
 
 
 def _lease_commit_cycle(
-    store: Store, spec: jobq.JobSpec, follow_ups: Sequence[jobq.JobSpec], config: QarinaConfig
+    store: Store, spec: records.JobSpec, follow_ups: Sequence[records.JobSpec], config: QarinaConfig
 ) -> dict[str, Any]:
     """Lease 16, commit 16 probe-like successes, repeat: the driver loop without the stages."""
     owner = f"bench-cycle-{uuid.uuid4().hex[:8]}"
@@ -851,7 +854,7 @@ def _lease_commit_cycle(
         lease_times.append(time.perf_counter() - started)
         if not leased:
             break
-        outcomes: list[tuple[jobq.LeasedJob, jobq.Outcome]] = [
+        outcomes: list[tuple[records.LeasedJob, records.Outcome]] = [
             (job, _probe_like_success(job, follow_ups)) for job in leased
         ]
         started = time.perf_counter()

@@ -24,6 +24,8 @@ class QarinaConfig:
     #: A lease outlives a normal job many times over; a live driver renews it at a third of this.
     lease_ttl: dt.timedelta = dt.timedelta(minutes=5)
     max_attempts: int = 3
+    #: Files copied in at once: each waits on its own fsyncs, so a few overlap well on two cores.
+    ingest_threads: int = 4
     #: Batches in flight per actor: one running, one waiting, so an actor never idles.
     batches_per_actor: int = 2
 

@@ -27,7 +27,10 @@ def make_demo_set(folder: Path) -> tuple[Path, Path]:
         phone / "IMG_20240312_101500.jpg",
         seed=1,
         exif=samples.exif_bytes(
-            taken=dt.datetime(2024, 3, 12, 10, 15, tzinfo=_DAMASCUS), gps=(36.2021, 37.1343, 390.0)
+            make="Samsung",
+            model="SM-A515F",
+            datetime_original=dt.datetime(2024, 3, 12, 10, 15, tzinfo=_DAMASCUS),
+            gps=(36.2021, 37.1343, 390.0),
         ),
     )
     samples.photo(
@@ -36,7 +39,7 @@ def make_demo_set(folder: Path) -> tuple[Path, Path]:
         exif=samples.exif_bytes(
             make="Apple",
             model="iPhone 11",
-            taken=dt.datetime(2024, 3, 12, 10, 17, 30, tzinfo=_DAMASCUS),
+            datetime_original=dt.datetime(2024, 3, 12, 10, 17, 30, tzinfo=_DAMASCUS),
             gps=(-33.8688, -70.6693, 12.0),
             orientation=6,
         ),

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from evidence.blobs import BlobStore
-from evidence.jobs import ArtifactRecord, Failure, LeasedJob, Outcome, Success
+from evidence.records import ArtifactRecord, Failure, LeasedJob, Outcome, Success
 from pipelines.plan import Plan
 from workers.base import (
     FailureReason,

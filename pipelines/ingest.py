@@ -11,11 +11,13 @@ import datetime as dt
 import logging
 import os
 import stat
+from collections import deque
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from evidence.blobs import BlobIntegrityError, IngestRefused
+from evidence.blobs import BlobIntegrityError, IngestRefused, StoredBlob
 from evidence.store import Acquisition, Store
 from pipelines.config import QarinaConfig
 from pipelines.plan import Plan
@@ -47,6 +49,39 @@ def _walk(paths: Iterable[Path]) -> Iterator[Path]:
             yield path
 
 
+def _put(store: Store, path: Path) -> StoredBlob | str:
+    """Store one file; a refusal comes back as its reason instead of an exception."""
+    try:
+        return store.blobs.put(path)
+    except IngestRefused as refused:
+        return refused.reason
+    except BlobIntegrityError:
+        return "integrity_error"
+    except OSError as error:
+        return f"os_error:{error.errno}"
+
+
+def _stored_in_order(
+    store: Store, paths: Iterator[Path], threads: int
+) -> Iterator[tuple[Path, StoredBlob | str]]:
+    """Copy files in on several threads, yielding in walk order.
+
+    Hashing releases the GIL and each file waits on its own fsyncs, so a few threads keep both
+    cores and the disk busy where one thread would leave them idle between files. The window
+    of files in flight is bounded, so a folder of 400,000 files is never listed up front.
+    """
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ingest") as pool:
+        window: deque[tuple[Path, Future[StoredBlob | str]]] = deque()
+        for path in paths:
+            window.append((path, pool.submit(_put, store, path)))
+            if len(window) >= threads * 2:
+                done_path, future = window.popleft()
+                yield done_path, future.result()
+        while window:
+            done_path, future = window.popleft()
+            yield done_path, future.result()
+
+
 def ingest_paths(
     store: Store,
     plan: Plan,
@@ -56,33 +91,28 @@ def ingest_paths(
     priority: int = 0,
     request_ref: str | None = None,
 ) -> IngestSummary:
-    """Store and register every file under `paths`; never stops on one bad input."""
+    """Store and register every file under `paths`; never stops on one bad input.
+
+    Registration (database and custody) happens in this thread, in walk order, so the custody
+    log lists arrivals in the order they were found.
+    """
     summary = IngestSummary()
     actor = f"qarina-ingest@{config.operator}"
     initial = plan.initial_jobs()
-    for path in _walk(paths):
+    for path, stored in _stored_in_order(store, _walk(paths), config.ingest_threads):
         summary.files += 1
         raw_path = os.fsencode(path.absolute())
-        try:
-            blob = store.blobs.put(path)
-        except IngestRefused as refused:
-            _refuse(store, summary, source, raw_path, refused.reason, actor)
+        if isinstance(stored, str):
+            _refuse(store, summary, source, raw_path, stored, actor)
             continue
-        except BlobIntegrityError:
-            _refuse(store, summary, source, raw_path, "integrity_error", actor)
-            continue
-        except OSError as error:
-            _refuse(store, summary, source, raw_path, f"os_error:{error.errno}", actor)
-            continue
-        mtime = _mtime(path)
         registered = store.register(
-            blob,
+            stored,
             Acquisition(
                 source=source,
                 original_name=os.fsencode(path.name),
                 original_path=raw_path,
                 operator=config.operator,
-                original_mtime=mtime,
+                original_mtime=_mtime(path),
                 priority=priority,
                 request_ref=request_ref,
             ),
@@ -90,14 +120,14 @@ def ingest_paths(
             actor,
             config.max_attempts,
         )
-        summary.bytes += blob.size_bytes
-        summary.sha256s.append(blob.sha256)
+        summary.bytes += stored.size_bytes
+        summary.sha256s.append(stored.sha256)
         if registered.new_item:
             summary.new_items += 1
         else:
             summary.duplicates += 1
         log.info(
-            "ingested item %s (%s)", blob.sha256[:16], "new" if registered.new_item else "known"
+            "ingested item %s (%s)", stored.sha256[:16], "new" if registered.new_item else "known"
         )
     return summary
 

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from evidence.jobs import JobSpec
+from evidence.records import JobSpec
 from workers import STAGES
 from workers.base import Kind, Stage, StageConfig
 

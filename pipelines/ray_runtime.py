@@ -11,14 +11,15 @@ from __future__ import annotations
 import logging
 import math
 import os
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import ray
 from ray.exceptions import GetTimeoutError, RayError
 
-from evidence.jobs import Failure, Outcome
+from evidence.records import Failure, Outcome
 from pipelines.config import QarinaConfig
 from pipelines.execute import StageHost, Task
 from pipelines.plan import Plan
@@ -61,32 +62,79 @@ class StageActor:
         return self._host.run_batch(tasks)
 
 
+#: A pool idle this long may give its actors to a busier stage that cannot grow otherwise.
+_IDLE_RETIRE_S = 2.0
+#: A pool grows when its actors spent at least this share of the recent window in stage code:
+#: a cheap stage (the probe takes ~1 ms a photo) keeps one actor, since each extra actor costs
+#: about a second of CPU to start and only helps a stage that keeps its actors busy.
+_GROW_UTILISATION = 0.75
+_WINDOW_S = (1.0, 5.0)  # shortest window that may justify growth, longest kept
+
+
 @dataclass
 class _Pool:
     stage: Stage[Any, Any]
-    size: int
-    actors: list[Any]
-    in_flight: dict[Any, int]  # actor -> batches running or waiting on it
+    max_size: int
+    actors: list[Any] = field(default_factory=list)
+    in_flight: dict[Any, int] = field(default_factory=dict)  # actor -> batches on it
+    idle_since: float = field(default_factory=time.monotonic)
+    window_start: float = field(default_factory=time.monotonic)
+    work_s: float = 0.0  # stage run time reported by outcomes since window_start
+
+    @property
+    def busy(self) -> int:
+        return sum(self.in_flight.values())
+
+    def record_work(self, outcomes: list[Outcome]) -> None:
+        now = time.monotonic()
+        if now - self.window_start > _WINDOW_S[1]:
+            self.window_start, self.work_s = now, 0.0
+        self.work_s += sum(float(outcome.provenance.get("duration_s", 0.0)) for outcome in outcomes)
+
+    def wants_more(self) -> bool:
+        """Busy enough over the recent window that another actor would share real work."""
+        elapsed = time.monotonic() - self.window_start
+        if elapsed < _WINDOW_S[0]:
+            return False
+        return self.work_s / elapsed >= _GROW_UTILISATION * len(self.actors)
 
 
 class RayExecutor:
-    """Feeds batches to per-stage actor pools and hands finished batches back to the driver."""
+    """Feeds batches to per-stage actor pools and hands finished batches back to the driver.
+
+    Pools grow with demand: a pool whose actors are kept busy gets another while the cluster's
+    CPUs (counted by what each actor asks for) allow, up to one actor per CPU; when a busy pool
+    cannot grow, pools idle for a while give their actors back. So the probe pool takes the
+    cores while items arrive and metadata takes them once the probes are done, without a fixed
+    split.
+    """
 
     def __init__(self, plan: Plan, config: QarinaConfig) -> None:
         self._plan = plan
         self._config = config
-        total_cpus = float(ray.cluster_resources().get("CPU", 1.0))  # type: ignore[no-untyped-call]
+        resources = ray.cluster_resources()  # type: ignore[no-untyped-call]
+        self._total_cpus = float(resources.get("CPU", 1.0))
         self._pools = {
-            name: _Pool(stage, self._pool_size(stage, total_cpus, len(plan.stages)), [], {})
+            name: _Pool(stage, self._max_size(stage, self._total_cpus))
             for name, stage in plan.stages.items()
         }
         self._pending: dict[Any, tuple[str, Any, list[Task]]] = {}
 
     @staticmethod
-    def _pool_size(stage: Stage[Any, Any], total_cpus: float, stages: int) -> int:
-        """Share the cluster's CPUs evenly between the stage pools, in units of the stage's ask."""
-        share = total_cpus / stages
-        return max(1, math.floor(share / stage.resources.num_cpus))
+    def _max_size(stage: Stage[Any, Any], total_cpus: float) -> int:
+        """One actor per CPU at most: more would only time-slice the same cores."""
+        asks = math.floor(total_cpus / max(stage.resources.num_cpus, 1e-3))
+        return max(1, min(asks, math.ceil(total_cpus)))
+
+    def _cpus_in_use(self) -> float:
+        pools = self._pools.values()
+        return sum(len(pool.actors) * pool.stage.resources.num_cpus for pool in pools)
+
+    def _can_grow(self, pool: _Pool) -> bool:
+        if not pool.actors:
+            return True  # every stage with work gets one actor, whatever the budget says
+        fits = self._cpus_in_use() + pool.stage.resources.num_cpus <= self._total_cpus + 1e-9
+        return len(pool.actors) < pool.max_size and fits and pool.wants_more()
 
     def _new_actor(self, pool: _Pool) -> Any:
         resources = pool.stage.resources
@@ -102,17 +150,40 @@ class RayExecutor:
         pool.in_flight[actor] = 0
         return actor
 
+    def _make_room(self, wanting: _Pool) -> None:
+        """Give a saturated pool the CPUs of actors idle in other pools.
+
+        Retiring only on demand avoids churn: starting an actor costs about a second of CPU.
+        """
+        now = time.monotonic()
+        for pool in self._pools.values():
+            if pool is wanting or pool.busy or now - pool.idle_since < _IDLE_RETIRE_S:
+                continue
+            for actor in pool.actors:
+                ray.kill(actor, no_restart=True)
+            pool.actors.clear()
+            pool.in_flight.clear()
+
     def free_slots(self, stage: str) -> int:
         pool = self._pools[stage]
-        capacity = pool.size * self._config.batches_per_actor
-        return capacity - sum(pool.in_flight.values())
+        saturated = pool.busy >= len(pool.actors)
+        below_max = len(pool.actors) < pool.max_size
+        if saturated and below_max and pool.wants_more() and not self._can_grow(pool):
+            self._make_room(pool)
+        actors = len(pool.actors) + (1 if self._can_grow(pool) else 0)
+        return actors * self._config.batches_per_actor - pool.busy
 
     def submit(self, stage: str, tasks: list[Task]) -> None:
         pool = self._pools[stage]
-        if len(pool.actors) < pool.size:
-            self._new_actor(pool)
-        actor = min(pool.actors, key=lambda candidate: pool.in_flight[candidate])
+        idle = [actor for actor in pool.actors if pool.in_flight[actor] == 0]
+        if idle:
+            actor = idle[0]
+        elif self._can_grow(pool):
+            actor = self._new_actor(pool)
+        else:
+            actor = min(pool.actors, key=lambda candidate: pool.in_flight[candidate])
         pool.in_flight[actor] += 1
+        pool.idle_since = time.monotonic()
         reference = actor.run_batch.remote(tasks)
         self._pending[reference] = (stage, actor, tasks)
 
@@ -129,7 +200,9 @@ class RayExecutor:
             pool = self._pools[stage]
             if actor in pool.in_flight:
                 pool.in_flight[actor] -= 1
-            finished.append((tasks, self._outcomes(reference, pool, actor, tasks)))
+            outcomes = self._outcomes(reference, pool, actor, tasks)
+            pool.record_work(outcomes)
+            finished.append((tasks, outcomes))
         return finished
 
     def _outcomes(
@@ -151,10 +224,6 @@ class RayExecutor:
                 )
                 for _ in tasks
             ]
-
-    def pool_sizes(self) -> dict[str, int]:
-        """Actors per stage pool, for the run summary."""
-        return {name: pool.size for name, pool in self._pools.items()}
 
     def close(self) -> None:
         for pool in self._pools.values():

@@ -16,8 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from evidence import jobs
-from evidence.jobs import Outcome
+from evidence import jobs, records
+from evidence.records import Outcome
 from evidence.store import Store
 from pipelines.config import QarinaConfig
 from pipelines.execute import StageHost, Task
@@ -95,7 +95,7 @@ def run_queue(
     release_dead_local_owners(store)
     jobs.release_expired(store.database)
     specs = {name: plan.spec(name) for name in plan.stages}
-    in_flight: dict[int, jobs.LeasedJob] = {}
+    in_flight: dict[int, records.LeasedJob] = {}
     summary = RunSummary()
     renew_every = config.lease_ttl.total_seconds() / 3
     last_renewal = time.monotonic()
@@ -121,7 +121,7 @@ def run_queue(
             report = jobs.commit(store.database, pairs, actor)
             summary.committed += report.committed
             summary.stale += report.stale
-            summary.failed += sum(isinstance(outcome, jobs.Failure) for outcome in outcomes)
+            summary.failed += sum(isinstance(outcome, records.Failure) for outcome in outcomes)
             for task in tasks:
                 in_flight.pop(task.job.id, None)
             if on_progress is not None:
@@ -133,7 +133,7 @@ def run_queue(
     return summary
 
 
-def _tasks(store: Store, requires: tuple[str, ...], leased: list[jobs.LeasedJob]) -> list[Task]:
+def _tasks(store: Store, requires: tuple[str, ...], leased: list[records.LeasedJob]) -> list[Task]:
     upstream = jobs.upstream_results(
         store.database, [(job.sha256, stage) for job in leased for stage in requires]
     )

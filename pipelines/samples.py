@@ -19,53 +19,68 @@ from PIL import Image
 _TOOL_TIMEOUT_S = 120
 
 
-def _rational(value: float, denominator: int = 10_000) -> tuple[int, int]:
+def _rational(value: float, denominator: int = 1_000_000) -> tuple[int, int]:
     fraction = Fraction(value).limit_denominator(denominator)
     return fraction.numerator, fraction.denominator
 
 
-def _dms(degrees: float) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
-    degrees = abs(degrees)
-    whole = int(degrees)
-    minutes_float = (degrees - whole) * 60
-    minutes = int(minutes_float)
-    seconds = (minutes_float - minutes) * 60
-    return (whole, 1), (minutes, 1), _rational(seconds, 1000)
+def _dms(value: float) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
+    value = abs(value)
+    degrees = int(value)
+    minutes = int((value - degrees) * 60)
+    seconds = (value - degrees - minutes / 60) * 3600
+    return (degrees, 1), (minutes, 1), _rational(seconds, 10_000)
 
 
 def exif_bytes(
     *,
-    make: str = "Samsung",
-    model: str = "SM-A515F",
-    taken: dt.datetime | None = None,
-    gps: tuple[float, float, float] | None = None,
-    orientation: int = 1,
+    make: str | None = "Qarina",
+    model: str | None = "TestCam 1",
+    datetime_original: str | dt.datetime | None = "2024:03:05 14:30:15",
+    offset: str | None = None,
+    create_date: str | None = None,
+    gps: tuple[float, float, float | None] | None = None,
+    gps_datetime: tuple[str, tuple[int, int, int]] | None = None,
+    orientation: int | None = 1,
 ) -> bytes:
-    """An EXIF block as a phone writes it: device, local capture time with offset, GPS."""
-    zeroth: dict[int, object] = {
-        piexif.ImageIFD.Make: make.encode(),
-        piexif.ImageIFD.Model: model.encode(),
-        piexif.ImageIFD.Orientation: orientation,
-    }
+    """An EXIF block as a phone writes it; None leaves a tag out.
+
+    `datetime_original` is EXIF text ("2024:03:05 14:30:15", or a broken value on purpose) or
+    a datetime; an aware datetime also writes its UTC offset as OffsetTimeOriginal.
+    """
+    if isinstance(datetime_original, dt.datetime):
+        if offset is None and datetime_original.utcoffset() is not None:
+            sign_hours_minutes = datetime_original.strftime("%z")
+            offset = f"{sign_hours_minutes[:3]}:{sign_hours_minutes[3:]}"
+        datetime_original = datetime_original.strftime("%Y:%m:%d %H:%M:%S")
+    zeroth: dict[int, object] = {}
     exif: dict[int, object] = {}
-    if taken is not None:
-        stamp = taken.strftime("%Y:%m:%d %H:%M:%S").encode()
-        exif[piexif.ExifIFD.DateTimeOriginal] = stamp
-        exif[piexif.ExifIFD.DateTimeDigitized] = stamp
-        if taken.utcoffset() is not None:
-            offset = taken.strftime("%z")
-            exif[piexif.ExifIFD.OffsetTimeOriginal] = f"{offset[:3]}:{offset[3:]}".encode()
     gps_ifd: dict[int, object] = {}
+    if make is not None:
+        zeroth[piexif.ImageIFD.Make] = make.encode()
+    if model is not None:
+        zeroth[piexif.ImageIFD.Model] = model.encode()
+    if orientation is not None:
+        zeroth[piexif.ImageIFD.Orientation] = orientation
+    if datetime_original is not None:
+        exif[piexif.ExifIFD.DateTimeOriginal] = datetime_original.encode()
+    if create_date is not None:
+        exif[piexif.ExifIFD.DateTimeDigitized] = create_date.encode()
+    if offset is not None:
+        exif[piexif.ExifIFD.OffsetTimeOriginal] = offset.encode()
     if gps is not None:
         lat, lon, alt = gps
-        gps_ifd = {
-            piexif.GPSIFD.GPSLatitudeRef: b"N" if lat >= 0 else b"S",
-            piexif.GPSIFD.GPSLatitude: _dms(lat),
-            piexif.GPSIFD.GPSLongitudeRef: b"E" if lon >= 0 else b"W",
-            piexif.GPSIFD.GPSLongitude: _dms(lon),
-            piexif.GPSIFD.GPSAltitudeRef: 0 if alt >= 0 else 1,
-            piexif.GPSIFD.GPSAltitude: _rational(abs(alt), 100),
-        }
+        gps_ifd[piexif.GPSIFD.GPSLatitudeRef] = b"S" if lat < 0 else b"N"
+        gps_ifd[piexif.GPSIFD.GPSLatitude] = _dms(lat)
+        gps_ifd[piexif.GPSIFD.GPSLongitudeRef] = b"W" if lon < 0 else b"E"
+        gps_ifd[piexif.GPSIFD.GPSLongitude] = _dms(lon)
+        if alt is not None:
+            gps_ifd[piexif.GPSIFD.GPSAltitudeRef] = 1 if alt < 0 else 0
+            gps_ifd[piexif.GPSIFD.GPSAltitude] = _rational(abs(alt), 1000)
+    if gps_datetime is not None:
+        date, (hour, minute, second) = gps_datetime
+        gps_ifd[piexif.GPSIFD.GPSDateStamp] = date.encode()
+        gps_ifd[piexif.GPSIFD.GPSTimeStamp] = ((hour, 1), (minute, 1), (second, 1))
     return bytes(piexif.dump({"0th": zeroth, "Exif": exif, "GPS": gps_ifd}))
 
 

@@ -13,73 +13,18 @@ import shutil
 import struct
 import subprocess
 import zlib
-from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
-import piexif
 from PIL import Image
+
+from pipelines.samples import exif_bytes
 
 _FFMPEG = ["ffmpeg", "-hide_banner", "-v", "error", "-y", "-nostdin"]
 
 
 def _ffmpeg(*args: str) -> None:
     subprocess.run([*_FFMPEG, *args], check=True, timeout=60)
-
-
-def _rational(value: float, denominator: int = 1_000_000) -> tuple[int, int]:
-    fraction = Fraction(value).limit_denominator(denominator)
-    return fraction.numerator, fraction.denominator
-
-
-def _dms(value: float) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
-    value = abs(value)
-    degrees = int(value)
-    minutes = int((value - degrees) * 60)
-    seconds = (value - degrees - minutes / 60) * 3600
-    return (degrees, 1), (minutes, 1), _rational(seconds, 10_000)
-
-
-def exif_bytes(
-    *,
-    make: str | None = "Qarina",
-    model: str | None = "TestCam 1",
-    datetime_original: str | None = "2024:03:05 14:30:15",
-    offset: str | None = None,
-    create_date: str | None = None,
-    gps: tuple[float, float, float | None] | None = None,
-    gps_datetime: tuple[str, tuple[int, int, int]] | None = None,
-    orientation: int | None = 1,
-) -> bytes:
-    """An EXIF block (piexif) with the given capture facts; None leaves a tag out."""
-    zeroth: dict[int, object] = {}
-    exif: dict[int, object] = {}
-    gps_ifd: dict[int, object] = {}
-    if make is not None:
-        zeroth[piexif.ImageIFD.Make] = make.encode()
-    if model is not None:
-        zeroth[piexif.ImageIFD.Model] = model.encode()
-    if orientation is not None:
-        zeroth[piexif.ImageIFD.Orientation] = orientation
-    if datetime_original is not None:
-        exif[piexif.ExifIFD.DateTimeOriginal] = datetime_original.encode()
-    if create_date is not None:
-        exif[piexif.ExifIFD.DateTimeDigitized] = create_date.encode()
-    if offset is not None:
-        exif[piexif.ExifIFD.OffsetTimeOriginal] = offset.encode()
-    if gps is not None:
-        lat, lon, alt = gps
-        gps_ifd[piexif.GPSIFD.GPSLatitudeRef] = b"S" if lat < 0 else b"N"
-        gps_ifd[piexif.GPSIFD.GPSLatitude] = _dms(lat)
-        gps_ifd[piexif.GPSIFD.GPSLongitudeRef] = b"W" if lon < 0 else b"E"
-        gps_ifd[piexif.GPSIFD.GPSLongitude] = _dms(lon)
-        if alt is not None:
-            gps_ifd[piexif.GPSIFD.GPSAltitudeRef] = 1 if alt < 0 else 0
-            gps_ifd[piexif.GPSIFD.GPSAltitude] = _rational(abs(alt), 1000)
-    if gps_datetime is not None:
-        date, (hour, minute, second) = gps_datetime
-        gps_ifd[piexif.GPSIFD.GPSDateStamp] = date.encode()
-        gps_ifd[piexif.GPSIFD.GPSTimeStamp] = ((hour, 1), (minute, 1), (second, 1))
-    return bytes(piexif.dump({"0th": zeroth, "Exif": exif, "GPS": gps_ifd}))
 
 
 def _image(size: tuple[int, int]) -> Image.Image:
@@ -90,31 +35,9 @@ def _image(size: tuple[int, int]) -> Image.Image:
     return image
 
 
-def jpeg_with_exif(
-    path: Path,
-    *,
-    size: tuple[int, int] = (640, 480),
-    make: str | None = "Qarina",
-    model: str | None = "TestCam 1",
-    datetime_original: str | None = "2024:03:05 14:30:15",
-    offset: str | None = None,
-    create_date: str | None = None,
-    gps: tuple[float, float, float | None] | None = None,
-    gps_datetime: tuple[str, tuple[int, int, int]] | None = None,
-    orientation: int | None = 1,
-) -> Path:
-    """A JPEG photo carrying EXIF capture time, device, optional GPS and orientation."""
-    exif = exif_bytes(
-        make=make,
-        model=model,
-        datetime_original=datetime_original,
-        offset=offset,
-        create_date=create_date,
-        gps=gps,
-        gps_datetime=gps_datetime,
-        orientation=orientation,
-    )
-    _image(size).save(path, "JPEG", quality=70, exif=exif)
+def jpeg_with_exif(path: Path, *, size: tuple[int, int] = (640, 480), **exif: Any) -> Path:
+    """A JPEG photo carrying EXIF; `exif` takes `pipelines.samples.exif_bytes`'s fields."""
+    _image(size).save(path, "JPEG", quality=70, exif=exif_bytes(**exif))
     return path
 
 

@@ -28,7 +28,7 @@ def mixed_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     samples.photo(
         folder / f"{SECRET_NAME}.jpg",
         size=(320, 240),
-        exif=samples.exif_bytes(taken=taken, gps=(LATITUDE, LONGITUDE, 390.0)),
+        exif=samples.exif_bytes(datetime_original=taken, gps=(LATITUDE, LONGITUDE, 390.0)),
     )
     samples.photo(folder / "stripped.png", size=(320, 240), seed=2)  # JPEG bytes, wrong extension
     speech = samples.speech_wav(folder / "speech.wav")

@@ -13,13 +13,13 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from evidence import jobs
+from evidence import jobs, records
 from evidence.blobs import BlobStore, IngestRefused
 from evidence.schema import custody_events, metadata
 from evidence.store import Acquisition, Store
 
-PROBE = jobs.JobSpec("probe", "1", "cfg")
-META = jobs.JobSpec("metadata", "1", "cfg", requires=("probe",))
+PROBE = records.JobSpec("probe", "1", "cfg")
+META = records.JobSpec("metadata", "1", "cfg", requires=("probe",))
 TTL = dt.timedelta(minutes=5)
 
 
@@ -42,8 +42,8 @@ def _file(tmp_path: Path, name: str, content: bytes) -> Path:
     return path
 
 
-def _ok(data: dict[str, object] | None = None, **kwargs: object) -> jobs.Success:
-    return jobs.Success(data or {"value": 1}, {"node": "test"}, **kwargs)  # type: ignore[arg-type]
+def _ok(data: dict[str, object] | None = None, **kwargs: object) -> records.Success:
+    return records.Success(data or {"value": 1}, {"node": "test"}, **kwargs)  # type: ignore[arg-type]
 
 
 # --- blobs -------------------------------------------------------------------------------
@@ -163,9 +163,11 @@ def test_retryable_failures_retry_then_die_final_failures_stop(
     broken = _register(store, _file(tmp_path, "broken", b"broken"))
     for attempt in range(3):
         leased = {job.sha256: job for job in jobs.lease(store.database, "o", PROBE, 5, TTL)}
-        outcomes = [(leased[flaky], jobs.Failure("tool_timeout", "slow", retryable=True))]
+        outcomes = [(leased[flaky], records.Failure("tool_timeout", "slow", retryable=True))]
         if attempt == 0:
-            outcomes.append((leased[broken], jobs.Failure("corrupt_media", "bad", retryable=False)))
+            outcomes.append(
+                (leased[broken], records.Failure("corrupt_media", "bad", retryable=False))
+            )
         else:
             assert broken not in leased
         jobs.commit(store.database, outcomes, "test")

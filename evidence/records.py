@@ -1,0 +1,71 @@
+"""The records that travel between the driver and the workers: job keys, leases, outcomes.
+
+Plain frozen dataclasses with no database import, so a Ray actor that only runs a stage does
+not pay for loading SQLAlchemy and Alembic (about a second of CPU per actor on this machine).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """Which stage, at which version and options, should run on an item."""
+
+    stage: str
+    stage_version: str
+    config_hash: str
+    #: Stages whose results must exist before this one may be queued.
+    requires: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class LeasedJob:
+    id: int
+    token: int
+    sha256: str
+    stage: str
+    stage_version: str
+    config_hash: str
+    kind: str | None
+    priority: int
+    attempts: int
+    max_attempts: int
+
+
+@dataclass(frozen=True)
+class ArtifactRecord:
+    sha256: str
+    role: str
+    media_type: str
+    size_bytes: int
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Success:
+    """A stage finished: with data, or with a recorded skip reason."""
+
+    data: Mapping[str, Any]
+    provenance: Mapping[str, Any]
+    artifacts: Sequence[ArtifactRecord] = ()
+    skip_reason: str | None = None
+    #: Set by the probe stage: the item's kind as decided from its bytes.
+    item_kind: str | None = None
+    follow_ups: Sequence[JobSpec] = ()
+
+
+@dataclass(frozen=True)
+class Failure:
+    reason: str
+    detail: str
+    retryable: bool
+    provenance: Mapping[str, Any] = field(default_factory=dict)
+    #: Set by the probe stage when it could not decide a media kind.
+    item_kind: str | None = None
+
+
+Outcome = Success | Failure
