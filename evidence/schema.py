@@ -49,14 +49,22 @@ acquisitions = sa.Table(
     sa.Column("request_ref", sa.String(200), index=True),
 )
 
+
+def _stage_key() -> list[sa.Column[object]]:
+    """(item, stage, version, options): what a job asks for and what its result is keyed by."""
+    return [
+        sa.Column("sha256", SHA256, sa.ForeignKey("items.sha256"), nullable=False),
+        sa.Column("stage", sa.String(64), nullable=False),
+        sa.Column("stage_version", sa.String(32), nullable=False),
+        sa.Column("config_hash", sa.String(32), nullable=False),
+    ]
+
+
 jobs = sa.Table(
     "jobs",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("sha256", SHA256, sa.ForeignKey("items.sha256"), nullable=False),
-    sa.Column("stage", sa.String(64), nullable=False),
-    sa.Column("stage_version", sa.String(32), nullable=False),
-    sa.Column("config_hash", sa.String(32), nullable=False),
+    *_stage_key(),
     # queued -> leased -> done | failed (final reason) ; queued again on a retryable failure
     # until max_attempts, then dead.
     sa.Column("state", sa.String(16), nullable=False),
@@ -82,10 +90,7 @@ results = sa.Table(
     "results",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("sha256", SHA256, sa.ForeignKey("items.sha256"), nullable=False),
-    sa.Column("stage", sa.String(64), nullable=False),
-    sa.Column("stage_version", sa.String(32), nullable=False),
-    sa.Column("config_hash", sa.String(32), nullable=False),
+    *_stage_key(),
     # ok | skipped; failures live on the job and in custody, not here.
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("skip_reason", sa.String(64)),

@@ -161,23 +161,24 @@ class Store:
             )
         return Registered(blob.sha256, new_item, acquisition_id, enqueued)
 
+    def _log(self, entry: CustodyEntry) -> None:
+        """One custody event in a transaction of its own."""
+        with self.database.writer.begin() as connection:
+            custody.append(connection, [entry])
+
     def record_refusal(self, source: str, path: bytes, reason: str, actor: str) -> None:
         """An input that could not even be stored still leaves a custody record."""
-        with self.database.writer.begin() as connection:
-            custody.append(
-                connection,
-                [
-                    CustodyEntry(
-                        actor=actor,
-                        action="ingest_refused",
-                        details={
-                            "source": source,
-                            "reason": reason,
-                            "original_path_sha256": hashlib.sha256(path).hexdigest(),
-                        },
-                    )
-                ],
+        self._log(
+            CustodyEntry(
+                actor=actor,
+                action="ingest_refused",
+                details={
+                    "source": source,
+                    "reason": reason,
+                    "original_path_sha256": hashlib.sha256(path).hexdigest(),
+                },
             )
+        )
 
     def status(self, request_ref: str | None = None, window_s: int = 300) -> StatusReport:
         """Counts per stage and state, recent throughput and an ETA, in a few indexed queries."""
@@ -342,24 +343,20 @@ class Store:
                 )
         problems = [problem for sha in shas if (problem := self._check_blob(sha)) is not None]
         report = VerifyReport(chain, len(shas), problems)
-        with self.database.writer.begin() as connection:
-            custody.append(
-                connection,
-                [
-                    CustodyEntry(
-                        actor=actor,
-                        action="verify",
-                        details={
-                            "events_checked": chain.events,
-                            "head_hash": chain.head_hash,
-                            "chain_ok": chain.first_break is None,
-                            "first_break_seq": chain.first_break.seq if chain.first_break else None,
-                            "blobs_checked": len(shas),
-                            "fixity_problems": [problem.sha256 for problem in problems],
-                        },
-                    )
-                ],
+        self._log(
+            CustodyEntry(
+                actor=actor,
+                action="verify",
+                details={
+                    "events_checked": chain.events,
+                    "head_hash": chain.head_hash,
+                    "chain_ok": chain.first_break is None,
+                    "first_break_seq": chain.first_break.seq if chain.first_break else None,
+                    "blobs_checked": len(shas),
+                    "fixity_problems": [problem.sha256 for problem in problems],
+                },
             )
+        )
         return report
 
     def _check_blob(self, sha256: str) -> FixityProblem | None:

@@ -126,8 +126,10 @@ def run_queue(
                 in_flight.pop(task.job.id, None)
             if on_progress is not None:
                 on_progress(report.committed, len(in_flight))
-        if in_flight and time.monotonic() - last_renewal > renew_every:
+        if time.monotonic() - last_renewal > renew_every:
             jobs.renew(store.database, owner, list(in_flight), config.lease_ttl)
+            # Jobs of a driver or node that died elsewhere come back while we are busy too.
+            jobs.release_expired(store.database)
             last_renewal = time.monotonic()
     summary.wall_s = time.perf_counter() - started
     return summary
