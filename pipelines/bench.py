@@ -82,7 +82,6 @@ _CYCLE_JOBS = 5_000
 _STATUS_CALLS = 7
 _STATUS_BUDGET_S = 1.0
 _INGEST_TARGET_RATIO = 0.5
-PG_URL_ENV = "QARINA_BENCH_PG_URL"
 
 
 # --- shared helpers ----------------------------------------------------------------------------
@@ -957,7 +956,7 @@ def bench_backlog(
     """
     if jobs < 2:
         raise ValueError("jobs must be at least 2")
-    admin_url = pg_url if pg_url is not None else os.environ.get(PG_URL_ENV) or None
+    admin_url = pg_url if pg_url is not None else config.bench_pg_url
     backends: dict[str, Any] = {}
     with _scratch(config) as scratch:
         machine = machine_info(scratch)

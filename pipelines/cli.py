@@ -11,14 +11,12 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from evidence.store import Store
 from pipelines.config import QarinaConfig
 from pipelines.ingest import ingest_paths
 from pipelines.plan import Plan
-from pipelines.runner import RunSummary, SequentialExecutor, run_queue
+from pipelines.session import open_store, process_queue
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks for sizing hardware.")
@@ -27,17 +25,18 @@ app.add_typer(bench_app, name="bench")
 app.add_typer(eval_app, name="eval")
 
 console = Console(stderr=True)
-out = Console()
+#: Tables for people; piped output keeps them unwrapped instead of folding at 80 columns.
+out = Console(width=None if sys.stdout.isatty() else 160)
+
+
+def write_json(value: Any) -> None:
+    """Machine-readable output bypasses rich, which may wrap long lines."""
+    sys.stdout.write(json.dumps(value, ensure_ascii=False, indent=2) + "\n")
 
 
 def _config(ctx: typer.Context) -> QarinaConfig:
     config: QarinaConfig = ctx.obj
     return config
-
-
-def open_store(config: QarinaConfig) -> Store:
-    config.data_dir.mkdir(parents=True, exist_ok=True)
-    return Store.open(config.db_url, config.blob_root)
 
 
 @app.callback()
@@ -77,41 +76,6 @@ def ingest(
     )
 
 
-def process_queue(
-    config: QarinaConfig, store: Store, sequential: bool, quiet: bool = False
-) -> RunSummary:
-    """Run every open job on Ray (or sequentially) with a progress bar."""
-    plan = Plan.default()
-    if sequential:
-        executor: Any = SequentialExecutor(plan, config)
-    else:
-        from pipelines.ray_runtime import RayExecutor, start_ray  # Ray starts only when used
-
-        start_ray(config.ray_address)
-        executor = RayExecutor(plan, config)
-    total = store.status().open_jobs
-    progress = Progress(
-        TextColumn("[bold]processing"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        disable=quiet,
-    )
-    with progress:
-        task = progress.add_task("jobs", total=total)
-
-        def advance(committed: int, in_flight: int) -> None:
-            completed = int(progress.tasks[0].completed) + committed
-            # Follow-up stages appear as their predecessors finish: the total grows.
-            progress.update(task, completed=completed, total=max(total, completed + in_flight))
-
-        try:
-            return run_queue(store, plan, executor, config, advance)
-        finally:
-            executor.close()
-
-
 @app.command()
 def run(
     ctx: typer.Context,
@@ -126,7 +90,7 @@ def run(
         config = config.with_overrides(ray_address=address)
     store = open_store(config)
     try:
-        summary = process_queue(config, store, sequential)
+        summary = process_queue(config, store, sequential, console)
         status = store.status()
     finally:
         store.close()
@@ -158,17 +122,15 @@ def status(
     finally:
         store.close()
     if as_json:
-        out.print_json(
-            json.dumps(
-                {
-                    "items": report.items,
-                    "stages": {stage.stage: stage.counts for stage in report.stages},
-                    "open_jobs": report.open_jobs,
-                    "throughput_per_s": report.throughput_per_s,
-                    "eta_s": report.eta_s,
-                    "failures_by_reason": report.failures_by_reason,
-                }
-            )
+        write_json(
+            {
+                "items": report.items,
+                "stages": {stage.stage: stage.counts for stage in report.stages},
+                "open_jobs": report.open_jobs,
+                "throughput_per_s": report.throughput_per_s,
+                "eta_s": report.eta_s,
+                "failures_by_reason": report.failures_by_reason,
+            }
         )
         return
     out.print(_status_table(report))
@@ -195,7 +157,7 @@ def show(
         console.print(f"no item {sha256}")
         raise typer.Exit(1)
     if as_json:
-        sys.stdout.write(json.dumps(record, ensure_ascii=False, indent=2) + "\n")
+        write_json(record)
     else:
         out.print_json(json.dumps(record, ensure_ascii=False))
 
@@ -263,7 +225,7 @@ def bench_ingest(
     """Ingest throughput against `openssl dgst -sha256` on the same file."""
     from pipelines.bench import bench_ingest as run_bench
 
-    out.print_json(json.dumps(run_bench(_config(ctx), size_mib, runs, output)))
+    write_json(run_bench(_config(ctx), size_mib, runs, output))
 
 
 @bench_app.command("photos")
@@ -275,7 +237,7 @@ def bench_photos(
     """End-to-end photo throughput (ingest + probe + metadata), Ray against sequential."""
     from pipelines.bench import bench_photos as run_bench
 
-    out.print_json(json.dumps(run_bench(_config(ctx), count, output)))
+    write_json(run_bench(_config(ctx), count, output))
 
 
 @bench_app.command("backlog")
@@ -289,4 +251,4 @@ def bench_backlog(
     """Enqueue, lease and status timings for a large backlog."""
     from pipelines.bench import bench_backlog as run_bench
 
-    out.print_json(json.dumps(run_bench(_config(ctx), jobs, output)))
+    write_json(run_bench(_config(ctx), jobs, output))

@@ -24,6 +24,8 @@ class QarinaConfig:
     #: A lease outlives a normal job many times over; a live driver renews it at a third of this.
     lease_ttl: dt.timedelta = dt.timedelta(minutes=5)
     max_attempts: int = 3
+    #: A PostgreSQL server (admin URL) on which `qarina bench backlog` also runs, when set.
+    bench_pg_url: str | None = None
     #: Files copied in at once: each waits on its own fsyncs, so a few overlap well on two cores.
     ingest_threads: int = 4
     #: Batches in flight per actor: one running, one waiting, so an actor never idles.
@@ -35,7 +37,8 @@ class QarinaConfig:
 
     @classmethod
     def from_env(cls, data_dir: Path | None = None, ray_address: str | None = None) -> QarinaConfig:
-        """Resolve `--data`/QARINA_DATA, QARINA_DB_URL, `--address`/RAY_ADDRESS, QARINA_OPERATOR."""
+        """Resolve `--data`/QARINA_DATA, QARINA_DB_URL, `--address`/RAY_ADDRESS, QARINA_OPERATOR,
+        QARINA_BENCH_PG_URL."""
         data = (data_dir or Path(os.environ.get("QARINA_DATA", str(DEFAULT_DATA_DIR)))).resolve()
         url = os.environ.get("QARINA_DB_URL") or f"sqlite:///{data / 'qarina.sqlite3'}"
         return cls(
@@ -43,6 +46,7 @@ class QarinaConfig:
             db_url=url,
             ray_address=ray_address or os.environ.get("RAY_ADDRESS") or None,
             operator=os.environ.get("QARINA_OPERATOR") or getpass.getuser(),
+            bench_pg_url=os.environ.get("QARINA_BENCH_PG_URL") or None,
         )
 
     def with_overrides(self, **changes: object) -> QarinaConfig:

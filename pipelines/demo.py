@@ -14,6 +14,7 @@ from pipelines import samples
 from pipelines.config import QarinaConfig
 from pipelines.ingest import ingest_paths
 from pipelines.plan import Plan
+from pipelines.session import open_store, process_queue
 
 _DAMASCUS = dt.timezone(dt.timedelta(hours=3))
 
@@ -48,7 +49,11 @@ def make_demo_set(folder: Path) -> tuple[Path, Path]:
     samples.copy(shared_photo, drive / "copy of evidence.jpg")
     samples.copy(phone / "forwarded.jpg", drive / "looks-like-a.png")
     speech = samples.speech_wav(folder / "speech.wav")
-    video = samples.video_with_cuts(drive / "VID_0001.mp4", speech=speech)
+    video = samples.video_with_cuts(
+        drive / "VID_0001.mp4",
+        speech=speech,
+        tags={"creation_time": "2024-03-12T07:20:00Z", "location": "+36.2030+037.1360/"},
+    )
     samples.voice_note(phone / "PTT-20240312-WA0004.opus", speech)
     samples.truncated_copy(video, drive / "VID_0002_partial.mp4", keep=0.02)
     samples.html_page(drive / "saved-video.mp4")
@@ -56,8 +61,6 @@ def make_demo_set(folder: Path) -> tuple[Path, Path]:
 
 
 def run_demo(config: QarinaConfig, sequential: bool, out: Console) -> None:
-    from pipelines.cli import open_store, process_queue
-
     store: Store = open_store(config)
     plan = Plan.default()
     try:
@@ -78,7 +81,7 @@ def run_demo(config: QarinaConfig, sequential: bool, out: Console) -> None:
             f" {first.new_items + second.new_items} new items,"
             f" {first.duplicates + second.duplicates} already stored"
         )
-        summary = process_queue(config, store, sequential)
+        summary = process_queue(config, store, sequential, out)
         out.print(f"processed {summary.committed} jobs in {summary.wall_s:.1f} s")
         _print_items(store, sorted(set(first.sha256s + second.sha256s)), out)
         report = store.verify(fixity=True, actor=f"qarina-demo@{config.operator}")

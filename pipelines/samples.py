@@ -120,8 +120,18 @@ def speech_wav(path: Path, text: str = "مرحبا، هذا اختبار للن�
     return path
 
 
-def video_with_cuts(path: Path, *, speech: Path | None, seconds_per_shot: int = 2) -> Path:
-    """An H.264 MP4 of three visibly different shots (hard cuts), with speech or without audio."""
+def video_with_cuts(
+    path: Path,
+    *,
+    speech: Path | None,
+    seconds_per_shot: int = 2,
+    tags: dict[str, str] | None = None,
+) -> Path:
+    """An H.264 MP4 of three visibly different shots (hard cuts), with speech or without audio.
+
+    `tags` become container metadata, as a phone writes them: `creation_time` (UTC) and
+    `location` (ISO 6709, which ffmpeg stores as a 3GPP location box).
+    """
     shots = ["testsrc2", "smptebars", "mandelbrot"]
     argv = ["ffmpeg", "-hide_banner", "-y"]
     for source in shots:
@@ -132,6 +142,8 @@ def video_with_cuts(path: Path, *, speech: Path | None, seconds_per_shot: int = 
     argv += ["-filter_complex", concat, "-map", "[v]"]
     if speech is not None:
         argv += ["-map", f"{len(shots)}:a", "-c:a", "aac", "-shortest"]
+    for key, value in (tags or {}).items():
+        argv += ["-metadata", f"{key}={value}"]
     argv += ["-c:v", "libx264", "-pix_fmt", "yuv420p", "-preset", "veryfast", str(path)]
     _run(argv)
     return path

@@ -41,10 +41,7 @@ def test_bench_ingest_compares_with_openssl_and_dd(
     assert result["target"]["ingest_to_openssl"] == 0.5
 
 
-def test_bench_backlog_on_sqlite(
-    sqlite_config: QarinaConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.delenv(bench.PG_URL_ENV, raising=False)
+def test_bench_backlog_on_sqlite(sqlite_config: QarinaConfig, tmp_path: Path) -> None:
     output = tmp_path / "results" / "backlog.json"
     result = bench.bench_backlog(sqlite_config, 2_000, output)
     _assert_report(result, output, sqlite_config)

@@ -1,0 +1,53 @@
+"""What the CLI and the demo share: opening the store, and working off the queue with progress."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from evidence.store import Store
+from pipelines.config import QarinaConfig
+from pipelines.plan import Plan
+from pipelines.runner import RunSummary, SequentialExecutor, run_queue
+
+
+def open_store(config: QarinaConfig) -> Store:
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    return Store.open(config.db_url, config.blob_root)
+
+
+def process_queue(
+    config: QarinaConfig, store: Store, sequential: bool, console: Console, quiet: bool = False
+) -> RunSummary:
+    """Run every open job on Ray (or sequentially) with a progress bar."""
+    plan = Plan.default()
+    if sequential:
+        executor: Any = SequentialExecutor(plan, config)
+    else:
+        from pipelines.ray_runtime import RayExecutor, start_ray  # Ray starts only when used
+
+        start_ray(config.ray_address)
+        executor = RayExecutor(plan, config)
+    total = store.status().open_jobs
+    progress = Progress(
+        TextColumn("[bold]processing"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        disable=quiet,
+    )
+    with progress:
+        task = progress.add_task("jobs", total=total)
+
+        def advance(committed: int, in_flight: int) -> None:
+            completed = int(progress.tasks[0].completed) + committed
+            # Follow-up stages appear as their predecessors finish: the total grows.
+            progress.update(task, completed=completed, total=max(total, completed + in_flight))
+
+        try:
+            return run_queue(store, plan, executor, config, advance)
+        finally:
+            executor.close()
