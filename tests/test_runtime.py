@@ -125,3 +125,31 @@ def test_kill_9_of_the_driver_loses_nothing(tmp_path: Path) -> None:
     assert "sequential" not in nodes and all(len(node) == 56 for node in nodes)  # Ray node ids
     verdict = _qarina(data, "verify", "--fixity")
     assert verdict.returncode == 0, verdict.stdout
+
+
+@pytest.mark.slow
+def test_local_default_never_joins_a_stale_cluster(tmp_path: Path) -> None:
+    """Ray's temp folder may name a cluster that is gone; `qarina run` starts its own anyway."""
+    record = Path("/tmp/ray/ray_current_cluster")  # where `ray start` records its address
+    saved = record.read_bytes() if record.exists() else None
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text("127.0.0.1:9\n")  # the discard port: nothing answers there
+    try:
+        data = tmp_path / "data"
+        folder = _photos(tmp_path / "in", 2)
+        assert _qarina(data, "ingest", str(folder), "--source", "s").returncode == 0
+        result = subprocess.run(
+            [QARINA, "--data", str(data), "run"],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=False,
+            env={key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"},
+        )
+        assert result.returncode == 0, result.stderr
+        assert "committed 4 outcomes" in result.stdout
+    finally:
+        if saved is None:
+            record.unlink(missing_ok=True)
+        else:
+            record.write_bytes(saved)

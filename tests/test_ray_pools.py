@@ -1,0 +1,40 @@
+"""Actor pools grow only for stages that keep their actors busy (no Ray needed to check)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from evidence.records import Success
+from pipelines import ray_runtime
+from pipelines.ray_runtime import _Pool
+from workers.probe import ProbeStage
+
+
+def _outcome(duration_s: float) -> Success:
+    return Success({}, {"duration_s": duration_s})
+
+
+def test_a_cheap_stage_does_not_grow_and_a_busy_one_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    cheap, busy = _Pool(ProbeStage(), max_size=2), _Pool(ProbeStage(), max_size=2)
+    for pool in (cheap, busy):
+        pool.actors.append(object())
+        pool.window_start = clock[0]
+    clock[0] += 2.0  # two seconds of work reported
+    cheap.record_work([_outcome(0.001)] * 200)  # 0.2 s of stage code: 10% busy
+    busy.record_work([_outcome(0.01)] * 180)  # 1.8 s: 90% busy
+    assert not cheap.wants_more()
+    assert busy.wants_more()
+
+
+def test_growth_needs_a_window_long_enough_to_judge(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [50.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    pool = _Pool(ProbeStage(), max_size=2, window_start=clock[0])
+    pool.actors.append(object())
+    clock[0] += ray_runtime._WINDOW_S[0] / 2
+    pool.record_work([_outcome(10.0)])
+    assert not pool.wants_more()
