@@ -223,7 +223,7 @@ def bench_ingest(
     output: Annotated[Path, typer.Option(help="JSON results.")] = Path("bench-results/ingest.json"),
 ) -> None:
     """Ingest throughput against `openssl dgst -sha256` on the same file."""
-    from pipelines.bench import bench_ingest as run_bench
+    from pipelines.bench.ingest import bench_ingest as run_bench
 
     write_json(run_bench(_config(ctx), size_mib, runs, output))
 
@@ -235,7 +235,7 @@ def bench_photos(
     output: Annotated[Path, typer.Option(help="JSON results.")] = Path("bench-results/photos.json"),
 ) -> None:
     """End-to-end photo throughput (ingest + probe + metadata), Ray against sequential."""
-    from pipelines.bench import bench_photos as run_bench
+    from pipelines.bench.photos import bench_photos as run_bench
 
     write_json(run_bench(_config(ctx), count, output))
 
@@ -249,6 +249,6 @@ def bench_backlog(
     ),
 ) -> None:
     """Enqueue, lease and status timings for a large backlog."""
-    from pipelines.bench import bench_backlog as run_bench
+    from pipelines.bench.backlog import bench_backlog as run_bench
 
     write_json(run_bench(_config(ctx), jobs, output))

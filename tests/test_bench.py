@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from pipelines import bench
+from pipelines.bench.backlog import bench_backlog
+from pipelines.bench.ingest import bench_ingest
+from pipelines.bench.photos import bench_photos, make_photos
 from pipelines.config import QarinaConfig
 
 
@@ -30,7 +32,7 @@ def test_bench_ingest_compares_with_openssl_and_dd(
     sqlite_config: QarinaConfig, tmp_path: Path
 ) -> None:
     output = tmp_path / "results" / "ingest.json"
-    result = bench.bench_ingest(sqlite_config, 4, 2, output)
+    result = bench_ingest(sqlite_config, 4, 2, output)
     _assert_report(result, output, sqlite_config)
     assert len(result["runs"]) == 2
     assert result["all_digests_agree"]
@@ -43,7 +45,7 @@ def test_bench_ingest_compares_with_openssl_and_dd(
 
 def test_bench_backlog_on_sqlite(sqlite_config: QarinaConfig, tmp_path: Path) -> None:
     output = tmp_path / "results" / "backlog.json"
-    result = bench.bench_backlog(sqlite_config, 2_000, output)
+    result = bench_backlog(sqlite_config, 2_000, output)
     _assert_report(result, output, sqlite_config)
     assert list(result["backends"]) == ["sqlite"]
     figures = result["backends"]["sqlite"]
@@ -59,9 +61,7 @@ def test_bench_backlog_on_sqlite(sqlite_config: QarinaConfig, tmp_path: Path) ->
 def test_bench_backlog_on_postgresql_drops_its_database(
     sqlite_config: QarinaConfig, tmp_path: Path, postgres_database: str
 ) -> None:
-    result = bench.bench_backlog(
-        sqlite_config, 200, tmp_path / "backlog.json", pg_url=postgres_database
-    )
+    result = bench_backlog(sqlite_config, 200, tmp_path / "backlog.json", pg_url=postgres_database)
     assert result["backends"]["postgresql"]["lease_commit_cycle"]["jobs_committed"] == 200
     engine = sa.create_engine(postgres_database)
     with engine.connect() as connection:
@@ -73,7 +73,7 @@ def test_bench_backlog_on_postgresql_drops_its_database(
 
 
 def test_generated_photos_are_distinct(tmp_path: Path) -> None:
-    made = bench.make_photos(tmp_path / "photos", 6, (320, 240))
+    made = make_photos(tmp_path / "photos", 6, (320, 240))
     files = sorted((tmp_path / "photos").iterdir())
     assert made["count"] == len(files) == 6
     assert len({path.read_bytes() for path in files}) == 6
@@ -82,7 +82,7 @@ def test_generated_photos_are_distinct(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_bench_photos_ray_against_sequential(sqlite_config: QarinaConfig, tmp_path: Path) -> None:
     output = tmp_path / "results" / "photos.json"
-    result = bench.bench_photos(sqlite_config, 6, output, runs=1, size=(640, 480))
+    result = bench_photos(sqlite_config, 6, output, runs=1, size=(640, 480))
     _assert_report(result, output, sqlite_config)
     assert result["all_done"]
     (round_,) = result["runs"]

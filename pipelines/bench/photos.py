@@ -1,0 +1,314 @@
+"""`qarina bench photos`: end-to-end photo throughput, Ray against the sequential runner."""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import piexif
+import ray
+import sqlalchemy as sa
+
+from evidence import jobs as jobq
+from evidence.schema import results as results_table
+from evidence.store import Store
+from pipelines import samples
+from pipelines.bench.report import finish, machine_info, median, scratch_folder, timed
+from pipelines.config import QarinaConfig
+from pipelines.ingest import ingest_paths
+from pipelines.plan import Plan
+from pipelines.ray_runtime import RayExecutor, start_ray
+from pipelines.runner import Executor, SequentialExecutor, run_queue
+
+#: 12 MP, the size of a typical phone photo.
+PHOTO_SIZE = (4000, 3000)
+#: Distinct base images rendered per photo run; every file is then made unique by its EXIF.
+#: Rendering a 12 MP image takes seconds, splicing a new EXIF block into it milliseconds.
+_PHOTO_BASES = 4
+_DAMASCUS = dt.timezone(dt.timedelta(hours=3))
+_DEVICES = (("Samsung", "SM-A515F"), ("Apple", "iPhone 11"), ("Xiaomi", "Redmi Note 8"))
+
+
+def _unique_exif(index: int) -> bytes:
+    """A phone-like EXIF block whose time, place and description differ for every file."""
+    make, model = _DEVICES[index % len(_DEVICES)]
+    taken = dt.datetime(2024, 3, 12, 8, 0, tzinfo=_DAMASCUS) + dt.timedelta(seconds=37 * index)
+    gps = (36.2021 + index * 1e-4, 37.1343 - index * 1e-4, 390.0 + index % 50)
+    exif = piexif.load(samples.exif_bytes(make=make, model=model, datetime_original=taken, gps=gps))
+    exif["0th"][piexif.ImageIFD.ImageDescription] = f"qarina bench photo {index:06d}".encode()
+    return bytes(piexif.dump(exif))
+
+
+def make_photos(folder: Path, count: int, size: tuple[int, int] = PHOTO_SIZE) -> dict[str, Any]:
+    """`count` distinct JPEGs with EXIF and GPS: a few rendered bases, each file re-stamped.
+
+    Every file has distinct bytes (its own EXIF), so each is a new item, while rendering stays
+    at a few seconds in all. Returns what was made, for the report.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    bases_dir = folder.parent / f"{folder.name}-bases"
+    bases_dir.mkdir(exist_ok=True)
+    started = time.perf_counter()
+    bases = [
+        samples.photo(bases_dir / f"base-{seed}.jpg", size=size, seed=seed).read_bytes()
+        for seed in range(min(count, _PHOTO_BASES))
+    ]
+    shutil.rmtree(bases_dir)
+    total = 0
+    for index in range(count):
+        target = folder / f"IMG_{index:06d}.jpg"
+        piexif.insert(_unique_exif(index), bases[index % len(bases)], str(target))
+        total += target.stat().st_size
+    return {
+        "count": count,
+        "width": size[0],
+        "height": size[1],
+        "distinct_bases": len(bases),
+        "bytes_total": total,
+        "generation_s": round(time.perf_counter() - started, 2),
+    }
+
+
+def _stage_work(store: Store) -> dict[str, dict[str, float]]:
+    """Per stage: results and the sum of their `duration_s` (time inside the stage itself)."""
+    work: dict[str, dict[str, float]] = {}
+    with store.database.reader.connect() as connection:
+        rows = connection.execute(sa.select(results_table.c.stage, results_table.c.provenance))
+        for stage, provenance in rows:
+            entry = work.setdefault(stage, {"results": 0, "duration_s_sum": 0.0})
+            entry["results"] += 1
+            entry["duration_s_sum"] += float(provenance.get("duration_s", 0.0))
+    for entry in work.values():
+        entry["duration_s_sum"] = round(entry["duration_s_sum"], 3)
+    return work
+
+
+def _completion(store: Store, count: int) -> dict[str, Any]:
+    """Did every item end done in every stage? A benchmark of failed items measures nothing."""
+    report = store.status()
+    stages = {stage.stage: stage.counts for stage in report.stages}
+    all_done = (
+        report.items == count
+        and report.open_jobs == 0
+        and not report.failures_by_reason
+        and bool(stages)
+        and all(
+            set(counts) == {jobq.DONE} and counts[jobq.DONE] == count for counts in stages.values()
+        )
+    )
+    return {
+        "items": report.items,
+        "stages": stages,
+        "failures_by_reason": report.failures_by_reason,
+        "all_done": all_done,
+    }
+
+
+def _photo_run(
+    config: QarinaConfig, scratch: Path, photos: Path, count: int, *, use_ray: bool
+) -> dict[str, Any]:
+    """Ingest the photos into a fresh SQLite store, then process the queue to the end."""
+    name = "ray" if use_ray else "sequential"
+    data = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=scratch))
+    run_config = config.with_overrides(
+        data_dir=data, db_url=f"sqlite:///{data / 'qarina.sqlite3'}", ray_address=None
+    )
+    plan = Plan.default()
+    store = Store.open(run_config.db_url, run_config.blob_root)
+    started_ray = False
+    try:
+        started = time.perf_counter()
+        intake = ingest_paths(store, plan, run_config, [photos], source="bench-photos")
+        ingest_s = time.perf_counter() - started
+        startup_s = 0.0
+        executor: Executor
+        if use_ray:
+            started_ray = not ray.is_initialized()
+            # The embedded default, as `qarina run` starts it: a private local instance.
+            startup_s = timed(lambda: start_ray(None))
+            executor = RayExecutor(plan, run_config)
+        else:
+            executor = SequentialExecutor(plan, run_config)
+        try:
+            summary = run_queue(store, plan, executor, run_config)
+        finally:
+            executor.close()
+        processing_s = summary.wall_s
+        completion = _completion(store, count)
+        work = _stage_work(store)
+    finally:
+        store.close()
+        if started_ray:
+            ray.shutdown()
+        shutil.rmtree(data, ignore_errors=True)
+    stage_work_s = sum(entry["duration_s_sum"] for entry in work.values())
+    wall_s = ingest_s + startup_s + processing_s
+    return {
+        "runner": name,
+        "ray_started_here": started_ray if use_ray else None,
+        "new_items": intake.new_items,
+        "ingest_s": round(ingest_s, 3),
+        "ray_startup_s": round(startup_s, 3),
+        "processing_s": round(processing_s, 3),
+        "wall_s": round(wall_s, 3),
+        "wall_excl_startup_s": round(ingest_s + processing_s, 3),
+        "items_per_s": round(count / wall_s, 2),
+        "items_per_s_excl_startup": round(count / (ingest_s + processing_s), 2),
+        "ingest_items_per_s": round(count / ingest_s, 2),
+        "processing_items_per_s": round(count / processing_s, 2),
+        "jobs_committed": summary.committed,
+        "jobs_failed": summary.failed,
+        "stage_work": work,
+        "stage_work_s": round(stage_work_s, 3),
+        # Above 1 means stages ran in parallel; the rest up to 1 is driver, store and transport.
+        "stage_work_per_processing_s": round(stage_work_s / processing_s, 3),
+        "completion": completion,
+    }
+
+
+def _overheads(ray_run: dict[str, Any], sequential: dict[str, Any]) -> dict[str, float]:
+    extra = ray_run["processing_s"] - sequential["processing_s"]
+    return {
+        "incl_startup": round((extra + ray_run["ray_startup_s"]) / ray_run["wall_s"], 3),
+        "excl_startup": round(extra / ray_run["wall_excl_startup_s"], 3),
+    }
+
+
+def _warm_up(config: QarinaConfig, scratch: Path) -> None:
+    """Process one photo untimed, so neither contender pays for cold imports and tool caches."""
+    photos = scratch / "warm-up"
+    make_photos(photos, 1, (640, 480))
+    _photo_run(config, scratch, photos, 1, use_ray=False)
+    shutil.rmtree(photos)
+
+
+def bench_photos(
+    config: QarinaConfig,
+    count: int,
+    output: Path,
+    *,
+    runs: int = 3,
+    size: tuple[int, int] = PHOTO_SIZE,
+) -> dict[str, Any]:
+    """End-to-end photo throughput (ingest + probe + metadata), Ray against sequential.
+
+    Each round ingests the same generated JPEGs into two fresh SQLite data folders and
+    processes one on a private local Ray instance and one with the sequential runner; rounds
+    alternate which goes first so neither always meets the warmer cache. Ray's startup
+    (`ray.init`) is timed apart from its processing, and "Ray overhead" is the extra time the
+    Ray run spent processing, as a share of its wall time:
+
+        (ray_processing_s [+ ray_startup_s] - sequential_processing_s) / ray_wall_s
+
+    Negative when Ray's parallelism wins. The per-stage sums of `duration_s` from the stored
+    provenance show how much of the processing wall time was stage work at all.
+    """
+    if count < 1 or runs < 1:
+        raise ValueError("count and runs must be at least 1")
+    with scratch_folder(config) as scratch:
+        machine = machine_info(scratch)
+        photos = scratch / "photos"
+        generated = make_photos(photos, count, size)
+        _warm_up(config, scratch)
+        rounds = []
+        for index in range(runs):
+            _warm_folder(photos)
+            order = (True, False) if index % 2 == 0 else (False, True)
+            measured: dict[str, Any] = {
+                ("ray" if use_ray else "sequential"): _photo_run(
+                    config, scratch, photos, count, use_ray=use_ray
+                )
+                for use_ray in order
+            }
+            measured["ray_overhead"] = _overheads(measured["ray"], measured["sequential"])
+            measured["first"] = "ray" if order[0] else "sequential"
+            rounds.append(measured)
+    summary = _photo_summary(rounds)
+    result: dict[str, Any] = {
+        "benchmark": "photos",
+        "machine": machine,
+        "params": {"count": count, "runs": runs, "store": "sqlite", "ray_address": "local"},
+        "generated": generated,
+        "median": summary,
+        "formulas": {
+            "ray_overhead_incl_startup": "(ray.processing_s + ray.ray_startup_s"
+            " - sequential.processing_s) / ray.wall_s",
+            "ray_overhead_excl_startup": "(ray.processing_s - sequential.processing_s)"
+            " / ray.wall_excl_startup_s",
+            "wall_s": "ingest_s + ray_startup_s + processing_s",
+        },
+        "all_done": all(
+            run[name]["completion"]["all_done"] for run in rounds for name in ("ray", "sequential")
+        ),
+        "runs": rounds,
+    }
+    headline = (
+        f"photos: ray {summary['ray']['items_per_s']} items/s end to end"
+        f" ({summary['ray']['items_per_s_excl_startup']} without startup),"
+        f" sequential {summary['sequential']['items_per_s']} items/s;"
+        f" ray overhead {summary['ray_overhead']['incl_startup']:+.1%} incl. startup,"
+        f" {summary['ray_overhead']['excl_startup']:+.1%} excl."
+    )
+    return finish(result, output, headline)
+
+
+def _warm_folder(folder: Path) -> None:
+    """Read every generated file once, so both runners ingest from the page cache."""
+    for path in sorted(folder.iterdir()):
+        path.read_bytes()
+
+
+_PHOTO_FIELDS = (
+    "ingest_s",
+    "ray_startup_s",
+    "processing_s",
+    "wall_s",
+    "items_per_s",
+    "items_per_s_excl_startup",
+    "processing_items_per_s",
+    "stage_work_s",
+    "stage_work_per_processing_s",
+)
+
+
+def _photo_summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    summary: dict[str, Any] = {
+        name: {
+            field: round(median([run[name][field] for run in rounds]), 4) for field in _PHOTO_FIELDS
+        }
+        for name in ("ray", "sequential")
+    }
+    for name in ("ray", "sequential"):
+        stages = sorted({stage for run in rounds for stage in run[name]["stage_work"]})
+        summary[name]["stage_work_by_stage_s"] = {
+            stage: round(
+                median(
+                    [
+                        run[name]["stage_work"].get(stage, {}).get("duration_s_sum", 0.0)
+                        for run in rounds
+                    ]
+                ),
+                4,
+            )
+            for stage in stages
+        }
+    summary["ray_overhead"] = {
+        key: round(median([run["ray_overhead"][key] for run in rounds]), 4)
+        for key in ("incl_startup", "excl_startup")
+    }
+    summary["speedup_ray_vs_sequential"] = {
+        "end_to_end_incl_startup": round(
+            median([run["sequential"]["wall_s"] / run["ray"]["wall_s"] for run in rounds]), 3
+        ),
+        "processing_only": round(
+            median(
+                [run["sequential"]["processing_s"] / run["ray"]["processing_s"] for run in rounds]
+            ),
+            3,
+        ),
+    }
+    return summary
