@@ -24,6 +24,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q --no-deps 'scenedetect>=0.7,<0.8'
 	touch $(STAMP)
 
 setup: system-tools $(STAMP)

@@ -252,3 +252,18 @@ def bench_backlog(
     from pipelines.bench.backlog import bench_backlog as run_bench
 
     write_json(run_bench(_config(ctx), jobs, output))
+
+
+@bench_app.command("keyframes")
+def bench_keyframes(
+    ctx: typer.Context,
+    runs: Annotated[int, typer.Option(help="Repetitions; the median is reported.")] = 3,
+    seconds: Annotated[float, typer.Option(help="Length of the generated 1080p clip.")] = 60,
+    output: Annotated[Path, typer.Option(help="JSON results.")] = Path(
+        "bench-results/keyframes.json"
+    ),
+) -> None:
+    """Keyframes stage against PySceneDetect and a full ffmpeg decode, with cut accuracy."""
+    from pipelines.bench.keyframes import bench_keyframes as run_bench
+
+    write_json(run_bench(_config(ctx), output, runs=runs, seconds=seconds))

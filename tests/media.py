@@ -203,3 +203,140 @@ def fifo(path: Path) -> Path:
     """A named pipe: opening it for reading blocks forever unless a stage refuses it first."""
     os.mkfifo(path)
     return path
+
+
+#: lavfi sources that look nothing alike, for shots with unmistakable cuts between them.
+_SHOT_SOURCES = ("testsrc2", "smptebars", "mandelbrot", "rgbtestsrc", "testsrc", "yuvtestsrc")
+
+
+def _x264(path: Path, *extra: str) -> list[str]:
+    # `+faststart` puts the index first, as phones and messaging apps do: a truncated copy
+    # then still says how many frames it should have had.
+    return [
+        *extra, "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p",
+        "-movflags", "+faststart", "-f", "mp4", str(path),
+    ]
+
+
+def video_with_hard_cuts(
+    path: Path,
+    shot_frames: tuple[int, ...] = (20, 15, 25),
+    *,
+    size: str = "160x90",
+    rate: int = 25,
+    encoder: tuple[str, ...] = (),
+) -> Path:
+    """An H.264 MP4 of shots of the given lengths (frames): cuts at their running sums.
+
+    `encoder` adds x264 options, e.g. a fixed keyframe interval without scene-cut keyframes
+    (`-g 12 -sc_threshold 0`), as phones write, so cuts fall between keyframes.
+    """
+    args: list[str] = []
+    for number, _frames in enumerate(shot_frames):
+        source = _SHOT_SOURCES[number % len(_SHOT_SOURCES)]
+        args += ["-f", "lavfi", "-i", f"{source}=size={size}:rate={rate}"]
+    chain = "".join(
+        f"[{n}:v]trim=end_frame={frames},setpts=PTS-STARTPTS,format=yuv420p[v{n}];"
+        for n, frames in enumerate(shot_frames)
+    )
+    chain += "".join(f"[v{n}]" for n in range(len(shot_frames)))
+    chain += f"concat=n={len(shot_frames)}:v=1:a=0[v]"
+    _ffmpeg(*args, *_x264(path, "-filter_complex", chain, "-map", "[v]", *encoder))
+    return path
+
+
+def video_with_fade_and_dissolve(path: Path, *, size: str = "160x90") -> Path:
+    """Three 2 s shots at 25 fps: a fade to black and back at 2 s, a 1 s dissolve at 3.5-4.5 s.
+
+    Shot A fades out over its last 0.5 s and shot B fades in over its first 0.5 s (the cut
+    lies at frame 50); B and C cross-fade (xfade) from 3.5 s, centred on frame 100.
+    """
+    _ffmpeg(
+        "-f", "lavfi", "-i", f"testsrc2=size={size}:rate=25:duration=2",
+        "-f", "lavfi", "-i", f"smptebars=size={size}:rate=25:duration=2.5",
+        "-f", "lavfi", "-i", f"rgbtestsrc=size={size}:rate=25:duration=2",
+        *_x264(
+            path,
+            "-filter_complex",
+            "[0:v]fade=t=out:st=1.5:d=0.5,format=yuv420p[a];"
+            "[1:v]fade=t=in:st=0:d=0.5,format=yuv420p[b];"
+            "[2:v]format=yuv420p[c];"
+            "[b][c]xfade=transition=fade:duration=1:offset=1.5[bc];"
+            "[a][bc]concat=n=2:v=1:a=0[v]",
+            "-map", "[v]",
+        ),
+    )
+    return path
+
+
+def static_video(path: Path, seconds: float = 7.0) -> Path:
+    """One unchanging shot (SMPTE bars), for frames at a regular interval."""
+    _ffmpeg(
+        "-f", "lavfi", "-i", f"smptebars=size=160x90:rate=10:duration={seconds:g}",
+        *_x264(path, "-g", "10"),
+    )
+    return path
+
+
+def vfr_video_with_cut(path: Path) -> Path:
+    """Variable frame rate: 20 frames at 10 fps, then 20 at 2 fps; a cut at frame 30 (t=7 s).
+
+    Timestamps are set per frame and kept (`-fps_mode passthrough`), as phones record when
+    light drops; a frame's time is then not its index over a rate.
+    """
+    _ffmpeg(
+        "-f", "lavfi", "-i", "testsrc2=size=160x90:rate=10:duration=3",
+        "-f", "lavfi", "-i", "smptebars=size=160x90:rate=10:duration=1",
+        *_x264(
+            path,
+            "-filter_complex",
+            "[0:v][1:v]concat=n=2:v=1:a=0,"
+            "setpts='if(lt(N,20),N/10,2+(N-20)/2)/TB'[v]",
+            "-map", "[v]", "-fps_mode", "passthrough", "-video_track_timescale", "1000",
+        ),
+    )
+    return path
+
+
+def ten_bit_odd_size_video(path: Path) -> Path:
+    """10-bit 4:4:4 H.264 at an odd size (97x55): no 8-bit 4:2:0 shortcut applies."""
+    _ffmpeg(
+        "-f", "lavfi", "-i", "testsrc2=size=160x90:rate=10:duration=1",
+        "-vf", "scale=97:55,setsar=1",
+        "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv444p10le", "-f", "mp4", str(path),
+    )
+    return path
+
+
+def video_sharpening_mid_shot(path: Path) -> Path:
+    """A 1 s shot of bars, then 3 s of testsrc2 blurred for its first 1.5 s, then sharp.
+
+    The second shot's first frame (a keyframe at the cut) is blurred; a sharp frame must win.
+    """
+    _ffmpeg(
+        "-f", "lavfi", "-i", "smptebars=size=320x180:rate=25:duration=1",
+        "-f", "lavfi", "-i", "testsrc2=size=320x180:rate=25:duration=3",
+        *_x264(
+            path,
+            "-filter_complex",
+            "[1:v]boxblur=3:enable='lt(t,1.5)'[blurred];[0:v][blurred]concat=n=2:v=1:a=0[v]",
+            "-map", "[v]",
+        ),
+    )
+    return path
+
+
+def truncated_copy(source: Path, path: Path, keep: float) -> Path:
+    """The first `keep` fraction of a file's bytes: a transfer that broke off."""
+    data = source.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+    return path
+
+
+def anamorphic_video(path: Path) -> Path:
+    """80x90 stored pixels with a 2:1 sample aspect ratio: shown as 160x90 (16:9)."""
+    _ffmpeg(
+        "-f", "lavfi", "-i", "testsrc2=size=160x90:rate=10:duration=1",
+        *_x264(path, "-vf", "scale=80:90,setsar=2"),
+    )
+    return path

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from workers.base import Stage, StageConfig
+from workers.keyframes import KeyframesConfig, KeyframesStage
 from workers.metadata import MetadataConfig, MetadataStage
 from workers.probe import ProbeConfig, ProbeStage
 
@@ -17,6 +18,7 @@ from workers.probe import ProbeConfig, ProbeStage
 STAGES: tuple[tuple[type[Stage[Any, Any]], StageConfig], ...] = (
     (ProbeStage, ProbeConfig()),
     (MetadataStage, MetadataConfig()),
+    (KeyframesStage, KeyframesConfig()),
 )
 
 

@@ -15,7 +15,7 @@ days?"), so every benchmark follows the same rules, on purpose:
 Each benchmark writes its JSON to `output` (parents created), prints a short summary to
 stderr, and returns the same dict.
 
-One module per benchmark (`ingest`, `photos`, `backlog`), each with its own `bench_*`
+One module per benchmark (`ingest`, `photos`, `backlog`, `keyframes`), each with its own `bench_*`
 function; what they share (machine description, medians and latencies, the scratch folder,
 writing the report) lives in `report`.
 """
