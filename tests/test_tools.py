@@ -49,3 +49,32 @@ def test_ffprobe_cannot_be_steered_to_the_network(tmp_path: Path) -> None:
     with pytest.raises(StageError) as raised:
         ffprobe_json(odd, ToolLimits(timeout_s=20))
     assert raised.value.reason is FailureReason.CORRUPT_MEDIA
+
+
+def test_a_killed_worker_leaves_no_exiftool_behind(tmp_path: Path) -> None:
+    """kill -9 of the process that owns `exiftool -stay_open` takes exiftool with it."""
+    import os
+    import signal
+    import subprocess
+
+    script = (
+        "import sys, time\n"
+        "from workers.tools import ExiftoolSession, ToolLimits\n"
+        "session = ExiftoolSession(ToolLimits(timeout_s=30), ['-json'])\n"
+        "session.start()\n"
+        "print(session.pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    owner = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert owner.stdout is not None
+    exiftool_pid = int(owner.stdout.readline())
+    os.kill(owner.pid, signal.SIGKILL)
+    owner.wait()
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{exiftool_pid}").exists() and time.monotonic() < deadline:
+        status = Path(f"/proc/{exiftool_pid}/stat").read_text().split()
+        if status[2] == "Z":  # a zombie has already exited; only its parent's reaping is left
+            break
+        time.sleep(0.1)
+    else:
+        assert not Path(f"/proc/{exiftool_pid}").exists(), "exiftool outlived its owner"

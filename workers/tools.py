@@ -7,6 +7,8 @@ exploding tool becomes a classified StageError instead of a hung worker.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import os
 import resource
@@ -43,11 +45,19 @@ def _tool_env() -> dict[str, str]:
     }
 
 
+#: prctl(2) option: the kernel sends the child a signal when its parent dies.
+_PR_SET_PDEATHSIG = 1
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
 def _limit_child(memory_mb: int) -> Callable[[], None]:
     def apply() -> None:
         memory = memory_mb * _MIB
         resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        # A worker killed outright (kill -9, a lost Ray actor) must not leave its tools
+        # behind: an orphaned `exiftool -stay_open` never sees EOF as a reason to exit.
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
     return apply
 
