@@ -14,10 +14,8 @@ from PIL import Image
 
 from evidence.store import Store
 from pipelines.config import QarinaConfig
-from pipelines.ingest import ingest_paths
-from pipelines.plan import Plan
-from pipelines.runner import SequentialExecutor, run_queue
 from tests import media
+from tests.flows import ingest_and_run
 from tests.stage_contract import StageContract
 from workers.base import FailureReason, Kind, StageError, StageInput, StageSkipped
 from workers.keyframes import KeyframesConfig, KeyframesResult, KeyframesStage
@@ -183,16 +181,10 @@ def test_artifacts_land_in_the_store(tmp_path: Path, sqlite_config: QarinaConfig
     folder = tmp_path / "intake"
     folder.mkdir()
     media.video_with_hard_cuts(folder / "clip.mp4", (15, 15))
-    plan = Plan.default()
     store = Store.open(sqlite_config.db_url, sqlite_config.blob_root)
     try:
-        summary = ingest_paths(store, plan, sqlite_config, [folder], source="test", priority=1)
-        executor = SequentialExecutor(plan, sqlite_config)
-        try:
-            run_queue(store, plan, executor, sqlite_config)
-        finally:
-            executor.close()
-        record: dict[str, Any] | None = store.show(summary.sha256s[0])
+        [sha] = ingest_and_run(store, sqlite_config, folder)
+        record: dict[str, Any] | None = store.show(sha)
         assert record is not None
         data = record["results"]["keyframes"]["data"]
         stored = {artifact["sha256"] for artifact in record["artifacts"]}

@@ -14,7 +14,7 @@ from pipelines import samples
 from pipelines.config import QarinaConfig
 from pipelines.ingest import ingest_paths
 from pipelines.plan import Plan
-from pipelines.runner import SequentialExecutor, run_queue
+from tests.flows import ingest_and_run
 
 SECRET_NAME = "witness-abu-karim-statement"
 LATITUDE, LONGITUDE = 36.2021, 37.1343
@@ -39,21 +39,10 @@ def mixed_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def _ingest_and_run(store: Store, config: QarinaConfig, folder: Path) -> list[str]:
-    plan = Plan.default()
-    summary = ingest_paths(store, plan, config, [folder], source="test-source", priority=3)
-    executor = SequentialExecutor(plan, config)
-    try:
-        run_queue(store, plan, executor, config)
-    finally:
-        executor.close()
-    return summary.sha256s
-
-
 def test_every_input_ends_with_a_record(
     store: Store, config: QarinaConfig, mixed_folder: Path
 ) -> None:
-    shas = _ingest_and_run(store, config, mixed_folder)
+    shas = ingest_and_run(store, config, mixed_folder)
     assert len(shas) == 7
     records = {sha: store.show(sha) for sha in shas}
     kinds = sorted(str(record["kind"]) for record in records.values() if record)
@@ -76,7 +65,7 @@ def test_every_input_ends_with_a_record(
 def test_result_json_shape_and_provenance(
     store: Store, config: QarinaConfig, mixed_folder: Path
 ) -> None:
-    _ingest_and_run(store, config, mixed_folder)
+    ingest_and_run(store, config, mixed_folder)
     photo = next(
         record
         for sha in _all_items(store)
@@ -115,10 +104,10 @@ def _all_items(store: Store) -> list[str]:
 def test_rerunning_a_finished_queue_stores_nothing_new(
     store: Store, config: QarinaConfig, mixed_folder: Path
 ) -> None:
-    _ingest_and_run(store, config, mixed_folder)
+    ingest_and_run(store, config, mixed_folder)
     before = store.verify(fixity=False, actor="test").chain.events
     # Ingesting the same folder again adds acquisitions, not items, jobs or results.
-    shas = _ingest_and_run(store, config, mixed_folder)
+    shas = ingest_and_run(store, config, mixed_folder)
     after = store.status()
     assert after.open_jobs == 0 and after.items == len(shas)
     record = store.show(shas[0])
@@ -147,7 +136,7 @@ def test_logs_never_name_files_or_places(
     caplog.set_level(logging.DEBUG)
     store = Store.open(sqlite_config.db_url, sqlite_config.blob_root)
     try:
-        _ingest_and_run(store, sqlite_config, mixed_folder)
+        ingest_and_run(store, sqlite_config, mixed_folder)
     finally:
         store.close()
     text = caplog.text
