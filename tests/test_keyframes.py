@@ -177,6 +177,15 @@ def test_sharpest_candidate_is_chosen(tmp_path: Path) -> None:
     assert second[0]["frame_index"] > 38
 
 
+def test_a_run_over_its_time_budget_is_a_tool_timeout(tmp_path: Path) -> None:
+    """PyAV decodes in-process, so the stage enforces its own wall-clock budget."""
+    video = media.video_with_hard_cuts(tmp_path / "clip.mp4", (15, 15))
+    spent = KeyframesConfig(min_budget_s=0.0, budget_per_media_s=0.0)
+    with pytest.raises(StageError) as raised:
+        KeyframesStage(spent).run(_item(video), tmp_path)
+    assert raised.value.reason is FailureReason.TOOL_TIMEOUT
+
+
 def test_artifacts_land_in_the_store(tmp_path: Path, sqlite_config: QarinaConfig) -> None:
     folder = tmp_path / "intake"
     folder.mkdir()
