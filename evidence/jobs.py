@@ -47,10 +47,9 @@ def enqueue(
     specs: Iterable[JobSpec],
     priority: int,
     max_attempts: int,
-) -> int:
+) -> None:
     """Queue jobs for an item inside the caller's transaction; existing jobs are kept once."""
     now = utc_now()
-    added = 0
     for spec in specs:
         if spec.requires and not _results_exist(connection, sha256, spec.requires):
             continue
@@ -69,8 +68,7 @@ def enqueue(
             )
             .on_conflict_do_nothing()
         )
-        added += connection.execute(statement).rowcount
-    return added
+        connection.execute(statement)
 
 
 def raise_priority(connection: sa.Connection, sha256: str, priority: int) -> None:

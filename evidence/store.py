@@ -37,7 +37,6 @@ class Registered:
     sha256: str
     new_item: bool
     acquisition_id: int
-    jobs_enqueued: int
 
 
 @dataclass(frozen=True)
@@ -125,7 +124,7 @@ class Store:
                 )
                 .returning(acquisitions.c.id)
             ).scalar_one()
-            enqueued = jobs.enqueue(
+            jobs.enqueue(
                 self.database,
                 connection,
                 blob.sha256,
@@ -159,7 +158,7 @@ class Store:
                     )
                 ],
             )
-        return Registered(blob.sha256, new_item, acquisition_id, enqueued)
+        return Registered(blob.sha256, new_item, acquisition_id)
 
     def _log(self, entry: CustodyEntry) -> None:
         """One custody event in a transaction of its own."""
@@ -256,7 +255,10 @@ class Store:
             ).all()
             failed = connection.execute(
                 sa.select(jobs_table)
-                .where(jobs_table.c.sha256 == sha256, jobs_table.c.error_reason.is_not(None))
+                .where(
+                    jobs_table.c.sha256 == sha256,
+                    jobs_table.c.state.in_((jobs.FAILED, jobs.DEAD)),
+                )
                 .order_by(jobs_table.c.id)
             ).all()
             derived = connection.execute(
@@ -303,7 +305,6 @@ class Store:
                     "attempts": row.attempts,
                 }
                 for row in failed
-                if row.state in (jobs.FAILED, jobs.DEAD)
             ],
             "pending": open_stages,
             "artifacts": [

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
+from evidence.store import StatusReport
 from pipelines.config import QarinaConfig
 from pipelines.ingest import ingest_paths
 from pipelines.plan import Plan
@@ -101,7 +102,7 @@ def run(
     )
 
 
-def _status_table(report: Any) -> Table:
+def _status_table(report: StatusReport) -> Table:
     states = ["queued", "leased", "done", "failed", "dead"]
     table = Table("stage", *states, title=f"{report.items} items")
     for stage in report.stages:

@@ -25,6 +25,7 @@ from evidence.blobs import BlobStore
 from evidence.records import ArtifactRecord, Failure, LeasedJob, Outcome, Success
 from pipelines.plan import Plan
 from workers.base import (
+    ArtifactFile,
     FailureReason,
     Kind,
     Stage,
@@ -100,7 +101,7 @@ class StageHost:
                     error.detail,
                     error.reason.retryable,
                     self._provenance(started, clock),
-                    item_kind=Kind.OTHER.value if job.stage == "probe" else None,
+                    item_kind=Kind.OTHER.value if self.stage.decides_kind else None,
                 )
             except Exception as error:
                 log.exception("item %s stage %s crashed", job.sha256[:16], job.stage)
@@ -110,7 +111,7 @@ class StageHost:
                     True,
                     self._provenance(started, clock),
                 )
-        item_kind = data.get("kind") if job.stage == "probe" else None
+        item_kind = data.get("kind") if self.stage.decides_kind else None
         follow_ups = self.plan.follow_ups(job.stage, item_kind or job.kind)
         return Success(
             data,
@@ -120,7 +121,7 @@ class StageHost:
             follow_ups=follow_ups,
         )
 
-    def _store_artifact(self, artifact: Any) -> ArtifactRecord:
+    def _store_artifact(self, artifact: ArtifactFile) -> ArtifactRecord:
         blob = self.blobs.put(artifact.path)
         return ArtifactRecord(
             blob.sha256, artifact.role, artifact.media_type, blob.size_bytes, artifact.meta

@@ -34,6 +34,9 @@ def _check_registry() -> None:
                 f"stage {stage.name} requires {sorted(missing)} registered before it"
             )
         seen.add(stage.name)
+    deciders = [stage.name for stage, _ in STAGES if stage.decides_kind]
+    if len(deciders) != 1:
+        raise RuntimeError(f"exactly one stage must decide an item's kind, got {deciders}")
 
 
 _check_registry()

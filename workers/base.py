@@ -159,6 +159,9 @@ class Stage(ABC, Generic[C, R]):
     kinds: ClassVar[frozenset[Kind]]
     requires: ClassVar[tuple[str, ...]] = ()
     resources: ClassVar[Resources] = Resources()
+    #: True for the one stage whose result's `kind` field decides the item's kind (the probe);
+    #: when it fails, the item is recorded as `other`.
+    decides_kind: ClassVar[bool] = False
     #: Items handed to one call; small files take milliseconds and a Ray call costs about 1 ms.
     batch_size: ClassVar[int] = 1
 

@@ -357,6 +357,7 @@ class ProbeStage(Stage[ProbeConfig, ProbeResult]):
     version: ClassVar[str] = "1"
     kinds: ClassVar[frozenset[Kind]] = frozenset(Kind)
     requires: ClassVar[tuple[str, ...]] = ()
+    decides_kind: ClassVar[bool] = True
     resources: ClassVar[Resources] = Resources(num_cpus=0.25, memory_mb=512)
     #: ffprobe costs ~160 ms and a Pillow header read ~1 ms: 16 items amortise a Ray call.
     batch_size: ClassVar[int] = 16
