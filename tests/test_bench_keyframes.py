@@ -54,7 +54,7 @@ def test_bench_keyframes_at_toy_size(sqlite_config: QarinaConfig, tmp_path: Path
     cuts = result["test_clip"]["cuts"]
     assert len(cuts) >= 2
     assert result["test_clip"]["frames"] >= 6 * 30
-    assert set(result["clips"]) == {"bframes", "nobframes"}
+    assert set(result["clips"]) == {"bframes", "nobframes", "fixedgop"}
     for clip in result["clips"].values():
         assert len(clip["runs"]) == 1
         for name in ("ours", "pyscenedetect", "ffmpeg_decode"):

@@ -35,7 +35,7 @@ import math
 import time
 from array import array
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import cache
@@ -46,7 +46,6 @@ import av
 import av.codec.hwaccel
 import numpy as np
 import numpy.typing as npt
-from PIL import Image
 
 from workers.base import (
     ArtifactFile,
@@ -58,9 +57,17 @@ from workers.base import (
     StageError,
     StageInput,
     StageOutput,
-    StageSkipped,
 )
-from workers.tools import ffmpeg_input
+from workers.video import (
+    DecodeCounts,
+    display_image,
+    frames_of,
+    hwaccel_for,
+    open_container,
+    packet_pts,
+    rotation_of,
+    video_stream,
+)
 
 U8 = npt.NDArray[np.uint8]
 F32 = npt.NDArray[np.float32]
@@ -176,16 +183,6 @@ class _Index:
         """The frame index of a decoded frame's pts, or -1 when the index has no such frame."""
         at = int(np.searchsorted(self.pts, pts))
         return at if at < len(self.pts) and int(self.pts[at]) == pts else -1
-
-
-@dataclass
-class _Counts:
-    decoded: int = 0
-    corrupt: int = 0
-    truncated: bool = False
-    #: time.monotonic() after which decoding stops: PyAV runs in-process, so this wall-clock
-    #: budget is the stage's own timeout (checked per packet, in the one demux loop).
-    deadline: float = math.inf
 
 
 @cache
@@ -473,121 +470,6 @@ def _merge_cuts(cuts: list[_Cut], index: _Index, config: KeyframesConfig) -> lis
     return merged
 
 
-def _hwaccel(mode: str) -> av.codec.hwaccel.HWAccel | None:
-    """NVDEC settings when asked for and possible, else None (CPU decoding).
-
-    FFmpeg builds list "cuda" whether or not a GPU exists, so "auto" also wants the device
-    node; "cuda" trusts FFmpeg alone (for containers that expose the GPU differently). Either
-    way FFmpeg falls back to software per stream, and `decoder` records what really ran.
-    """
-    if mode == "none" or "cuda" not in av.codec.hwaccel.hwdevices_available():
-        return None
-    if mode == "auto" and not Path("/dev/nvidia0").exists():
-        return None
-    return av.codec.hwaccel.HWAccel("cuda", allow_software_fallback=True)
-
-
-def _open(path: Path, hwaccel: av.codec.hwaccel.HWAccel | None) -> av.container.InputContainer:
-    """The container, reading local files only (a playlist must not reach the network).
-
-    Raises:
-        StageError: corrupt_media when FFmpeg cannot read the container at all.
-    """
-    try:
-        return av.open(
-            ffmpeg_input(path),
-            container_options={"protocol_whitelist": "file"},
-            hwaccel=hwaccel,
-        )
-    except (av.FFmpegError, UnicodeDecodeError) as error:
-        raise StageError(
-            FailureReason.CORRUPT_MEDIA, f"cannot open the container: {type(error).__name__}"
-        ) from None
-
-
-def _video_stream(container: av.container.InputContainer) -> av.VideoStream:
-    streams = [
-        s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic
-    ]
-    if not streams:
-        raise StageSkipped("no_video")
-    stream = streams[0]
-    stream.thread_type = "AUTO"
-    return stream
-
-
-def _packet_pts(packet: av.Packet[Any]) -> int | None:
-    return packet.pts if packet.pts is not None else packet.dts
-
-
-def _decode(packet: av.Packet[Any], counts: _Counts) -> list[av.VideoFrame]:
-    """A packet's frames; a packet the decoder rejects, or a frame it marks corrupt, is counted.
-
-    Damaged evidence is common (broken transfers, bad sectors): one bad packet must cost one
-    frame, never the video.
-    """
-    try:
-        frames = packet.decode()
-    except av.FFmpegError:
-        counts.corrupt += 1
-        return []
-    good = []
-    for frame in frames:
-        if not isinstance(frame, av.VideoFrame):
-            continue
-        if frame.is_corrupt:
-            counts.corrupt += 1
-            continue
-        counts.decoded += 1
-        good.append(frame)
-    return good
-
-
-def _demux(
-    container: av.container.InputContainer, stream: av.VideoStream, counts: _Counts
-) -> Iterator[av.Packet[Any]]:
-    """The stream's packets; a demuxer error (a cut-off file) ends the stream as truncated.
-
-    Raises:
-        StageError: tool_timeout once the run's time budget is spent.
-    """
-    packets = container.demux(stream)
-    while True:
-        if time.monotonic() > counts.deadline:
-            raise StageError(FailureReason.TOOL_TIMEOUT, "keyframes exceeded its time budget")
-        try:
-            packet = next(packets)
-        except StopIteration:
-            return
-        except (av.FFmpegError, EOFError):
-            counts.truncated = True
-            return
-        yield packet
-
-
-def _frames(
-    container: av.container.InputContainer,
-    stream: av.VideoStream,
-    counts: _Counts,
-    wanted: Callable[[av.Packet[Any]], bool],
-) -> Iterator[tuple[int, av.VideoFrame]]:
-    """(pts, frame) of the packets `wanted` accepts, in output order; frames without pts are
-    of no use (no time, no index) and left out.
-
-    On a cut-off file the decoder is drained, so the frames it still holds are not lost.
-    """
-    for packet in _demux(container, stream, counts):
-        if packet.size and not wanted(packet):
-            continue
-        for frame in _decode(packet, counts):
-            if frame.pts is not None:
-                yield frame.pts, frame
-    if counts.truncated:
-        for frame in _flush(stream, counts):
-            if frame.pts is not None:
-                yield frame.pts, frame
-
-
 @dataclass
 class _IndexBuilder:
     """Collects every packet's pts, size and key flag while pass 1 demuxes (no pixels).
@@ -603,7 +485,7 @@ class _IndexBuilder:
     end_pts: int | None = None
 
     def take(self, packet: av.Packet[Any]) -> bool:
-        pts = _packet_pts(packet)
+        pts = packet_pts(packet)
         if pts is not None and not packet.is_discard:
             self.pts.append(pts)
             self.sizes.append(packet.size)
@@ -681,13 +563,13 @@ class KeyframesStage(Stage[KeyframesConfig, KeyframesResult]):
                 packets, decode_error when not one frame decodes.
         """
         config = self.config
-        hwaccel = _hwaccel(config.hwaccel)
+        hwaccel = hwaccel_for(config.hwaccel)
         duration = item.upstream.get("probe", {}).get("duration_s") or 0.0
         budget = max(config.min_budget_s, float(duration) * config.budget_per_media_s)
-        counts = _Counts(deadline=time.monotonic() + budget)
+        counts = DecodeCounts(deadline=time.monotonic() + budget)
         decoded = _Decoded()
-        with _open(item.path, hwaccel) as container:
-            stream = _video_stream(container)
+        with open_container(item.path, hwaccel) as container:
+            stream = video_stream(container)
             intra = stream.codec_context.codec.intra_only
             fps = float(stream.guessed_rate or stream.average_rate or 25)
             time_base = stream.time_base or Fraction(1, 90000)
@@ -698,8 +580,8 @@ class KeyframesStage(Stage[KeyframesConfig, KeyframesResult]):
         if not intra:
             spans, trusted = self._spans(index, key_changes)
             if spans:
-                with _open(item.path, hwaccel) as container:
-                    stream = _video_stream(container)
+                with open_container(item.path, hwaccel) as container:
+                    stream = video_stream(container)
                     self._refine(container, stream, spans, counts, decoded, detector)
         if counts.decoded == 0:
             raise StageError(FailureReason.DECODE_ERROR, "not one video frame decodes")
@@ -718,15 +600,15 @@ class KeyframesStage(Stage[KeyframesConfig, KeyframesResult]):
         ]
         found += trusted
         if any(cut.kind == "hard" and cut.index - cut.first > 1 for cut in found):
-            with _open(item.path, hwaccel) as container:
-                stream = _video_stream(container)
+            with open_container(item.path, hwaccel) as container:
+                stream = video_stream(container)
                 found = self._place_exactly(container, stream, index, found, counts)
         cuts = _merge_cuts(found, index, config)
         boundaries = [0, *[cut.index for cut in cuts], len(index.pts)]
         choices, limited = self._choose(index, boundaries, decoded)
-        with _open(item.path, hwaccel) as container:
-            stream = _video_stream(container)
-            rotation = _rotation(item.upstream.get("probe", {}))
+        with open_container(item.path, hwaccel) as container:
+            stream = video_stream(container)
+            rotation = rotation_of(item.upstream.get("probe", {}))
             frames, artifacts = self._extract(
                 container, stream, index, choices, rotation, workdir, counts
             )
@@ -764,7 +646,7 @@ class KeyframesStage(Stage[KeyframesConfig, KeyframesResult]):
         self,
         container: av.container.InputContainer,
         stream: av.VideoStream,
-        counts: _Counts,
+        counts: DecodeCounts,
         decoded: _Decoded,
         detector: _Detector,
         intra: bool,
@@ -777,7 +659,7 @@ class KeyframesStage(Stage[KeyframesConfig, KeyframesResult]):
         builder = _IndexBuilder(intra)
         changes: dict[int, float] = {}
         previous: U8 | None = None
-        for pts, frame in _frames(container, stream, counts, builder.take):
+        for pts, frame in frames_of(container, stream, counts, builder.take):
             signature, sharpness = _describe(frame)
             decoded.add(pts, sharpness)
             if intra:
@@ -862,7 +744,7 @@ class KeyframesStage(Stage[KeyframesConfig, KeyframesResult]):
         container: av.container.InputContainer,
         stream: av.VideoStream,
         spans: list[tuple[int, int]],
-        counts: _Counts,
+        counts: DecodeCounts,
         decoded: _Decoded,
         detector: _Detector,
     ) -> None:
@@ -883,11 +765,11 @@ class KeyframesStage(Stage[KeyframesConfig, KeyframesResult]):
             return at if at >= 0 and pts <= spans[at][1] else -1
 
         def wanted(packet: av.Packet[Any]) -> bool:
-            pts = _packet_pts(packet)
+            pts = packet_pts(packet)
             return pts is not None and span_of(pts) >= 0
 
         current = -1
-        for pts, frame in _frames(container, stream, counts, wanted):
+        for pts, frame in frames_of(container, stream, counts, wanted):
             span = span_of(pts)
             if span < 0:
                 continue
@@ -905,7 +787,7 @@ class KeyframesStage(Stage[KeyframesConfig, KeyframesResult]):
         stream: av.VideoStream,
         index: _Index,
         cuts: list[_Cut],
-        counts: _Counts,
+        counts: DecodeCounts,
     ) -> list[_Cut]:
         """Hard cuts found between two decoded frames with skipped B-frames between them,
         moved to the exact frame: their GOP is decoded again, this time whole, up to the cut.
@@ -1008,7 +890,7 @@ class KeyframesStage(Stage[KeyframesConfig, KeyframesResult]):
         choices: list[_Choice],
         rotation: int,
         workdir: Path,
-        counts: _Counts,
+        counts: DecodeCounts,
     ) -> tuple[list[dict[str, Any]], list[ArtifactFile]]:
         """Pass 3: decode each chosen frame at full resolution and write it as a JPEG.
 
@@ -1017,7 +899,7 @@ class KeyframesStage(Stage[KeyframesConfig, KeyframesResult]):
         """
         frames: list[dict[str, Any]] = []
         artifacts: list[ArtifactFile] = []
-        sink = _Counts()
+        sink = DecodeCounts()
         # Every candidate is a keyframe or was decoded with B-frames skipped, so no chosen
         # frame is a B-frame and skipping them again halves the way to it.
         stream.codec_context.skip_frame = "BIDIR"
@@ -1038,7 +920,7 @@ class KeyframesStage(Stage[KeyframesConfig, KeyframesResult]):
                     break
             if found is None:
                 continue
-            image = _display_image(found, stream.sample_aspect_ratio, rotation)
+            image = display_image(found, stream.sample_aspect_ratio, rotation)
             path = workdir / f"keyframe-{choice.index:08d}.jpg"
             image.save(path, "JPEG", quality=self.config.jpeg_quality)
             digest = hashlib.sha256(path.read_bytes()).hexdigest()
@@ -1088,21 +970,13 @@ def _scheduled_intervals(intervals: list[int]) -> set[int]:
     return {max(intervals)} | ({common} if seen >= 2 else set())
 
 
-def _flush(stream: av.VideoStream, counts: _Counts) -> list[av.VideoFrame]:
-    """Frames still inside the decoder when the demuxer stopped early."""
-    try:
-        frames = stream.codec_context.decode(None)
-    except (av.FFmpegError, EOFError):
-        return []
-    good = [f for f in frames if isinstance(f, av.VideoFrame) and not f.is_corrupt]
-    counts.decoded += len(good)
-    return good
-
-
 def _positioned_frames(
-    container: av.container.InputContainer, stream: av.VideoStream, index: _Index, counts: _Counts
+    container: av.container.InputContainer,
+    stream: av.VideoStream,
+    index: _Index,
+    counts: DecodeCounts,
 ) -> Iterator[tuple[int, av.VideoFrame]]:
-    for pts, frame in _frames(container, stream, counts, lambda _: True):
+    for pts, frame in frames_of(container, stream, counts, lambda _: True):
         if (position := index.position(pts)) >= 0:
             yield position, frame
 
@@ -1117,33 +991,3 @@ def _end(index: _Index, boundary: int) -> float:
     if boundary < len(index.pts):
         return index.seconds(boundary)
     return float((index.end_pts - int(index.pts[0])) * index.time_base)
-
-
-def _rotation(probe: Mapping[str, Any]) -> int:
-    rotation = probe.get("rotation")
-    return int(rotation) % 360 if isinstance(rotation, int | float) else 0
-
-
-#: Clockwise display rotation -> the PIL transpose that applies it (PIL turns anticlockwise).
-_TRANSPOSE = {
-    90: Image.Transpose.ROTATE_270,
-    180: Image.Transpose.ROTATE_180,
-    270: Image.Transpose.ROTATE_90,
-}
-
-
-def _display_image(frame: av.VideoFrame, sar: Fraction | None, rotation: int) -> Image.Image:
-    """The frame as a viewer sees it: RGB (any bit depth), square pixels, upright.
-
-    Anamorphic video stores wide pixels; they are stretched (never squeezed) to keep detail.
-    """
-    image = Image.fromarray(frame.to_ndarray(format="rgb24"))
-    if sar and sar > 0 and sar != 1:
-        if sar > 1:
-            size = (round(image.width * sar), image.height)
-        else:
-            size = (image.width, round(image.height / sar))
-        image = image.resize(size, Image.Resampling.BICUBIC)
-    if rotation in _TRANSPOSE:
-        image = image.transpose(_TRANSPOSE[rotation])
-    return image

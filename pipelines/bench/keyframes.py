@@ -3,10 +3,13 @@
 The keyframes stage promises to be faster than decoding every frame and at least as accurate
 as PySceneDetect's adaptive detector, so both claims are measured in one run on the same
 clips: a 1080p H.264 clip cut together from real footage and real photos in the shared corpus,
-with every cut position recorded while it is made, once with x264's default B-frames and once
-without (`-bf 0`, as phones encode). Synthetic test patterns would flatter any detector; real
-pictures with slow pans and zooms, low-light footage with a flashlight switching on, and
-dissolves and fades are what the stage meets in a backlog.
+with every cut position recorded while it is made, encoded three ways: x264's defaults
+(B-frames, a keyframe at every scene cut), without B-frames (`-bf 0`), and as phones encode (a
+fixed one-second GOP with no scene-cut keyframes and no B-frames), since a keyframe-first
+detector must not depend on the encoder placing keyframes at the cuts. Synthetic test
+patterns would flatter any detector; real pictures with slow pans and zooms, low-light
+footage with a flashlight switching on, and dissolves and fades are what the stage meets in a
+backlog.
 
 Reported per clip, medians of `runs`:
 - seconds and fps of the stage's `run` (after `setup`, with the probe result given, as the
@@ -51,6 +54,15 @@ TOLERANCE_FRAMES = 2
 DISSOLVE_FRAMES = 15
 #: A fade through black: the old shot fades out over 8 frames, the new one fades in over 8.
 FADE_FRAMES = 8
+# name -> (description, x264 options): the encodings every timing and score is reported for.
+ENCODES: dict[str, tuple[str, list[str]]] = {
+    "bframes": ("libx264 default preset, yuv420p, 30 fps", []),
+    "nobframes": ("libx264 default preset, yuv420p, 30 fps, -bf 0", ["-bf", "0"]),
+    "fixedgop": (
+        "libx264 default preset, yuv420p, 30 fps, -bf 0, 1 s GOP without scene-cut keyframes",
+        ["-bf", "0", "-g", str(FPS), "-keyint_min", str(FPS), "-sc_threshold", "0"],
+    ),
+}
 _TARGET_TO_PYSCENEDETECT = 0.5
 _TARGET_TO_FFMPEG = 0.75
 _TARGET_PEAK_MIB = 1024
@@ -293,7 +305,8 @@ def _filter_graph(shots: Sequence[Shot], size: tuple[int, int]) -> str:
         else:
             pieces.append(f"[s{index}]")
             index += 1
-    chains.append("".join(pieces) + f"concat=n={len(pieces)}:v=1:a=0,split=2[bframes][nobframes]")
+    outputs = "".join(f"[{name}]" for name in ENCODES)
+    chains.append("".join(pieces) + f"concat=n={len(pieces)}:v=1:a=0,split={len(ENCODES)}{outputs}")
     return ";".join(chains)
 
 
@@ -322,7 +335,7 @@ def _frame_count(ffprobe: str, clip: Path) -> int:
 def make_clips(
     corpus: Path, folder: Path, seconds: float, size: tuple[int, int] = CLIP_SIZE
 ) -> dict[str, Any]:
-    """Render the test clip once and encode it twice (x264 defaults; x264 with `-bf 0`).
+    """Render the test clip once and encode it once per entry of ENCODES.
 
     Returns the clip paths, the shots and the true cuts. Raises RuntimeError when a corpus
     file is missing or an encoded clip does not hold exactly the frames the recipe made, since
@@ -333,14 +346,14 @@ def make_clips(
     if missing:
         raise RuntimeError(f"the shared corpus at {corpus} lacks {', '.join(missing)}")
     cuts, total = _timeline(shots)
-    clips = {"bframes": folder / "clip-bframes.mp4", "nobframes": folder / "clip-nobframes.mp4"}
+    clips = {name: folder / f"clip-{name}.mp4" for name in ENCODES}
     encode = ["-c:v", "libx264", "-pix_fmt", "yuv420p", "-r", str(FPS), "-an"]
     command = [
         _tool("ffmpeg"), "-hide_banner", "-v", "error", "-y", *_inputs(shots, corpus),
         "-filter_complex", _filter_graph(shots, size),
-        "-map", "[bframes]", *encode, str(clips["bframes"]),
-        "-map", "[nobframes]", *encode, "-bf", "0", str(clips["nobframes"]),
     ]  # fmt: skip
+    for name, (_, options) in ENCODES.items():
+        command += ["-map", f"[{name}]", *encode, *options, str(clips[name])]
     started = time.perf_counter()
     subprocess.run(command, check=True, capture_output=True)
     generation_s = time.perf_counter() - started
@@ -658,10 +671,7 @@ def bench_keyframes(
         "test_clip": {
             "frames": made["frames"],
             "duration_s": round(made["frames"] / FPS, 3),
-            "encodes": {
-                "bframes": "libx264 default preset, yuv420p, 30 fps",
-                "nobframes": "libx264 default preset, yuv420p, 30 fps, -bf 0",
-            },
+            "encodes": {name: description for name, (description, _) in ENCODES.items()},
             "generation_s": made["generation_s"],
             "shots": [asdict(shot) for shot in made["shots"]],
             "cuts": [{**asdict(cut), "span": list(cut.span)} for cut in truth],
