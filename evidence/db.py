@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -43,6 +44,10 @@ class Database:
     @property
     def is_sqlite(self) -> bool:
         return self.writer.dialect.name == "sqlite"
+
+    def insert(self, table: sa.Table) -> Any:
+        """INSERT that understands ON CONFLICT (idempotent writes) on either backend."""
+        return (sqlite.insert if self.is_sqlite else postgresql.insert)(table)
 
     def dispose(self) -> None:
         self.writer.dispose()

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 
 from evidence import custody
 from evidence.custody import CustodyEntry, canonical_json
@@ -35,11 +34,6 @@ class CommitReport:
     stale: int
 
 
-def _insert(database: Database, table: sa.Table) -> Any:
-    """INSERT that understands ON CONFLICT on both backends."""
-    return (sqlite.insert if database.is_sqlite else postgresql.insert)(table)
-
-
 def enqueue(
     database: Database,
     connection: sa.Connection,
@@ -54,7 +48,7 @@ def enqueue(
         if spec.requires and not _results_exist(connection, sha256, spec.requires):
             continue
         statement = (
-            _insert(database, jobs)
+            database.insert(jobs)
             .values(
                 sha256=sha256,
                 stage=spec.stage,
@@ -237,6 +231,27 @@ def upstream_results(
     return found
 
 
+def upstream_artifacts(
+    database: Database, pairs: Iterable[tuple[str, str]]
+) -> dict[tuple[str, str], list[str]]:
+    """SHA-256s of the files that stages derived from items, keyed by (sha256, stage)."""
+    wanted = set(pairs)
+    found: dict[tuple[str, str], list[str]] = {}
+    if not wanted:
+        return found
+    with database.reader.connect() as connection:
+        rows = connection.execute(
+            sa.select(artifacts.c.parent_sha256, artifacts.c.stage, artifacts.c.sha256).where(
+                artifacts.c.parent_sha256.in_({sha for sha, _ in wanted}),
+                artifacts.c.stage.in_({stage for _, stage in wanted}),
+            )
+        )
+        for parent, stage, sha256 in rows:
+            if (parent, stage) in wanted:
+                found.setdefault((parent, stage), []).append(sha256)
+    return found
+
+
 def commit(
     database: Database,
     outcomes: Sequence[tuple[LeasedJob, Outcome]],
@@ -298,7 +313,7 @@ def _commit_success(
     data = dict(outcome.data)
     data_sha256 = hashlib.sha256(canonical_json(data).encode()).hexdigest()
     inserted = connection.execute(
-        _insert(database, results)
+        database.insert(results)
         .values(
             sha256=job.sha256,
             stage=job.stage,

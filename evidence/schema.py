@@ -121,13 +121,21 @@ matches = sa.Table(
     "matches",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("a_sha256", SHA256, sa.ForeignKey("items.sha256"), nullable=False, index=True),
+    # A pair is stored once, in order (a_sha256 < b_sha256), whichever item arrived first.
+    sa.Column("a_sha256", SHA256, sa.ForeignKey("items.sha256"), nullable=False),
     sa.Column("b_sha256", SHA256, sa.ForeignKey("items.sha256"), nullable=False, index=True),
+    # photo-photo | keyframe-photo | video-video: what was compared with what.
+    sa.Column("kind", sa.String(32), nullable=False),
     sa.Column("algorithm", sa.String(32), nullable=False),
     sa.Column("distance", sa.Float, nullable=False),
+    # Seconds into a or b where the match was seen (a keyframe's time, a clip's start).
     sa.Column("a_time_s", sa.Float),
     sa.Column("b_time_s", sa.Float),
+    # How it matched: hash variants and orientation, offsets, frames that agreed, threshold.
+    sa.Column("details", sa.JSON, nullable=False),
     sa.Column("created_at", Timestamp, nullable=False),
+    # Linking is idempotent: the matcher may meet the same pair again after a rebuild.
+    sa.UniqueConstraint("a_sha256", "b_sha256", "kind"),
 )
 
 custody_events = sa.Table(

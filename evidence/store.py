@@ -12,10 +12,11 @@ from typing import Any
 import sqlalchemy as sa
 
 from evidence import custody, jobs, records
+from evidence import matches as match_links
 from evidence.blobs import BlobStore, StoredBlob
 from evidence.custody import CustodyEntry
 from evidence.db import Database, as_utc, connect, migrate, utc_now
-from evidence.schema import acquisitions, artifacts, items, matches, results
+from evidence.schema import acquisitions, artifacts, items, results
 from evidence.schema import jobs as jobs_table
 
 
@@ -103,7 +104,7 @@ class Store:
         with self.database.writer.begin() as connection:
             new_item = (
                 connection.execute(
-                    jobs._insert(self.database, items)
+                    self.database.insert(items)
                     .values(sha256=blob.sha256, size_bytes=blob.size_bytes, created_at=now)
                     .on_conflict_do_nothing()
                 ).rowcount
@@ -266,11 +267,6 @@ class Store:
                 .where(artifacts.c.parent_sha256 == sha256)
                 .order_by(artifacts.c.id)
             ).all()
-            linked = connection.execute(
-                sa.select(matches).where(
-                    sa.or_(matches.c.a_sha256 == sha256, matches.c.b_sha256 == sha256)
-                )
-            ).all()
             open_stages = sorted(
                 connection.execute(
                     sa.select(jobs_table.c.stage).where(
@@ -319,12 +315,8 @@ class Store:
                 for row in derived
             ],
             "matches": [
-                {
-                    "other": row.b_sha256 if row.a_sha256 == sha256 else row.a_sha256,
-                    "algorithm": row.algorithm,
-                    "distance": row.distance,
-                }
-                for row in linked
+                match_links.as_seen_from(link, sha256)
+                for link in match_links.links_of(self.database, sha256)
             ],
         }
 

@@ -15,9 +15,11 @@ from rich.table import Table
 
 from evidence.store import StatusReport
 from pipelines.config import QarinaConfig
+from pipelines.dupes import dupes_report, similar_report
 from pipelines.ingest import ingest_paths
 from pipelines.plan import Plan
-from pipelines.session import open_store, process_queue
+from pipelines.session import open_matcher, open_store, process_queue
+from workers.base import StageError, StageSkipped
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks for sizing hardware.")
@@ -164,6 +166,82 @@ def show(
 
 
 @app.command()
+def dupes(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    rebuild: Annotated[
+        bool, typer.Option("--rebuild", help="Rebuild the index from the store first.")
+    ] = False,
+) -> None:
+    """Clusters of near-duplicates (members, sources, distances) and exact duplicates."""
+    config = _config(ctx)
+    store = open_store(config)
+    try:
+        open_matcher(config, store).update(f"qarina-match@{config.operator}", rebuild=rebuild)
+        report = dupes_report(store)
+    finally:
+        store.close()
+    if as_json:
+        write_json(report)
+        return
+    for number, cluster in enumerate(report["clusters"], 1):
+        table = Table("sha256", "kind", "copies", "sources", title=f"cluster {number}")
+        for member in cluster["members"]:
+            table.add_row(
+                member["sha256"][:16], member["kind"], str(member["acquisitions"]),
+                ", ".join(member["sources"]),
+            )  # fmt: skip
+        out.print(table)
+        for link in cluster["links"]:
+            out.print(
+                f"  {link['a_sha256'][:16]} ~ {link['b_sha256'][:16]}"
+                f" {link['kind']} distance {link['distance']:g}"
+            )
+    out.print(
+        f"{len(report['clusters'])} near-duplicate clusters;"
+        f" {len(report['exact'])} items acquired more than once"
+    )
+
+
+@app.command()
+def similar(
+    ctx: typer.Context,
+    path: Annotated[Path, typer.Argument(help="A photo or video that is not in the store.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Stored items that match a file; the file itself is not ingested."""
+    config = _config(ctx)
+    if not path.is_file():
+        console.print("not a regular file")
+        raise typer.Exit(2)
+    store = open_store(config)
+    try:
+        matcher = open_matcher(config, store)
+        report = similar_report(store, matcher, path, f"qarina-similar@{config.operator}")
+    except (StageError, StageSkipped) as error:
+        console.print(f"cannot hash this file: {error}")
+        raise typer.Exit(2) from None
+    finally:
+        store.close()
+    if as_json:
+        write_json(report)
+        return
+    table = Table("sha256", "match", "distance", "query s", "item s", "sources")
+    for found in report["matches"]:
+        item = found["item"] or {"sources": []}
+        table.add_row(
+            found["sha256"][:16], found["kind"], f"{found['distance']:g}",
+            _seconds(found["query_time_s"]), _seconds(found["item_time_s"]),
+            ", ".join(item["sources"]),
+        )  # fmt: skip
+    out.print(table)
+
+
+def _seconds(value: float | None) -> str:
+    return "" if value is None else f"{value:.1f}"
+
+
+@app.command()
 def verify(
     ctx: typer.Context,
     fixity: Annotated[bool, typer.Option("--fixity", help="Re-hash every stored blob.")] = False,
@@ -214,6 +292,52 @@ def eval_metadata(
 
     evaluation = evaluate_metadata(corpus / "images_exif")
     out.print(evaluation.render())
+
+
+@eval_app.command("dupes")
+def eval_dupes(
+    corpus: Annotated[Path, typer.Option(help="The shared corpus folder.")] = Path(
+        "../shared/corpus"
+    ),
+    output: Annotated[Path, typer.Option(help="JSON results.")] = Path(
+        "bench-results/eval-dupes.json"
+    ),
+) -> None:
+    """Recall and precision of near-duplicate links on the corpus, hard negatives counted."""
+    from pipelines.dupes_eval import evaluate_dupes
+
+    evaluation = evaluate_dupes(corpus).as_json()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(evaluation, indent=2) + "\n")
+    write_json(evaluation)
+
+
+@bench_app.command("hashes")
+def bench_hashes(
+    ctx: typer.Context,
+    photos: Annotated[int, typer.Option(help="12 MP photos timed.")] = 12,
+    runs: Annotated[int, typer.Option(help="Repetitions per photo; the median is reported.")] = 3,
+    corpus: Annotated[Path, typer.Option(help="The shared corpus folder.")] = Path(
+        "../shared/corpus"
+    ),
+    output: Annotated[Path, typer.Option(help="JSON results.")] = Path("bench-results/hashes.json"),
+) -> None:
+    """PDQ + pHash per 12 MP JPEG against pdqhash + imagehash on a full decode."""
+    from pipelines.bench.hashes import bench_hashes as run_bench
+
+    write_json(run_bench(_config(ctx), output, photos=photos, runs=runs, corpus=corpus))
+
+
+@bench_app.command("index")
+def bench_index(
+    ctx: typer.Context,
+    hashes: Annotated[int, typer.Option(help="PDQ hashes in the index.")] = 1_000_000,
+    output: Annotated[Path, typer.Option(help="JSON results.")] = Path("bench-results/index.json"),
+) -> None:
+    """Near-duplicate index at scale: query latency, all-pairs clustering, recall, memory."""
+    from pipelines.bench.index import bench_index as run_bench
+
+    write_json(run_bench(_config(ctx), output, hashes=hashes, groups=max(1, hashes // 100)))
 
 
 @bench_app.command("ingest")

@@ -30,15 +30,24 @@ class QarinaConfig:
     ingest_threads: int = 4
     #: Batches in flight per actor: one running, one waiting, so an actor never idles.
     batches_per_actor: int = 2
+    #: Near-duplicate linking: PDQ distance at most this (0-31), hashes of quality under
+    #: `match_min_quality` never matched (QARINA_MATCH_THRESHOLD, QARINA_MATCH_MIN_QUALITY).
+    match_threshold: int = 31
+    match_min_quality: int = 50
 
     @property
     def blob_root(self) -> Path:
         return self.data_dir / "blobs"
 
+    @property
+    def index_dir(self) -> Path:
+        """The near-duplicate index: derived from the store, rebuilt when missing."""
+        return self.data_dir / "index"
+
     @classmethod
     def from_env(cls, data_dir: Path | None = None, ray_address: str | None = None) -> QarinaConfig:
         """Resolve `--data`/QARINA_DATA, QARINA_DB_URL, `--address`/RAY_ADDRESS, QARINA_OPERATOR,
-        QARINA_BENCH_PG_URL."""
+        QARINA_BENCH_PG_URL, QARINA_MATCH_THRESHOLD, QARINA_MATCH_MIN_QUALITY."""
         data = (data_dir or Path(os.environ.get("QARINA_DATA", str(DEFAULT_DATA_DIR)))).resolve()
         url = os.environ.get("QARINA_DB_URL") or f"sqlite:///{data / 'qarina.sqlite3'}"
         return cls(
@@ -47,6 +56,8 @@ class QarinaConfig:
             ray_address=ray_address or os.environ.get("RAY_ADDRESS") or None,
             operator=os.environ.get("QARINA_OPERATOR") or getpass.getuser(),
             bench_pg_url=os.environ.get("QARINA_BENCH_PG_URL") or None,
+            match_threshold=int(os.environ.get("QARINA_MATCH_THRESHOLD") or 31),
+            match_min_quality=int(os.environ.get("QARINA_MATCH_MIN_QUALITY") or 50),
         )
 
     def with_overrides(self, **changes: object) -> QarinaConfig:

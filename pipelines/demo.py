@@ -6,12 +6,14 @@ import datetime as dt
 import tempfile
 from pathlib import Path
 
+from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
 from evidence.store import Store
 from pipelines import samples
 from pipelines.config import QarinaConfig
+from pipelines.dupes import dupes_report
 from pipelines.ingest import ingest_paths
 from pipelines.plan import Plan
 from pipelines.session import open_store, process_queue
@@ -46,6 +48,14 @@ def make_demo_set(folder: Path) -> tuple[Path, Path]:
         ),
     )
     samples.photo(phone / "forwarded.jpg", seed=3)  # messaging apps strip EXIF
+    # A scene photographed once and passed on: resized and recompressed by a messaging app,
+    # then trimmed and mirrored by someone re-posting it. Linked as copies, never merged.
+    scene = samples.scene(4, (1600, 1200))
+    scene.save(phone / "IMG_20240312_102200.jpg", quality=92)
+    scene.resize((800, 600)).save(drive / "IMG-20240313-WA0007.jpg", quality=60)
+    width, height = scene.size
+    trimmed = scene.crop((64, 24, width - 40, height - 60))
+    trimmed.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(drive / "repost.jpg", quality=80)
     samples.copy(shared_photo, drive / "copy of evidence.jpg")
     samples.copy(phone / "forwarded.jpg", drive / "looks-like-a.png")
     speech = samples.speech_wav(folder / "speech.wav")
@@ -84,6 +94,7 @@ def run_demo(config: QarinaConfig, sequential: bool, out: Console) -> None:
         summary = process_queue(config, store, sequential, out)
         out.print(f"processed {summary.committed} jobs in {summary.wall_s:.1f} s")
         _print_items(store, sorted(set(first.sha256s + second.sha256s)), out)
+        _print_dupes(store, out)
         report = store.verify(fixity=True, actor=f"qarina-demo@{config.operator}")
         verdict = "intact" if report.ok else "BROKEN"
         out.print(
@@ -115,3 +126,18 @@ def _print_items(store: Store, shas: list[str], out: Console) -> None:
             ", ".join(metadata.get("flags", []) + failures),
         )
     out.print(table)
+
+
+def _print_dupes(store: Store, out: Console) -> None:
+    report = dupes_report(store)
+    for number, cluster in enumerate(report["clusters"], 1):
+        links = ", ".join(
+            f"{link['a_sha256'][:12]}~{link['b_sha256'][:12]} {link['kind']} {link['distance']:g}"
+            for link in cluster["links"]
+        )
+        out.print(f"near-duplicate cluster {number} from {cluster['sources']}: {links}")
+    for exact in report["exact"]:
+        out.print(
+            f"exact duplicate {exact['sha256'][:12]}: {exact['acquisitions']} arrivals"
+            f" from {exact['sources']}"
+        )

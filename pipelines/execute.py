@@ -45,6 +45,7 @@ class Task:
     job: LeasedJob
     path: str
     upstream: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    artifacts: Mapping[str, str] = field(default_factory=dict)
 
 
 def _qarina_version() -> str:
@@ -86,7 +87,8 @@ class StageHost:
         started = dt.datetime.now(dt.UTC)
         clock = time.perf_counter()
         kind = Kind(job.kind) if job.kind else Kind.OTHER
-        item = StageInput(job.sha256, Path(task.path), kind, task.upstream)
+        artifacts = {sha256: Path(path) for sha256, path in task.artifacts.items()}
+        item = StageInput(job.sha256, Path(task.path), kind, task.upstream, artifacts)
         with tempfile.TemporaryDirectory(prefix=f"qarina-{self.stage.name}-") as scratch:
             try:
                 output = self.stage.run(item, Path(scratch))

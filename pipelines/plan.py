@@ -33,10 +33,12 @@ class Plan:
             }
         )
 
-    def spec(self, name: str) -> JobSpec:
+    def spec(self, name: str, kind: Kind | None = None) -> JobSpec:
+        """The job spec of a stage; for an item of `kind`, with what that kind requires."""
         stage = self.stages[name]
         config: StageConfig = stage.config
-        return JobSpec(name, stage.version, config.config_hash(), stage.requires)
+        requires = stage.requires if kind is None else stage.requires_for(kind)
+        return JobSpec(name, stage.version, config.config_hash(), requires)
 
     def initial_jobs(self) -> list[JobSpec]:
         """Stages that need nothing before them: the probe."""
@@ -48,7 +50,7 @@ class Plan:
             return []
         item_kind = Kind(kind)
         return [
-            self.spec(name)
+            self.spec(name, item_kind)
             for name, stage in self.stages.items()
-            if finished in stage.requires and item_kind in stage.kinds
+            if item_kind in stage.kinds and finished in stage.requires_for(item_kind)
         ]

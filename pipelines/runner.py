@@ -87,8 +87,12 @@ def run_queue(
     executor: Executor,
     config: QarinaConfig,
     on_progress: Callable[[int, int], None] | None = None,
+    between_batches: Callable[[], None] | None = None,
 ) -> RunSummary:
-    """Process the queue of the plan's stages until no job is open; returns what it committed."""
+    """Process the queue of the plan's stages until no job is open; returns what it committed.
+
+    `between_batches` runs after each round of commits, on the driver (index upkeep).
+    """
     started = time.perf_counter()
     owner = owner_id()
     actor = f"qarina-run@{owner}"
@@ -126,6 +130,8 @@ def run_queue(
                 in_flight.pop(task.job.id, None)
             if on_progress is not None:
                 on_progress(report.committed, len(in_flight))
+        if between_batches is not None:
+            between_batches()
         if time.monotonic() - last_renewal > renew_every:
             jobs.renew(store.database, owner, list(in_flight), config.lease_ttl)
             # Jobs of a driver or node that died elsewhere come back while we are busy too.
@@ -136,9 +142,9 @@ def run_queue(
 
 
 def _tasks(store: Store, requires: tuple[str, ...], leased: list[records.LeasedJob]) -> list[Task]:
-    upstream = jobs.upstream_results(
-        store.database, [(job.sha256, stage) for job in leased for stage in requires]
-    )
+    pairs = [(job.sha256, stage) for job in leased for stage in requires]
+    upstream = jobs.upstream_results(store.database, pairs)
+    derived = jobs.upstream_artifacts(store.database, pairs)
     return [
         Task(
             job,
@@ -147,6 +153,11 @@ def _tasks(store: Store, requires: tuple[str, ...], leased: list[records.LeasedJ
                 stage: upstream[(job.sha256, stage)]
                 for stage in requires
                 if (job.sha256, stage) in upstream
+            },
+            {
+                sha256: str(store.blobs.path_for(sha256))
+                for stage in requires
+                for sha256 in derived.get((job.sha256, stage), ())
             },
         )
         for job in leased

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import piexif
-from PIL import Image
+from PIL import Image, ImageDraw
 
 _TOOL_TIMEOUT_S = 120
 
@@ -108,6 +108,33 @@ def photo(
         options["exif"] = exif
     image.save(path, "JPEG", **options)
     return path
+
+
+def scene(seed: int, size: tuple[int, int] = (1024, 768)) -> Image.Image:
+    """A picture with structure at every scale, as photographs have: smooth random fields from
+    coarse to fine plus a few sharp-edged shapes. Different seeds give unrelated pictures (PDQ
+    about 128 bits apart) of full PDQ quality, which flat test patterns do not reach.
+    """
+    rng = np.random.default_rng(seed)
+    width, height = size
+    field = np.zeros((height, width, 3), dtype=np.float32)
+    for cells, weight in ((3, 1.0), (6, 0.7), (12, 0.45), (24, 0.25)):
+        coarse = rng.uniform(0, 255, (cells, max(2, cells * width // height), 3)).astype(np.uint8)
+        layer = Image.fromarray(coarse, "RGB").resize(size, Image.Resampling.BICUBIC)
+        field += weight * np.asarray(layer, dtype=np.float32)
+    field = field / 2.4
+    image = Image.fromarray(np.clip(field, 0, 255).astype(np.uint8), "RGB")
+    draw = ImageDraw.Draw(image)
+    for _ in range(6):
+        x0, y0 = int(rng.uniform(0, width * 0.8)), int(rng.uniform(0, height * 0.8))
+        x1 = x0 + int(rng.uniform(width * 0.05, width * 0.3))
+        y1 = y0 + int(rng.uniform(height * 0.05, height * 0.3))
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        if rng.uniform() < 0.5:
+            draw.rectangle((x0, y0, x1, y1), fill=colour)
+        else:
+            draw.ellipse((x0, y0, x1, y1), fill=colour)
+    return image
 
 
 def _run(argv: list[str]) -> None:

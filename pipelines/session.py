@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from rich.console import Console
@@ -11,11 +12,24 @@ from evidence.store import Store
 from pipelines.config import QarinaConfig
 from pipelines.plan import Plan
 from pipelines.runner import RunSummary, SequentialExecutor, run_queue
+from pipelines.similarity import MatchConfig, Matcher
+
+#: Seconds between index updates while a run goes on: links appear as items arrive, and the
+#: driver spends little of its time on them.
+_MATCH_EVERY_S = 5.0
 
 
 def open_store(config: QarinaConfig) -> Store:
     config.data_dir.mkdir(parents=True, exist_ok=True)
     return Store.open(config.db_url, config.blob_root)
+
+
+def open_matcher(config: QarinaConfig, store: Store) -> Matcher:
+    return Matcher(
+        store,
+        config.index_dir,
+        MatchConfig(threshold=config.match_threshold, min_quality=config.match_min_quality),
+    )
 
 
 def process_queue(
@@ -47,7 +61,19 @@ def process_queue(
             # Follow-up stages appear as their predecessors finish: the total grows.
             progress.update(task, completed=completed, total=max(total, completed + in_flight))
 
+        matcher = open_matcher(config, store)
+        actor = f"qarina-match@{config.operator}"
+        last_match = time.monotonic()
+
+        def link_new_hashes() -> None:
+            nonlocal last_match
+            if time.monotonic() - last_match >= _MATCH_EVERY_S:
+                matcher.update(actor)
+                last_match = time.monotonic()
+
         try:
-            return run_queue(store, plan, executor, config, advance)
+            summary = run_queue(store, plan, executor, config, advance, link_new_hashes)
         finally:
             executor.close()
+        matcher.update(actor)
+        return summary

@@ -18,7 +18,7 @@ from typing import Any
 
 from PIL import Image
 
-from pipelines.samples import exif_bytes
+from pipelines.samples import exif_bytes, scene
 
 _FFMPEG = ["ffmpeg", "-hide_banner", "-v", "error", "-y", "-nostdin"]
 
@@ -339,4 +339,57 @@ def anamorphic_video(path: Path) -> Path:
         "-f", "lavfi", "-i", "testsrc2=size=160x90:rate=10:duration=1",
         *_x264(path, "-vf", "scale=80:90,setsar=2"),
     )
+    return path
+
+
+def scene_jpeg(
+    path: Path, seed: int, size: tuple[int, int] = (640, 480), quality: int = 90
+) -> Path:
+    """A photo-like picture (see `pipelines.samples.scene`): unrelated for different seeds."""
+    scene(seed, size).save(path, "JPEG", quality=quality)
+    return path
+
+
+def cropped(source: Path, path: Path, sides: tuple[float, float, float, float]) -> Path:
+    """A copy with fractions cut from the left, top, right and bottom, recompressed."""
+    with Image.open(source) as image:
+        width, height = image.size
+        left, top, right, bottom = sides
+        box = (round(width * left), round(height * top),
+               width - round(width * right), height - round(height * bottom))  # fmt: skip
+        image.crop(box).save(path, "JPEG", quality=80)
+    return path
+
+
+def letterboxed(source: Path, path: Path, bar_fraction: float = 0.15) -> Path:
+    """The picture on a black canvas with bars above and below (a re-posted screenshot)."""
+    with Image.open(source) as image:
+        bar = round(image.height * bar_fraction)
+        canvas = Image.new("RGB", (image.width, image.height + 2 * bar), (0, 0, 0))
+        canvas.paste(image.convert("RGB"), (0, bar))
+        canvas.save(path, "JPEG", quality=85)
+    return path
+
+
+def video_of_scenes(path: Path, seeds: list[int], size: str = "320x240") -> Path:
+    """An H.264 video showing each seed's scene for one second, one after another, so every
+    second of it is a different picture (an unambiguous time offset for clips)."""
+    folder = path.parent / f"{path.name}-frames"
+    folder.mkdir()
+    for number, seed in enumerate(seeds):
+        scene(seed, (640, 480)).save(folder / f"{number:04d}.png")
+    _ffmpeg(
+        "-framerate", "1", "-i", str(folder / "%04d.png"),
+        *_x264(path, "-vf", f"scale={size.replace('x', ':')},fps=25"),
+    )  # fmt: skip
+    shutil.rmtree(folder)
+    return path
+
+
+def clip_of(source: Path, path: Path, start_s: float, seconds: float, size: str) -> Path:
+    """A clip cut out of a video, re-encoded at another size (as a re-upload would be)."""
+    _ffmpeg(
+        "-ss", f"{start_s:g}", "-i", str(source), "-t", f"{seconds:g}",
+        *_x264(path, "-vf", f"scale={size.replace('x', ':')}"),
+    )  # fmt: skip
     return path

@@ -53,8 +53,10 @@ def test_bench_backlog_on_sqlite(sqlite_config: QarinaConfig, tmp_path: Path) ->
     assert figures["enqueue_bulk"]["jobs"] + figures["register_per_item"]["items"] == 2_000
     assert figures["lease_commit_cycle"]["jobs_committed"] == 2_000
     assert figures["status"]["under_1s"]
-    # Each committed probe queued its metadata job: the table holds both.
-    assert figures["status"]["jobs_in_table"] == 4_000
+    # Each committed probe queued a photo's follow-ups (metadata, hashes): the table holds all.
+    follow_ups = figures["lease_commit_cycle"]["follow_ups_per_job"]
+    assert follow_ups == 2
+    assert figures["status"]["jobs_in_table"] == 2_000 * (1 + follow_ups)
 
 
 @pytest.mark.postgres

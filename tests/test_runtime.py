@@ -62,7 +62,7 @@ def test_cli_round_trip(tmp_path: Path) -> None:
     engine.dispose()
     shown = json.loads(runner.invoke(app, [*base, "show", sha, "--json"]).output)
     assert {"sha256", "kind", "acquisitions", "results", "failures", "artifacts"} <= set(shown)
-    assert shown["kind"] == "photo" and set(shown["results"]) == {"probe", "metadata"}
+    assert shown["kind"] == "photo" and set(shown["results"]) == {"probe", "metadata", "hashes"}
     assert runner.invoke(app, [*base, "verify", "--fixity"]).exit_code == 0
     blob = Path(shown["blob_path"])
     blob.chmod(0o644)
@@ -147,7 +147,7 @@ def test_local_default_never_joins_a_stale_cluster(tmp_path: Path) -> None:
             env={key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"},
         )
         assert result.returncode == 0, result.stderr
-        assert "committed 4 outcomes" in result.stdout
+        assert "committed 6 outcomes" in result.stdout  # probe, metadata, hashes per photo
     finally:
         if saved is None:
             record.unlink(missing_ok=True)

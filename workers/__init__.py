@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from workers.base import Stage, StageConfig
+from workers.hashes import HashesConfig, HashesStage
 from workers.keyframes import KeyframesConfig, KeyframesStage
 from workers.metadata import MetadataConfig, MetadataStage
 from workers.probe import ProbeConfig, ProbeStage
@@ -19,6 +20,7 @@ STAGES: tuple[tuple[type[Stage[Any, Any]], StageConfig], ...] = (
     (ProbeStage, ProbeConfig()),
     (MetadataStage, MetadataConfig()),
     (KeyframesStage, KeyframesConfig()),
+    (HashesStage, HashesConfig()),
 )
 
 

@@ -103,13 +103,15 @@ class StageInput:
     """One item as a stage sees it: a read-only store path and what earlier stages found.
 
     `upstream` maps a required stage's name to its stored result (plain JSON data), so a stage
-    that needs the probe's streams does not probe again.
+    that needs the probe's streams does not probe again. `artifacts` maps the SHA-256 of each
+    file those stages derived (a keyframe) to its read-only store path.
     """
 
     sha256: str
     path: Path
     kind: Kind
     upstream: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    artifacts: Mapping[str, Path] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -167,6 +169,12 @@ class Stage(ABC, Generic[C, R]):
 
     def __init__(self, config: C) -> None:
         self.config = config
+
+    @classmethod
+    def requires_for(cls, kind: Kind) -> tuple[str, ...]:
+        """The stages whose results an item of `kind` needs first: `requires` unless a stage
+        needs less for some kinds (a photo has no keyframes to wait for)."""
+        return cls.requires
 
     def setup(self) -> None:  # an optional hook, empty on purpose
         """Start long-lived helpers (exiftool, models) once per worker, never per item."""

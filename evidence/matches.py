@@ -1,0 +1,239 @@
+"""Links between items that show the same picture: stored once per pair, never deleting either.
+
+The matcher in `pipelines` decides what matches; this module only reads the hashes it needs,
+in pages so a rebuild over millions of results never holds them all, and records links with a
+custody event each, in the same transaction: a link shown in court must say when and by
+whom (which matcher, which threshold) it was made.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+
+from evidence import custody
+from evidence.custody import CustodyEntry
+from evidence.db import Database, utc_now
+from evidence.schema import acquisitions, artifacts, items, matches, results
+
+
+@dataclass(frozen=True)
+class StoredHashes:
+    """One stored result of the hashing stage, with the kind of its item."""
+
+    result_id: int
+    sha256: str
+    kind: str | None
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Link:
+    """A match between two items, in stored order (a_sha256 < b_sha256)."""
+
+    a_sha256: str
+    b_sha256: str
+    kind: str
+    algorithm: str
+    distance: float
+    a_time_s: float | None = None
+    b_time_s: float | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def hashes_after(
+    database: Database, stage: str, after_id: int, page: int = 2000
+) -> Iterator[list[StoredHashes]]:
+    """Successful results of `stage` with ids above `after_id`, oldest first, a page at a time."""
+    last = after_id
+    while True:
+        with database.reader.connect() as connection:
+            rows = connection.execute(
+                sa.select(results.c.id, results.c.sha256, items.c.kind, results.c.data)
+                .join(items, items.c.sha256 == results.c.sha256)
+                .where(results.c.stage == stage, results.c.status == "ok", results.c.id > last)
+                .order_by(results.c.id)
+                .limit(page)
+            ).all()
+        if not rows:
+            return
+        yield [StoredHashes(row.id, row.sha256, row.kind, row.data) for row in rows]
+        last = rows[-1].id
+
+
+def record(database: Database, links: Sequence[Link], actor: str) -> int:
+    """Store new links with one custody event each; a pair already linked is left as it is.
+
+    Returns how many links were new.
+    """
+    if not links:
+        return 0
+    now = utc_now()
+    entries: list[CustodyEntry] = []
+    with database.writer.begin() as connection:
+        for link in links:
+            inserted = connection.execute(
+                database.insert(matches)
+                .values(
+                    a_sha256=link.a_sha256,
+                    b_sha256=link.b_sha256,
+                    kind=link.kind,
+                    algorithm=link.algorithm,
+                    distance=link.distance,
+                    a_time_s=link.a_time_s,
+                    b_time_s=link.b_time_s,
+                    details=link.details,
+                    created_at=now,
+                )
+                .on_conflict_do_nothing()
+                .returning(matches.c.id)
+            ).scalar()
+            if inserted is None:
+                continue
+            entries.append(
+                CustodyEntry(
+                    actor=actor,
+                    action="link",
+                    item_sha256=link.a_sha256,
+                    details={
+                        "match_id": inserted,
+                        "other_sha256": link.b_sha256,
+                        "kind": link.kind,
+                        "algorithm": link.algorithm,
+                        "distance": link.distance,
+                        "a_time_s": link.a_time_s,
+                        "b_time_s": link.b_time_s,
+                        "details": link.details,
+                    },
+                )
+            )
+        custody.append(connection, entries)
+    return len(entries)
+
+
+def keyframe_at(database: Database, sha256: str, t: float | None) -> str | None:
+    """The SHA-256 of an item's keyframe image at `t` seconds, if one was stored."""
+    if t is None:
+        return None
+    with database.reader.connect() as connection:
+        rows = connection.execute(
+            sa.select(artifacts.c.sha256, artifacts.c.meta).where(
+                artifacts.c.parent_sha256 == sha256, artifacts.c.role == "keyframe"
+            )
+        )
+        for artifact, meta in rows:
+            if abs(float(meta.get("t", -1.0)) - t) < 1e-3:
+                return str(artifact)
+    return None
+
+
+def _link(row: sa.Row[Any]) -> Link:
+    return Link(
+        row.a_sha256,
+        row.b_sha256,
+        row.kind,
+        row.algorithm,
+        row.distance,
+        row.a_time_s,
+        row.b_time_s,
+        row.details,
+    )
+
+
+def links_of(database: Database, sha256: str) -> list[Link]:
+    """Every link that has `sha256` on either side."""
+    with database.reader.connect() as connection:
+        rows = connection.execute(
+            sa.select(matches)
+            .where(sa.or_(matches.c.a_sha256 == sha256, matches.c.b_sha256 == sha256))
+            .order_by(matches.c.distance, matches.c.id)
+        )
+        return [_link(row) for row in rows]
+
+
+def _turned(details: dict[str, Any]) -> dict[str, Any]:
+    """Details seen from the other side: the offset negated, per-side pairs swapped."""
+    turned = dict(details)
+    if "offset_s" in turned:
+        turned["offset_s"] = -turned["offset_s"]
+    for key in ("via", "sources"):
+        if key in turned:
+            turned[key] = list(turned[key])[::-1]
+    return turned
+
+
+def link_between(
+    mine: str,
+    other: str,
+    kind: str,
+    algorithm: str,
+    distance: float,
+    times: tuple[float | None, float | None],
+    details: dict[str, Any],
+) -> Link:
+    """A link in stored order from one item's point of view; `times` are (mine, other)."""
+    if mine < other:
+        return Link(mine, other, kind, algorithm, distance, times[0], times[1], details)
+    return Link(other, mine, kind, algorithm, distance, times[1], times[0], _turned(details))
+
+
+def as_seen_from(link: Link, sha256: str) -> dict[str, Any]:
+    """A link as one of its two items sees it: the other item, and times and offset turned so
+    that `time_s` is in this item and `other_time_s` in the other."""
+    mine_first = link.a_sha256 == sha256
+    return {
+        "other": link.b_sha256 if mine_first else link.a_sha256,
+        "kind": link.kind,
+        "algorithm": link.algorithm,
+        "distance": link.distance,
+        "time_s": link.a_time_s if mine_first else link.b_time_s,
+        "other_time_s": link.b_time_s if mine_first else link.a_time_s,
+        "details": dict(link.details) if mine_first else _turned(link.details),
+    }
+
+
+def all_links(database: Database) -> list[Link]:
+    with database.reader.connect() as connection:
+        return [_link(row) for row in connection.execute(sa.select(matches).order_by(matches.c.id))]
+
+
+@dataclass(frozen=True)
+class ItemSummary:
+    """What a list of duplicates shows of an item: its kind and where its copies came from."""
+
+    sha256: str
+    kind: str | None
+    acquisitions: int
+    sources: list[str]
+
+
+def summaries(database: Database, shas: Sequence[str] | None = None) -> dict[str, ItemSummary]:
+    """Kind, acquisition count and distinct sources of the given items (all items when None).
+
+    With `shas` None only items acquired more than once are returned: the exact duplicates.
+    """
+    query = (
+        sa.select(items.c.sha256, items.c.kind, acquisitions.c.source)
+        .join(acquisitions, acquisitions.c.sha256 == items.c.sha256)
+        .order_by(items.c.sha256, acquisitions.c.id)
+    )
+    if shas is not None:
+        query = query.where(items.c.sha256.in_(set(shas)))
+    else:
+        repeated = (
+            sa.select(acquisitions.c.sha256)
+            .group_by(acquisitions.c.sha256)
+            .having(sa.func.count() > 1)
+        )
+        query = query.where(items.c.sha256.in_(repeated))
+    found: dict[str, tuple[str | None, list[str]]] = {}
+    with database.reader.connect() as connection:
+        for sha256, kind, source in connection.execute(query):
+            found.setdefault(sha256, (kind, []))[1].append(source)
+    return {
+        sha256: ItemSummary(sha256, kind, len(sources), sorted(set(sources)))
+        for sha256, (kind, sources) in found.items()
+    }

@@ -1,0 +1,155 @@
+"""What `qarina dupes` and `qarina similar` report: clusters of copies, and matches of a file
+that is not in the store.
+
+Clusters are the connected components of the stored links (a copy of a copy belongs with the
+original), computed when asked; the links themselves are the record. Exact duplicates need no
+hashing at all: one item with several acquisitions, from one source or many.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import tempfile
+from collections.abc import Iterable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, TypeVar
+
+from evidence import matches
+from evidence.matches import Link
+from evidence.store import Store
+from pipelines.similarity import Matcher
+from workers.base import Kind, StageInput, StageSkipped
+from workers.hashes import HashesStage
+from workers.keyframes import KeyframesStage
+from workers.probe import ProbeStage
+
+T = TypeVar("T", int, str)
+
+
+def clusters_of_pairs(pairs: Iterable[tuple[T, T]]) -> list[list[T]]:
+    """Connected components of the graph the pairs draw (union-find), largest first."""
+    parent: dict[T, T] = {}
+
+    def root(node: T) -> T:
+        parent.setdefault(node, node)
+        while parent[node] != node:
+            parent[node] = parent[parent[node]]
+            node = parent[node]
+        return node
+
+    for first, second in pairs:
+        a, b = root(first), root(second)
+        if a != b:
+            parent[b] = a
+    groups: dict[T, list[T]] = {}
+    for node in parent:
+        groups.setdefault(root(node), []).append(node)
+    return sorted((sorted(group) for group in groups.values()), key=lambda g: (-len(g), g[0]))
+
+
+def clusters(links: list[Link]) -> list[list[str]]:
+    """Items linked directly or through other copies, members sorted, largest first."""
+    return clusters_of_pairs((link.a_sha256, link.b_sha256) for link in links)
+
+
+def _link_json(link: Link) -> dict[str, Any]:
+    return {key: value for key, value in asdict(link).items() if value is not None}
+
+
+def dupes_report(store: Store) -> dict[str, Any]:
+    """Near-duplicate clusters with members, their sources and the links between them, and
+    the exact duplicates (items acquired more than once)."""
+    links = matches.all_links(store.database)
+    groups = clusters(links)
+    summaries = matches.summaries(store.database, [sha for group in groups for sha in group])
+    member_of = {sha: number for number, group in enumerate(groups) for sha in group}
+    pairs: list[list[dict[str, Any]]] = [[] for _ in groups]
+    for link in links:
+        pairs[member_of[link.a_sha256]].append(_link_json(link))
+    return {
+        "clusters": [
+            {
+                "members": [asdict(summaries[sha]) for sha in group if sha in summaries],
+                "sources": sorted({s for sha in group for s in summaries[sha].sources}),
+                "links": pairs[number],
+            }
+            for number, group in enumerate(groups)
+        ],
+        "exact": [asdict(summary) for summary in matches.summaries(store.database).values()],
+    }
+
+
+def _artifact_paths(files: list[Path]) -> dict[str, Path]:
+    paths = {}
+    for path in files:
+        with open(path, "rb") as handle:
+            paths[hashlib.file_digest(handle, "sha256").hexdigest()] = path
+    return paths
+
+
+def hash_outside_store(path: Path) -> tuple[str, list[dict[str, Any]]]:
+    """The kind and hash entries of a file, computed in a scratch folder, storing nothing.
+
+    The file is copied under a neutral name first: tools never see a user's file name.
+
+    Raises:
+        StageError: when the file cannot be probed or hashed (the reason says why).
+        StageSkipped: when it is neither a photo nor a video with pictures.
+    """
+    with tempfile.TemporaryDirectory(prefix="qarina-similar-") as scratch:
+        folder = Path(scratch)
+        copy = folder / "query"
+        shutil.copyfile(path, copy)
+        with open(copy, "rb") as handle:
+            sha256 = hashlib.file_digest(handle, "sha256").hexdigest()
+        probe_stage = ProbeStage()
+        probe_stage.setup()
+        try:
+            probed = probe_stage.run(StageInput(sha256, copy, Kind.OTHER), folder)
+        finally:
+            probe_stage.teardown()
+        kind = Kind(probed.result.kind)
+        upstream: dict[str, Any] = {"probe": asdict(probed.result)}
+        artifacts: dict[str, Path] = {}
+        if kind is Kind.VIDEO:
+            frames_dir = folder / "keyframes"
+            frames_dir.mkdir()
+            keyframes = KeyframesStage().run(StageInput(sha256, copy, kind, upstream), frames_dir)
+            upstream["keyframes"] = asdict(keyframes.result)
+            artifacts = _artifact_paths([artifact.path for artifact in keyframes.artifacts])
+        elif kind is not Kind.PHOTO:
+            raise StageSkipped(f"not_a_picture ({kind.value})")
+        hashed = HashesStage().run(StageInput(sha256, copy, kind, upstream, artifacts), folder)
+        return kind.value, hashed.result.hashes
+
+
+def similar_report(store: Store, matcher: Matcher, path: Path, actor: str) -> dict[str, Any]:
+    """Stored items that match a file outside the store; the index is brought up to date
+    with the store first, so the answer covers everything processed so far."""
+    matcher.update(actor)
+    kind, entries = hash_outside_store(path)
+    # A photo's own picture confirms crop matches; a video's keyframes are gone with the
+    # scratch folder, so its crop matches are left out rather than made unconfirmed.
+    found = matcher.similar(entries, lambda c: path if kind == Kind.PHOTO.value else None)
+    found.sort(key=lambda c: (c.distance, c.other))
+    summaries = matches.summaries(store.database, [candidate.other for candidate in found])
+    return {
+        "query": {"kind": kind, "hashes": len(entries)},
+        "threshold": matcher.config.threshold,
+        "matches": [
+            {
+                "sha256": candidate.other,
+                "kind": candidate.kind,
+                "distance": candidate.distance,
+                "query_time_s": candidate.my_time_s,
+                "item_time_s": candidate.other_time_s,
+                "details": candidate.details,
+                "item": asdict(summaries[candidate.other])
+                if candidate.other in summaries
+                else None,
+            }
+            for candidate in found
+        ],
+    }

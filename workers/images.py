@@ -1,0 +1,149 @@
+"""Decoding photos for analysis: upright, 8-bit RGB, and no larger than the analysis needs.
+
+A 12 MP JPEG decoded in full costs far more than any perceptual hash computed from it, and
+hashes work on a few hundred pixels a side, so JPEGs are decoded at 1/2, 1/4 or 1/8 scale in
+the DCT domain (Pillow's draft mode) and other formats are box-reduced after decoding. The
+pixel limit is checked from the header before a single pixel is decoded.
+"""
+
+from __future__ import annotations
+
+import struct
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from workers.base import FailureReason, StageError
+
+U8 = npt.NDArray[np.uint8]
+
+#: Pillow's own decompression-bomb limit (a 1024 MiB 24-bit image divided by 4 and 3).
+DEFAULT_MAX_PIXELS = 178_956_970
+
+#: Modes holding more than 8 bits per sample: converting them with Pillow clips at 255
+#: (a 16-bit PNG would turn white), so they are scaled instead.
+_WIDE_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+
+_ORIENTATION = 0x0112
+#: EXIF orientations that turn the picture a quarter: width and height swap on display.
+_QUARTER_TURNS = frozenset({5, 6, 7, 8})
+
+_UNREADABLE = (UnidentifiedImageError, OSError, SyntaxError, ValueError, struct.error)
+
+
+@dataclass
+class DecodedImage:
+    """Pixels as a viewer sees them, and what decoding noticed on the way.
+
+    `display_size` is the full-resolution size after orientation (what the photo "is");
+    `image` may be smaller. `flags`: `truncated` (the file ends early; the decoded part is
+    used), `orientation_unreadable` (malformed EXIF; the stored pixels are used as they are).
+    """
+
+    image: Image.Image
+    display_size: tuple[int, int]
+    flags: list[str] = field(default_factory=list)
+
+
+def check_pixel_limit(width: int, height: int, max_pixels: int) -> None:
+    """Refuse images whose pixel count alone would exhaust a worker's memory.
+
+    Raises:
+        StageError: corrupt_media for a non-positive size, resource_limit above the limit.
+    """
+    if width <= 0 or height <= 0:
+        raise StageError(FailureReason.CORRUPT_MEDIA, f"image claims {width}x{height} pixels")
+    if width * height > max_pixels:
+        raise StageError(
+            FailureReason.RESOURCE_LIMIT,
+            f"decompression bomb: {width}x{height} pixels exceeds {max_pixels}",
+        )
+
+
+@contextmanager
+def _quiet_bomb_warning() -> Iterator[None]:
+    with warnings.catch_warnings():
+        # Pillow warns between its limit and twice its limit; callers apply their own limit.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        yield
+
+
+@contextmanager
+def _tolerate_truncation() -> Iterator[None]:
+    """Let Pillow return the rows a cut-off file holds (a process-wide switch, so restored)."""
+    before = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = True
+    try:
+        yield
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = before
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode == "RGB":
+        return image
+    if image.mode in _WIDE_MODES:
+        samples = np.asarray(image, dtype=np.float64)
+        if image.mode != "F" and samples.max(initial=0) > 255:
+            samples = samples / 257.0
+        grey = np.clip(np.rint(samples), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey, "L").convert("RGB")
+    return image.convert("RGB")
+
+
+def _reduce(image: Image.Image, min_side: int) -> Image.Image:
+    """Box-reduce by a whole factor while the shorter side stays at least `min_side`."""
+    factor = min(image.size) // min_side
+    return image.reduce(factor) if factor >= 2 else image
+
+
+def decode_for_analysis(path: Path, *, min_side: int, max_pixels: int) -> DecodedImage:
+    """Open a photo upright in RGB, with its shorter side at least `min_side` where it has one.
+
+    EXIF orientation is applied exactly once: pillow-heif already turns HEIC pixels upright
+    and resets the tag to 1, so the transpose below is then a no-op.
+
+    Raises:
+        StageError: resource_limit for a decompression bomb, corrupt_media when the file
+            cannot be decoded at all.
+    """
+    flags: list[str] = []
+    try:
+        with _quiet_bomb_warning(), Image.open(path) as opened:
+            width, height = opened.size
+            check_pixel_limit(width, height, max_pixels)
+            if opened.format == "JPEG":
+                opened.draft("RGB", (min_side, min_side))
+            try:
+                opened.load()
+            except OSError:
+                with _tolerate_truncation():
+                    opened.load()
+                flags.append("truncated")
+            image = _reduce(opened, min_side).copy()
+        try:
+            if image.getexif().get(_ORIENTATION) in _QUARTER_TURNS:
+                width, height = height, width
+            upright = ImageOps.exif_transpose(image)
+        except _UNREADABLE:
+            upright = image
+            flags.append("orientation_unreadable")
+        rgb = _to_rgb(upright)
+    except Image.DecompressionBombError as error:
+        raise StageError(FailureReason.RESOURCE_LIMIT, f"decompression bomb: {error}") from None
+    except _UNREADABLE as error:
+        raise StageError(
+            FailureReason.CORRUPT_MEDIA, f"image does not decode: {type(error).__name__}"
+        ) from None
+    return DecodedImage(rgb, (width, height), flags)
+
+
+def pixels(image: Image.Image) -> U8:
+    """The image as a contiguous H x W x 3 uint8 array, which pdqhash requires."""
+    return np.ascontiguousarray(np.asarray(image, dtype=np.uint8))
