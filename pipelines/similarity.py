@@ -1,12 +1,13 @@
 """Near-duplicate linking: a PDQ index over every stored hash, and the links it finds.
 
-The index is faiss's multi-index hashing (`IndexBinaryMultiHash`): each 256-bit PDQ hash is
-cut into 16 substrings of 16 bits, each with its own hash table, and a query probes every
-table with each substring as it is and with each one of its bits flipped. Two hashes within
-31 bits differ by at most one bit in at least one of the 16 substrings (16 x 2 = 32 > 31), so
-every pair within the default threshold is a candidate: the search is exact, not
-approximate, up to a threshold of 31, and each query touches a few thousand candidates
-instead of a million.
+The index is faiss's multi-index hashing (`IndexBinaryMultiHash`): the first 253 bits of
+each 256-bit PDQ hash are cut into 11 substrings of 23 bits, each with its own hash table,
+and a query probes every table with each substring as it is and with one or two of its bits
+flipped. Two hashes within 31 bits differ by at most two bits in at least one of the 11
+substrings (11 x 3 = 33 > 31), so every pair within the default threshold is a candidate:
+the search is exact, not approximate, and a query touches a few hundred candidates instead
+of a million. (16 substrings of 16 bits with one flip is exact too, but its buckets hold 15
+hashes each at a million and a query took 2.5 ms against 0.8 ms.)
 
 The index is derived data. It lives in the data folder with a watermark (the last result it
 holds), grows as results arrive, and is rebuilt from the store whenever it is missing, stale
@@ -43,10 +44,10 @@ from workers.keypoints import confirm_copy
 log = logging.getLogger(__name__)
 
 PDQ_BITS = 256
-_SUBSTRINGS = 16
-_SUBSTRING_BITS = PDQ_BITS // _SUBSTRINGS
-#: Bits flipped per probed substring; with 16 substrings this makes the search exact to 31.
-_FLIPS = 1
+_SUBSTRINGS = 11
+_SUBSTRING_BITS = 23
+#: Bits flipped per probed substring; with 11 substrings this makes the search exact to 32.
+_FLIPS = 2
 #: The largest threshold the search is exact for: a pair that far apart has a substring
 #: with at most _FLIPS differing bits (pigeonhole).
 _EXACT_UP_TO = _SUBSTRINGS * (_FLIPS + 1) - 1
@@ -60,7 +61,7 @@ U8 = npt.NDArray[np.uint8]
 class MatchConfig:
     """When two items count as the same picture.
 
-    `threshold`: PDQ Hamming distance (ThreatExchange's default, 31; at most 31 keeps the index
+    `threshold`: PDQ Hamming distance (ThreatExchange's default, 31; at most 32 keeps the index
     exact). `min_quality`: hashes under it (flat or blank pictures) are kept but never matched.
     A match between different crops needs keypoints to agree, or, where a picture is too
     plain to have keypoints, a distance within `untextured_threshold`.
@@ -78,7 +79,9 @@ class MatchConfig:
 
     def __post_init__(self) -> None:
         if not 0 <= self.threshold <= _EXACT_UP_TO:
-            raise ValueError(f"threshold must be 0..31 for an exact search, got {self.threshold}")
+            raise ValueError(
+                f"threshold must be 0..{_EXACT_UP_TO} for an exact search, got {self.threshold}"
+            )
 
 
 def pdq_bytes(hex_digest: str) -> U8:

@@ -40,13 +40,13 @@ def _entries(codes: np.ndarray) -> list[dict[str, Any]]:  # type: ignore[type-ar
     return [{"pdq": code.tobytes().hex(), "source": "photo", "variant": "full"} for code in codes]
 
 
-def test_index_finds_every_hash_within_31_bits_and_none_beyond() -> None:
+def test_index_finds_every_hash_within_32_bits_and_none_beyond() -> None:
     index = HashIndex()
     stored = _random_codes(5000, seed=1)
     index.add("stored", _entries(stored))
     queries = np.stack([_flipped(stored[bits * 7], bits, seed=bits) for bits in range(0, 41)])
-    hits = {row: distance for row, entry, distance in index.search(queries, 31) if entry == row * 7}
-    assert hits == {bits: bits for bits in range(32)}
+    hits = {row: distance for row, entry, distance in index.search(queries, 32) if entry == row * 7}
+    assert hits == {bits: bits for bits in range(33)}
 
 
 def test_index_survives_save_and_load(tmp_path: Path) -> None:
@@ -67,8 +67,8 @@ def test_index_survives_save_and_load(tmp_path: Path) -> None:
 
 
 def test_threshold_above_the_exact_range_is_refused() -> None:
-    with pytest.raises(ValueError, match=r"0\.\.31"):
-        MatchConfig(threshold=40)
+    with pytest.raises(ValueError, match=r"0\.\.32"):
+        MatchConfig(threshold=33)
 
 
 def test_clusters_are_connected_components() -> None:
@@ -235,6 +235,20 @@ def test_dupes_and_similar_commands(
     answer = json.loads(found.stdout)
     assert answer["query"]["kind"] == "photo"
     assert shas["original.jpg"] in [match["sha256"] for match in answer["matches"]]
+    clip = media.clip_of(evidence_folder["video"], tmp_path / "query.mp4", 2.2, 5, "200x150")
+    found = runner.invoke(app, [*data, "similar", str(clip), "--json"], env=env)
+    assert found.exit_code == 0, found.output
+    # The whole video, and the stored clip it overlaps by three seconds.
+    videos = {
+        m["sha256"]: m for m in json.loads(found.stdout)["matches"] if m["kind"] == "video-video"
+    }
+    assert set(videos) == {shas["video.mp4"], shas["clip.mp4"]}
+    video = videos[shas["video.mp4"]]
+    assert video["details"]["offset_s"] == pytest.approx(2.2, abs=1.0)
+    refused = runner.invoke(
+        app, [*data, "similar", str(media.audio_wav(tmp_path / "a.wav"))], env=env
+    )
+    assert refused.exit_code == 2 and "cannot hash this file" in refused.output
     store = Store.open(sqlite_config.db_url, sqlite_config.blob_root)
     try:
         assert store.status().items == items_before, "similar must not ingest its file"

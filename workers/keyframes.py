@@ -32,7 +32,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import math
-import time
 from array import array
 from collections import Counter
 from collections.abc import Iterator, Mapping
@@ -60,6 +59,7 @@ from workers.base import (
 )
 from workers.video import (
     DecodeCounts,
+    budgeted_counts,
     display_image,
     frames_of,
     hwaccel_for,
@@ -565,8 +565,7 @@ class KeyframesStage(Stage[KeyframesConfig, KeyframesResult]):
         config = self.config
         hwaccel = hwaccel_for(config.hwaccel)
         duration = item.upstream.get("probe", {}).get("duration_s") or 0.0
-        budget = max(config.min_budget_s, float(duration) * config.budget_per_media_s)
-        counts = DecodeCounts(deadline=time.monotonic() + budget)
+        counts = budgeted_counts(float(duration), config.min_budget_s, config.budget_per_media_s)
         decoded = _Decoded()
         with open_container(item.path, hwaccel) as container:
             stream = video_stream(container)

@@ -32,6 +32,7 @@ from workers.base import (
     StageInput,
     StageOutput,
 )
+from workers.images import DEFAULT_MAX_PIXELS, check_pixel_limit
 from workers.tools import ToolLimits, ffprobe_json, tool_version
 
 #: Bytes read for signature detection: enough for three MPEG-TS packets (3 x 188) and for the
@@ -220,12 +221,12 @@ def describe_unsupported(head: bytes) -> str:
 class ProbeConfig(StageConfig):
     """Limits of the probe. The pixel limit follows Pillow's own bomb threshold.
 
-    178,956,970 is Pillow's MAX_IMAGE_PIXELS (a 1024 MiB 24-bit image divided by 4 and 3);
-    real phone and camera photos stay far below it, decompression bombs far above.
+    Pillow's MAX_IMAGE_PIXELS (a 1024 MiB 24-bit image divided by 4 and 3): real phone and
+    camera photos stay far below it, decompression bombs far above.
     """
 
     tool: ToolLimits = field(default_factory=ToolLimits)
-    max_image_pixels: int = 178_956_970
+    max_image_pixels: int = DEFAULT_MAX_PIXELS
 
 
 @dataclass(frozen=True)
@@ -306,13 +307,7 @@ def _pillow_header(path: Path, max_pixels: int) -> tuple[int, int, str]:
         raise StageError(
             FailureReason.CORRUPT_MEDIA, f"image header unreadable: {type(error).__name__}"
         ) from None
-    if width <= 0 or height <= 0:
-        raise StageError(FailureReason.CORRUPT_MEDIA, f"image claims {width}x{height} pixels")
-    if width * height > max_pixels:
-        raise StageError(
-            FailureReason.RESOURCE_LIMIT,
-            f"decompression bomb: {width}x{height} pixels exceeds {max_pixels}",
-        )
+    check_pixel_limit(width, height, max_pixels)
     return width, height, image_format
 
 

@@ -38,6 +38,12 @@ class DecodeCounts:
     deadline: float = math.inf
 
 
+def budgeted_counts(duration_s: float, min_budget_s: float, per_media_s: float) -> DecodeCounts:
+    """Counts for a decode that may take at least `min_budget_s`, else `per_media_s` seconds
+    per second of video: PyAV runs in-process, so this budget is the stage's own timeout."""
+    return DecodeCounts(deadline=time.monotonic() + max(min_budget_s, duration_s * per_media_s))
+
+
 def hwaccel_for(mode: str) -> av.codec.hwaccel.HWAccel | None:
     """NVDEC settings when asked for and possible, else None (CPU decoding).
 

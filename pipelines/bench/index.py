@@ -131,7 +131,7 @@ def bench_index(
             "hashes": hashes,
             "planted_pairs": len(planted),
             "threshold": threshold,
-            "index": "faiss IndexBinaryMultiHash, 16 substrings of 16 bits, 1 bit flipped",
+            "index": "faiss IndexBinaryMultiHash, 11 substrings of 23 bits, up to 2 flipped",
             "hashes_are": "uniform random 256-bit codes plus planted copies (1-31 bits flipped)",
             "query_threads": 1,
             "join_threads": threads,
