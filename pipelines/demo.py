@@ -49,13 +49,13 @@ def make_demo_set(folder: Path) -> tuple[Path, Path]:
     )
     samples.photo(phone / "forwarded.jpg", seed=3)  # messaging apps strip EXIF
     # A scene photographed once and passed on: resized and recompressed by a messaging app,
-    # then trimmed and mirrored by someone re-posting it. Linked as copies, never merged.
+    # mirrored by one re-poster and trimmed by another. Linked as copies, never merged.
     scene = samples.scene(4, (1600, 1200))
     scene.save(phone / "IMG_20240312_102200.jpg", quality=92)
     scene.resize((800, 600)).save(drive / "IMG-20240313-WA0007.jpg", quality=60)
+    scene.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(drive / "mirrored.jpg", quality=80)
     width, height = scene.size
-    trimmed = scene.crop((64, 24, width - 40, height - 60))
-    trimmed.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(drive / "repost.jpg", quality=80)
+    scene.crop((64, 24, width - 40, height - 60)).save(drive / "trimmed.jpg", quality=80)
     samples.copy(shared_photo, drive / "copy of evidence.jpg")
     samples.copy(phone / "forwarded.jpg", drive / "looks-like-a.png")
     speech = samples.speech_wav(folder / "speech.wav")

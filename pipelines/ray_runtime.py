@@ -170,6 +170,10 @@ class RayExecutor:
         below_max = len(pool.actors) < pool.max_size
         if saturated and below_max and pool.wants_more() and not self._can_grow(pool):
             self._make_room(pool)
+        elif pool.busy and self._cpus_in_use() > self._total_cpus + 1e-9:
+            # Every stage with work got an actor whatever the budget said, so one of them
+            # may wait for CPUs that idle pools hold: without this it would wait forever.
+            self._make_room(pool)
         actors = len(pool.actors) + (1 if self._can_grow(pool) else 0)
         return actors * self._config.batches_per_actor - pool.busy
 
