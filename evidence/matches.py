@@ -45,16 +45,31 @@ class Link:
 
 
 def hashes_after(
-    database: Database, stage: str, after_id: int, page: int = 2000
+    database: Database,
+    key: tuple[str, str, str],
+    after_id: int,
+    page: int = 200,
 ) -> Iterator[list[StoredHashes]]:
-    """Successful results of `stage` with ids above `after_id`, oldest first, a page at a time."""
+    """Successful results of one (stage, version, config hash) with ids above `after_id`,
+    oldest first, a page at a time (a long video's result alone holds thousands of hashes).
+
+    Only the current key is read: after a change of version or options an item has two
+    results, and indexing both would count its frames twice.
+    """
+    stage, version, config_hash = key
     last = after_id
     while True:
         with database.reader.connect() as connection:
             rows = connection.execute(
                 sa.select(results.c.id, results.c.sha256, items.c.kind, results.c.data)
                 .join(items, items.c.sha256 == results.c.sha256)
-                .where(results.c.stage == stage, results.c.status == "ok", results.c.id > last)
+                .where(
+                    results.c.stage == stage,
+                    results.c.stage_version == version,
+                    results.c.config_hash == config_hash,
+                    results.c.status == "ok",
+                    results.c.id > last,
+                )
                 .order_by(results.c.id)
                 .limit(page)
             ).all()
@@ -65,7 +80,8 @@ def hashes_after(
 
 
 def record(database: Database, links: Sequence[Link], actor: str) -> int:
-    """Store new links with one custody event each; a pair already linked is left as it is.
+    """Store new links with a custody event for each of their items; a pair already linked
+    is left as it is.
 
     Returns how many links were new.
     """
@@ -93,14 +109,16 @@ def record(database: Database, links: Sequence[Link], actor: str) -> int:
             ).scalar()
             if inserted is None:
                 continue
-            entries.append(
+            # One event in each item's history: either may be the one shown in court.
+            entries += [
                 CustodyEntry(
                     actor=actor,
                     action="link",
-                    item_sha256=link.a_sha256,
+                    item_sha256=sha256,
                     details={
                         "match_id": inserted,
-                        "other_sha256": link.b_sha256,
+                        "a_sha256": link.a_sha256,
+                        "b_sha256": link.b_sha256,
                         "kind": link.kind,
                         "algorithm": link.algorithm,
                         "distance": link.distance,
@@ -109,9 +127,10 @@ def record(database: Database, links: Sequence[Link], actor: str) -> int:
                         "details": link.details,
                     },
                 )
-            )
+                for sha256 in (link.a_sha256, link.b_sha256)
+            ]
         custody.append(connection, entries)
-    return len(entries)
+    return len(entries) // 2
 
 
 def keyframe_at(database: Database, sha256: str, t: float | None) -> str | None:
@@ -128,6 +147,24 @@ def keyframe_at(database: Database, sha256: str, t: float | None) -> str | None:
             if abs(float(meta.get("t", -1.0)) - t) < 1e-3:
                 return str(artifact)
     return None
+
+
+def whole_picture_hashes(database: Database, shas: Sequence[str]) -> dict[str, list[str]]:
+    """Per photo among `shas`: the PDQ of its whole picture, then its seven other turns."""
+    found: dict[str, list[str]] = {}
+    with database.reader.connect() as connection:
+        rows = connection.execute(
+            sa.select(results.c.sha256, results.c.data).where(
+                results.c.sha256.in_(set(shas)),
+                results.c.stage == "hashes",
+                results.c.status == "ok",
+            )
+        )
+        for sha256, data in rows:
+            for entry in data.get("hashes", []):
+                if entry.get("source") == "photo" and entry.get("variant") == "full":
+                    found[sha256] = [entry["pdq"], *entry.get("dihedral", [])]
+    return found
 
 
 def _link(row: sa.Row[Any]) -> Link:
@@ -154,11 +191,17 @@ def links_of(database: Database, sha256: str) -> list[Link]:
         return [_link(row) for row in rows]
 
 
+_INVERSE_TURN = {"r90": "r270", "r270": "r90"}
+
+
 def _turned(details: dict[str, Any]) -> dict[str, Any]:
     """Details seen from the other side: the offset negated, per-side pairs swapped."""
     turned = dict(details)
     if "offset_s" in turned:
         turned["offset_s"] = -turned["offset_s"]
+    # A quarter turn one way is a quarter turn the other way back; flips undo themselves.
+    if "orientation" in turned:
+        turned["orientation"] = _INVERSE_TURN.get(turned["orientation"], turned["orientation"])
     for key in ("via", "sources"):
         if key in turned:
             turned[key] = list(turned[key])[::-1]

@@ -15,7 +15,7 @@ from rich.table import Table
 
 from evidence.store import StatusReport
 from pipelines.config import QarinaConfig
-from pipelines.dupes import dupes_report, similar_report
+from pipelines.dupes import dupes_report, hash_outside_store, similar_report
 from pipelines.ingest import ingest_paths
 from pipelines.plan import Plan
 from pipelines.session import open_matcher, open_store, process_queue
@@ -214,13 +214,17 @@ def similar(
     if not path.is_file():
         console.print("not a regular file")
         raise typer.Exit(2)
-    store = open_store(config)
     try:
-        matcher = open_matcher(config, store)
-        report = similar_report(store, matcher, path, f"qarina-similar@{config.operator}")
+        kind, entries = hash_outside_store(path)
     except (StageError, StageSkipped) as error:
         console.print(f"cannot hash this file: {error}")
         raise typer.Exit(2) from None
+    store = open_store(config)
+    try:
+        matcher = open_matcher(config, store)
+        report = similar_report(
+            store, matcher, path, (kind, entries), f"qarina-similar@{config.operator}"
+        )
     finally:
         store.close()
     if as_json:

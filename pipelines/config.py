@@ -30,7 +30,7 @@ class QarinaConfig:
     ingest_threads: int = 4
     #: Batches in flight per actor: one running, one waiting, so an actor never idles.
     batches_per_actor: int = 2
-    #: Near-duplicate linking: PDQ distance at most this (0-31), hashes of quality under
+    #: Near-duplicate linking: PDQ distance at most this (0-32), hashes of quality under
     #: `match_min_quality` never matched (QARINA_MATCH_THRESHOLD, QARINA_MATCH_MIN_QUALITY).
     match_threshold: int = 31
     match_min_quality: int = 50

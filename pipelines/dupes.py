@@ -9,6 +9,7 @@ hashing at all: one item with several acquisitions, from one source or many.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import shutil
 import tempfile
 from collections.abc import Iterable
@@ -72,13 +73,39 @@ def dupes_report(store: Store) -> dict[str, Any]:
         "clusters": [
             {
                 "members": [asdict(summaries[sha]) for sha in group if sha in summaries],
-                "sources": sorted({s for sha in group for s in summaries[sha].sources}),
+                "sources": sorted(
+                    {s for sha in group if sha in summaries for s in summaries[sha].sources}
+                ),
                 "links": pairs[number],
+                "distances": pairwise_distances(store, group),
             }
             for number, group in enumerate(groups)
         ],
         "exact": [asdict(summary) for summary in matches.summaries(store.database).values()],
     }
+
+
+#: Clusters larger than this list their links only: all pairs of a thousand copies would
+#: be half a million rows nobody reads.
+_PAIRWISE_MEMBERS = 50
+
+
+def pairwise_distances(store: Store, members: list[str]) -> list[dict[str, Any]]:
+    """PDQ distance of every pair of members that are stills, whole picture against whole
+    picture in the closest orientation: what an analyst compares, linked directly or not."""
+    if len(members) > _PAIRWISE_MEMBERS:
+        return []
+    stills = matches.whole_picture_hashes(store.database, members)
+    rows = []
+    for first, second in itertools.combinations(sorted(stills), 2):
+        turns = stills[second]
+        distance = min(_bits(stills[first][0], turn) for turn in turns)
+        rows.append({"a_sha256": first, "b_sha256": second, "pdq": distance})
+    return rows
+
+
+def _bits(first: str, second: str) -> int:
+    return (int(first, 16) ^ int(second, 16)).bit_count()
 
 
 def _artifact_paths(files: list[Path]) -> dict[str, Path]:
@@ -125,11 +152,20 @@ def hash_outside_store(path: Path) -> tuple[str, list[dict[str, Any]]]:
         return kind.value, hashed.result.hashes
 
 
-def similar_report(store: Store, matcher: Matcher, path: Path, actor: str) -> dict[str, Any]:
-    """Stored items that match a file outside the store; the index is brought up to date
-    with the store first, so the answer covers everything processed so far."""
+def similar_report(
+    store: Store,
+    matcher: Matcher,
+    path: Path,
+    hashed: tuple[str, list[dict[str, Any]]],
+    actor: str,
+) -> dict[str, Any]:
+    """Stored items that match a file outside the store, given its kind and hash entries.
+
+    The index is brought up to date with the store first, so the answer covers everything
+    processed so far (that catch-up may store links between stored items; the file itself
+    leaves no trace in the store)."""
     matcher.update(actor)
-    kind, entries = hash_outside_store(path)
+    kind, entries = hashed
     # A photo's own picture confirms crop matches; a video's keyframes are gone with the
     # scratch folder, so its crop matches are left out rather than made unconfirmed.
     found = matcher.similar(entries, lambda c: path if kind == Kind.PHOTO.value else None)

@@ -11,7 +11,6 @@ matters most: it would tell an analyst that two different events are one.
 from __future__ import annotations
 
 import itertools
-import json
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -223,7 +222,3 @@ def _score(names: dict[str, list[str]], links: list[matches.Link]) -> DupesEvalu
             result.hard_negative_links += is_hard
             result.wrong.append(pair_names)
     return result
-
-
-def render(evaluation: DupesEvaluation) -> str:
-    return json.dumps(evaluation.as_json(), indent=2)

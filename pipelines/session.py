@@ -25,9 +25,11 @@ def open_store(config: QarinaConfig) -> Store:
 
 
 def open_matcher(config: QarinaConfig, store: Store) -> Matcher:
+    spec = Plan.default(["hashes"]).spec("hashes")
     return Matcher(
         store,
         config.index_dir,
+        (spec.stage_version, spec.config_hash),
         MatchConfig(threshold=config.match_threshold, min_quality=config.match_min_quality),
     )
 
@@ -68,7 +70,7 @@ def process_queue(
         def link_new_hashes() -> None:
             nonlocal last_match
             if time.monotonic() - last_match >= _MATCH_EVERY_S:
-                matcher.update(actor)
+                matcher.update(actor, save=False)
                 last_match = time.monotonic()
 
         try:

@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import os
+import time
 from array import array
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -37,6 +38,7 @@ from PIL import Image
 from evidence import matches
 from evidence.matches import Link, StoredHashes
 from evidence.store import Store
+from workers.base import StageError
 from workers.hashes import DIHEDRAL, HashesStage
 from workers.images import DEFAULT_MAX_PIXELS, decode_for_analysis
 from workers.keypoints import confirm_copy
@@ -51,6 +53,11 @@ _FLIPS = 2
 #: The largest threshold the search is exact for: a pair that far apart has a substring
 #: with at most _FLIPS differing bits (pigeonhole).
 _EXACT_UP_TO = _SUBSTRINGS * (_FLIPS + 1) - 1
+#: Hits kept per sampled frame when aligning two videos.
+_HITS_KEPT = 8
+#: Results re-read below the watermark on each update (see Matcher.update).
+_RESCAN_RESULTS = 1000
+_SAVE_EVERY_S = 60.0
 #: Where each index entry came from, stored as small integers beside the faiss index.
 SOURCES = ("photo", "keyframe", "sample")
 
@@ -103,7 +110,7 @@ class HashIndex:
     item_of: array[int] = field(default_factory=lambda: array("i"))
     source_of: array[int] = field(default_factory=lambda: array("b"))
     variant_of: array[int] = field(default_factory=lambda: array("b"))
-    time_of: array[float] = field(default_factory=lambda: array("f"))
+    time_of: array[float] = field(default_factory=lambda: array("d"))
     #: Per item: how many sampled video frames it has in the index (videos match by share).
     samples_of: array[int] = field(default_factory=lambda: array("i"))
     variants: list[str] = field(default_factory=lambda: ["full"])
@@ -121,15 +128,15 @@ class HashIndex:
         return int(self.index.ntotal)
 
     def add(self, sha256: str, entries: Sequence[dict[str, Any]]) -> None:
-        """Add an item's hashes (the caller has left out those too poor to match)."""
-        if not entries:
-            return
+        """Add an item's hashes (the caller has left out those too poor to match). An item
+        with none is still recorded, so that it counts as indexed."""
         for entry in entries:
             if entry["variant"] not in self.variants:
                 self.variants.append(entry["variant"])
+        codes = [pdq_bytes(entry["pdq"]) for entry in entries]
         self.add_codes(
             sha256,
-            np.stack([pdq_bytes(entry["pdq"]) for entry in entries]),
+            np.stack(codes) if codes else np.zeros((0, PDQ_BITS // 8), dtype=np.uint8),
             sources=[SOURCES.index(entry["source"]) for entry in entries],
             variants=[self.variants.index(entry["variant"]) for entry in entries],
             times=[math.nan if entry.get("t") is None else float(entry["t"]) for entry in entries],
@@ -150,6 +157,8 @@ class HashIndex:
             self.shas.append(sha256)
             self.samples_of.append(0)
         self.samples_of[item] += sum(source == SOURCES.index("sample") for source in sources)
+        if not len(codes):
+            return
         self.index.add(np.ascontiguousarray(codes))
         self.item_of.extend([item] * len(codes))
         self.source_of.extend(sources)
@@ -187,7 +196,7 @@ class HashIndex:
                 item_of=np.frombuffer(self.item_of, dtype=np.int32),
                 source_of=np.frombuffer(self.source_of, dtype=np.int8),
                 variant_of=np.frombuffer(self.variant_of, dtype=np.int8),
-                time_of=np.frombuffer(self.time_of, dtype=np.float32),
+                time_of=np.frombuffer(self.time_of, dtype=np.float64),
                 samples_of=np.frombuffer(self.samples_of, dtype=np.int32),
             )
         state = {**state, "entries": self.size, "variants": self.variants}
@@ -209,7 +218,7 @@ class HashIndex:
                     item_of=array("i", saved["item_of"].tobytes()),
                     source_of=array("b", saved["source_of"].tobytes()),
                     variant_of=array("b", saved["variant_of"].tobytes()),
-                    time_of=array("f", saved["time_of"].tobytes()),
+                    time_of=array("d", saved["time_of"].tobytes()),
                     samples_of=array("i", saved["samples_of"].tobytes()),
                     variants=list(state["variants"]),
                 )
@@ -266,12 +275,12 @@ def probes_of(entries: Iterable[dict[str, Any]]) -> list[Probe]:
 
 
 def _pair_kind(mine: str, theirs: str) -> str | None:
-    """What a hit between two sources links: stills to stills, stills to videos, or videos
-    by their sampled frames (keyframes are a subset of what sampling already compares)."""
+    """What a hit between two sources links: stills to stills, stills to a video's keyframes
+    (stored pictures, so a crop match can be confirmed), or videos by their sampled frames."""
     pair = {mine, theirs}
     if pair == {"photo"}:
         return "photo-photo"
-    if "photo" in pair:
+    if pair == {"photo", "keyframe"}:
         return "keyframe-photo"
     if pair == {"sample"}:
         return "video-video"
@@ -324,6 +333,7 @@ def find_matches(
     if not probes:
         return []
     codes = np.stack([probe.code for probe in probes])
+    samples = sum(entry["source"] == "sample" for entry in usable)
     stills: dict[tuple[str, str], _Best] = {}
     frames: dict[str, list[tuple[float, float, int]]] = defaultdict(list)
     excluded = index.item_number(exclude) if exclude else -1
@@ -339,7 +349,10 @@ def find_matches(
         other = index.shas[item]
         other_time = index.time_of[entry_id]
         if kind == "video-video":
-            frames[other].append((float(probe.entry["t"]), float(other_time), distance))
+            hits = frames[other]
+            hits.append((float(probe.entry["t"]), float(other_time), distance))
+            if len(hits) > _HITS_KEPT * (samples + 1):
+                frames[other] = _closest_per_frame(hits)
             continue
         variant = index.variants[index.variant_of[entry_id]]
         hit = _Best(distance, probe.entry, (source, variant, other_time), probe.orientation)
@@ -347,9 +360,9 @@ def find_matches(
         if best is None or hit.rank < best.rank:
             stills[(other, kind)] = hit
     found = [_still_candidate(other, kind, best) for (other, kind), best in stills.items()]
-    samples = sum(entry["source"] == "sample" for entry in usable)
     for other, hits in frames.items():
-        aligned = _align(hits, samples, index.samples_of[index.item_number(other)], config)
+        theirs = index.samples_of[index.item_number(other)]
+        aligned = _align(_closest_per_frame(hits), samples, theirs, config)
         if aligned is not None:
             found.append(Candidate(other, "video-video", *aligned))
     return found
@@ -372,6 +385,19 @@ def _still_candidate(other: str, kind: str, best: _Best) -> Candidate:
         details,
         best.mine.get("artifact"),
     )
+
+
+def _closest_per_frame(hits: list[tuple[float, float, int]]) -> list[tuple[float, float, int]]:
+    """At most `_HITS_KEPT` hits per sampled frame of the querying video, the closest: a
+    static scene matches every frame of a long static video, and voting needs only a few."""
+    by_frame: dict[float, list[tuple[float, float, int]]] = defaultdict(list)
+    for hit in hits:
+        by_frame[hit[0]].append(hit)
+    return [
+        hit
+        for frame_hits in by_frame.values()
+        for hit in sorted(frame_hits, key=lambda h: h[2])[:_HITS_KEPT]
+    ]
 
 
 def _align(
@@ -428,17 +454,29 @@ class Matcher:
     the second copy).
     """
 
-    def __init__(self, store: Store, folder: Path, config: MatchConfig | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        folder: Path,
+        hashes_key: tuple[str, str],
+        config: MatchConfig | None = None,
+    ) -> None:
+        """`hashes_key` is the (version, config hash) of the hashes results to index."""
         self.store = store
         self.folder = folder
+        self.hashes_key = hashes_key
         self.config = config or MatchConfig()
         self.index = HashIndex()
         self.watermark = 0
+        self._in_memory = False
+        #: The watermark of the saved index when this process last loaded or saved it.
+        self._synced_watermark = -1
+        self._saved_at = time.monotonic()
 
     def _identity(self) -> dict[str, Any]:
-        """What the saved index must agree with to be reused: matcher settings and the
-        hashing stage's version, since either changes what the entries mean."""
-        return {"config": asdict(self.config), "stage_version": HashesStage.version}
+        """What the saved index must agree with to be reused: the matcher's settings and the
+        hashes results it holds, since either changes what its entries and links mean."""
+        return {"config": asdict(self.config), "hashes": list(self.hashes_key)}
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -451,37 +489,55 @@ class Matcher:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
     def _load(self) -> bool:
+        """Bring the saved index in, unless what is in memory is already it or ahead of it;
+        False when there is none to use (missing, damaged, or made with other settings)."""
+        try:
+            state: dict[str, Any] | None = json.loads((self.folder / "state.json").read_text())
+        except (OSError, ValueError):
+            state = None
+        current = state is not None and state.get("identity") == self._identity()
+        unchanged = current and state is not None and state["watermark"] == self._synced_watermark
+        if self._in_memory and (unchanged or not current):
+            return True  # nobody saved a usable index since we last did: memory is ahead
+        if not current:
+            return False
         loaded = HashIndex.load(self.folder)
         if loaded is None:
             return False
-        index, state = loaded
-        if state.get("identity") != self._identity():
-            return False
-        self.index, self.watermark = index, int(state["watermark"])
+        self.index, self.watermark = loaded[0], int(loaded[1]["watermark"])
+        self._in_memory, self._synced_watermark = True, self.watermark
         return True
 
-    def update(self, actor: str, rebuild: bool = False) -> UpdateReport:
+    def update(self, actor: str, rebuild: bool = False, save: bool = True) -> UpdateReport:
         """Index the hashes stored since the last update and link what they match.
 
         `rebuild` (or a missing, damaged or outdated index) starts from an empty index and
-        reads every stored result again; links already stored are kept as they are.
+        reads every stored result again; links already stored are kept as they are. Results
+        a little below the watermark are read again: on PostgreSQL a result with a lower id
+        can commit after a higher one was read, and must not be missed. Without `save` the
+        index is written only once a minute (a million entries take seconds to write).
         """
         report = UpdateReport()
         with self._locked():
             if rebuild or not self._load():
-                self.index, self.watermark = HashIndex(), 0
+                self.index, self.watermark, self._in_memory = HashIndex(), 0, True
                 report.rebuilt = True
-            for page in matches.hashes_after(self.store.database, HashesStage.name, self.watermark):
+            start = max(0, self.watermark - _RESCAN_RESULTS)
+            for page in matches.hashes_after(
+                self.store.database, (HashesStage.name, *self.hashes_key), start
+            ):
                 links = []
                 for stored in page:
-                    links += self._link(stored, report)
+                    if self.index.item_number(stored.sha256) < 0:
+                        links += self._link(stored, report)
+                        report.results_read += 1
                 report.links_new += matches.record(self.store.database, links, actor)
-                report.results_read += len(page)
-                self.watermark = page[-1].result_id
-            if report.results_read or report.rebuilt:
-                self.index.save(
-                    self.folder, {"watermark": self.watermark, "identity": self._identity()}
-                )
+                self.watermark = max(self.watermark, page[-1].result_id)
+            due = save or time.monotonic() - self._saved_at >= _SAVE_EVERY_S
+            if (report.results_read or report.rebuilt) and due:
+                state = {"watermark": self.watermark, "identity": self._identity()}
+                self.index.save(self.folder, state)
+                self._saved_at, self._synced_watermark = time.monotonic(), self.watermark
         if report.results_read:
             log.info(
                 "indexed %d hash results (%d entries), %d new links",
@@ -511,7 +567,12 @@ class Matcher:
             )
             if mine is None or theirs is None:
                 continue
-            check = confirm_copy(_open_picture(mine), _open_picture(theirs))
+            try:
+                check = confirm_copy(_open_picture(mine), _open_picture(theirs))
+            except StageError as error:
+                # A picture that hashed but no longer decodes: no confirmation, no link.
+                log.warning("keypoint check of %s skipped: %s", candidate.other[:16], error.reason)
+                continue
             # Too little texture for keypoints to judge: only a close hash then links.
             plain = not check.conclusive
             if check.agrees or (plain and candidate.distance <= self.config.untextured_threshold):

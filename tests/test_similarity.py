@@ -71,6 +71,15 @@ def test_threshold_above_the_exact_range_is_refused() -> None:
         MatchConfig(threshold=33)
 
 
+def test_a_link_seen_from_its_other_item_is_turned_back() -> None:
+    details = {"orientation": "r90", "via": ["full", "crop5"], "offset_s": 4.0}
+    link = matches.link_between("b" * 64, "a" * 64, "photo-photo", "pdq", 9, (1.0, 2.0), details)
+    # Stored in order (a < b): the turn, the offset and the per-side fields are a's view.
+    assert (link.a_sha256, link.a_time_s, link.b_time_s) == ("a" * 64, 2.0, 1.0)
+    assert link.details == {"orientation": "r270", "via": ["crop5", "full"], "offset_s": -4.0}
+    assert matches.as_seen_from(link, "b" * 64)["details"] == details
+
+
 def test_clusters_are_connected_components() -> None:
     links = [Link("a", "b", "photo-photo", "pdq", 3), Link("b", "c", "photo-photo", "pdq", 5),
              Link("x", "y", "photo-photo", "pdq", 1)]  # fmt: skip

@@ -17,9 +17,14 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+import pillow_heif
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 from workers.base import FailureReason, StageError
+
+# Phones write HEIC; every process that decodes photos (each Ray actor, the matcher's keypoint
+# check, `qarina similar`) must know the format, not only the probe's.
+pillow_heif.register_heif_opener()
 
 U8 = npt.NDArray[np.uint8]
 
@@ -31,23 +36,28 @@ DEFAULT_MAX_PIXELS = 178_956_970
 _WIDE_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 
 _ORIENTATION = 0x0112
-#: EXIF orientations that turn the picture a quarter: width and height swap on display.
-_QUARTER_TURNS = frozenset({5, 6, 7, 8})
+#: EXIF orientation -> the transpose that shows the picture upright (as ImageOps does).
+_ORIENTATION_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 _UNREADABLE = (UnidentifiedImageError, OSError, SyntaxError, ValueError, struct.error)
 
 
 @dataclass
 class DecodedImage:
-    """Pixels as a viewer sees them, and what decoding noticed on the way.
-
-    `display_size` is the full-resolution size after orientation (what the photo "is");
-    `image` may be smaller. `flags`: `truncated` (the file ends early; the decoded part is
-    used), `orientation_unreadable` (malformed EXIF; the stored pixels are used as they are).
+    """Pixels as a viewer sees them (possibly smaller than the file's), and what decoding
+    noticed on the way: `truncated` (the file ends early; the decoded part is used),
+    `orientation_unreadable` (malformed EXIF; the stored pixels are used as they are).
     """
 
     image: Image.Image
-    display_size: tuple[int, int]
     flags: list[str] = field(default_factory=list)
 
 
@@ -107,7 +117,7 @@ def decode_for_analysis(path: Path, *, min_side: int, max_pixels: int) -> Decode
     """Open a photo upright in RGB, with its shorter side at least `min_side` where it has one.
 
     EXIF orientation is applied exactly once: pillow-heif already turns HEIC pixels upright
-    and resets the tag to 1, so the transpose below is then a no-op.
+    and resets the tag to 1, so no transpose follows for them.
 
     Raises:
         StageError: resource_limit for a decompression bomb, corrupt_media when the file
@@ -116,8 +126,7 @@ def decode_for_analysis(path: Path, *, min_side: int, max_pixels: int) -> Decode
     flags: list[str] = []
     try:
         with _quiet_bomb_warning(), Image.open(path) as opened:
-            width, height = opened.size
-            check_pixel_limit(width, height, max_pixels)
+            check_pixel_limit(*opened.size, max_pixels)
             if opened.format == "JPEG":
                 opened.draft("RGB", (min_side, min_side))
             try:
@@ -126,14 +135,15 @@ def decode_for_analysis(path: Path, *, min_side: int, max_pixels: int) -> Decode
                 with _tolerate_truncation():
                     opened.load()
                 flags.append("truncated")
+            try:
+                # Read from the file's own image: TIFF tags do not survive reduce() or copy().
+                orientation = opened.getexif().get(_ORIENTATION, 1)
+            except _UNREADABLE:
+                orientation = 1
+                flags.append("orientation_unreadable")
             image = _reduce(opened, min_side).copy()
-        try:
-            if image.getexif().get(_ORIENTATION) in _QUARTER_TURNS:
-                width, height = height, width
-            upright = ImageOps.exif_transpose(image)
-        except _UNREADABLE:
-            upright = image
-            flags.append("orientation_unreadable")
+        method = _ORIENTATION_TRANSPOSE.get(orientation)
+        upright = image.transpose(method) if method is not None else image
         rgb = _to_rgb(upright)
     except Image.DecompressionBombError as error:
         raise StageError(FailureReason.RESOURCE_LIMIT, f"decompression bomb: {error}") from None
@@ -141,7 +151,7 @@ def decode_for_analysis(path: Path, *, min_side: int, max_pixels: int) -> Decode
         raise StageError(
             FailureReason.CORRUPT_MEDIA, f"image does not decode: {type(error).__name__}"
         ) from None
-    return DecodedImage(rgb, (width, height), flags)
+    return DecodedImage(rgb, flags)
 
 
 def pixels(image: Image.Image) -> U8:

@@ -31,6 +31,8 @@ class DecodeCounts:
     deadline after which it stops."""
 
     decoded: int = 0
+    #: Set by a caller that keeps a partial result after the deadline passed.
+    out_of_time: bool = False
     corrupt: int = 0
     truncated: bool = False
     #: time.monotonic() after which decoding stops: PyAV runs in-process, so this wall-clock
@@ -127,7 +129,7 @@ def demux(
     packets = container.demux(stream)
     while True:
         if time.monotonic() > counts.deadline:
-            raise StageError(FailureReason.TOOL_TIMEOUT, "keyframes exceeded its time budget")
+            raise StageError(FailureReason.TOOL_TIMEOUT, "decoding exceeded its time budget")
         try:
             packet = next(packets)
         except StopIteration:

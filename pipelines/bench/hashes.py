@@ -29,7 +29,7 @@ from pipelines import samples
 from pipelines.bench.report import finish, machine_info, median, scratch_folder, timed
 from pipelines.config import QarinaConfig
 from workers.base import Kind, StageError, StageInput
-from workers.hashes import HashesConfig, HashesStage, crop_probes
+from workers.hashes import HashesConfig, HashesStage, crop_probes, pdq_hex
 from workers.images import decode_for_analysis, pixels
 
 DEFAULT_CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "corpus"
@@ -38,10 +38,6 @@ _TWELVE_MP = 11_500_000
 _TARGET_SPEEDUP = 10.0
 _TARGET_BITS = 8
 _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".heic", ".heif", ".tif", ".tiff"}
-
-
-def _hex(vector: Any) -> str:
-    return np.packbits(np.asarray(vector, dtype=np.uint8)).tobytes().hex()
 
 
 def _distance(first: str, second: str) -> int:
@@ -53,14 +49,14 @@ def peer_hashes(path: Path) -> tuple[str, str]:
     with Image.open(path) as opened:
         image = ImageOps.exif_transpose(opened).convert("RGB")
     vector, _ = pdqhash.compute(np.asarray(image))
-    return _hex(vector), str(imagehash.phash(image))
+    return pdq_hex(vector), str(imagehash.phash(image))
 
 
 def our_hashes(path: Path, config: HashesConfig) -> tuple[str, str]:
     """The stage's decode (draft mode, analysis size) with the same two hashes."""
     image = decode_for_analysis(path, min_side=config.analysis_side, max_pixels=config.max_pixels)
     vector, _ = pdqhash.compute(pixels(image.image))
-    return _hex(vector), str(imagehash.phash(image.image))
+    return pdq_hex(vector), str(imagehash.phash(image.image))
 
 
 def _pixels_of(path: Path) -> int:
@@ -106,19 +102,26 @@ def _closeness(paths: list[Path], config: HashesConfig) -> dict[str, Any]:
     16-bit pictures to white, which our decoder scales instead.)"""
     full_resolution = replace(config, analysis_side=1_000_000)
     distances: dict[str, int] = {}
+    to_library: dict[str, int] = {}
     for path in paths:
         try:
             ours, _ = our_hashes(path, config)
             full, _ = our_hashes(path, full_resolution)
+            library, _ = peer_hashes(path)
         except (StageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
             continue  # the corpus's broken samples: neither side can hash them
         distances[path.name] = _distance(ours, full)
+        to_library[path.name] = _distance(ours, library)
     values = list(distances.values())
     return {
         "images": len(values),
         "max_bits": max(values, default=0),
         "median_bits": median(values) if values else 0,
         "over_8_bits": sorted(name for name, bits in distances.items() if bits > _TARGET_BITS),
+        "vs_library_full_decode": {
+            "max_bits": max(to_library.values(), default=0),
+            "over_8_bits": {n: b for n, b in to_library.items() if b > _TARGET_BITS},
+        },
     }
 
 
