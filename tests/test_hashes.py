@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pdqhash
+import pillow_heif
 import pytest
 from PIL import Image
 
@@ -129,6 +130,16 @@ def test_decompression_bomb_is_a_resource_limit(tmp_path: Path) -> None:
     with pytest.raises(StageError) as raised:
         HashesStage().run(_photo(bomb), tmp_path)
     assert raised.value.reason is FailureReason.RESOURCE_LIMIT
+
+
+def test_heic_decodes_in_the_stage_and_a_cut_one_is_corrupt_media(tmp_path: Path) -> None:
+    pillow_heif.from_pillow(samples.scene(9, (128, 96))).save(tmp_path / "whole.heic")
+    whole = (tmp_path / "whole.heic").read_bytes()
+    (tmp_path / "cut.heic").write_bytes(whole[: len(whole) // 2])
+    assert HashesStage().run(_photo(tmp_path / "whole.heic"), tmp_path).result.hashes
+    with pytest.raises(StageError) as raised:
+        HashesStage().run(_photo(tmp_path / "cut.heic"), tmp_path)
+    assert raised.value.reason is FailureReason.CORRUPT_MEDIA
 
 
 def test_truncated_photo_is_hashed_and_flagged(tmp_path: Path) -> None:

@@ -47,7 +47,7 @@ _ORIENTATION_TRANSPOSE = {
     8: Image.Transpose.ROTATE_90,
 }
 
-_UNREADABLE = (UnidentifiedImageError, OSError, SyntaxError, ValueError, struct.error)
+_UNREADABLE = (UnidentifiedImageError, OSError, EOFError, SyntaxError, ValueError, struct.error)
 
 
 @dataclass
