@@ -1,5 +1,5 @@
 """The ML models the stages run: where weights come from, their hashes, and the device to use.
 
 Models are only ever loaded from installed packages or local folders; nothing is downloaded at
-run time. The first model (Whisper for transcription) arrives with the transcript stage.
+run time. `whisper` holds the transcription models.
 """

