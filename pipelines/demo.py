@@ -16,7 +16,7 @@ from pipelines.config import QarinaConfig
 from pipelines.dupes import dupes_report
 from pipelines.ingest import ingest_paths
 from pipelines.plan import Plan
-from pipelines.session import open_store, process_queue
+from pipelines.session import hashes_key, open_store, process_queue
 
 _DAMASCUS = dt.timezone(dt.timedelta(hours=3))
 
@@ -129,7 +129,7 @@ def _print_items(store: Store, shas: list[str], out: Console) -> None:
 
 
 def _print_dupes(store: Store, out: Console) -> None:
-    report = dupes_report(store)
+    report = dupes_report(store, hashes_key())
     for number, cluster in enumerate(report["clusters"], 1):
         links = ", ".join(
             f"{link['a_sha256'][:12]}~{link['b_sha256'][:12]} {link['kind']} {link['distance']:g}"

@@ -22,7 +22,7 @@ from evidence.matches import Link
 from evidence.store import Store
 from pipelines.similarity import Matcher
 from workers.base import Kind, StageInput, StageSkipped
-from workers.hashes import HashesStage
+from workers.hashes import HashesStage, hex_distance
 from workers.keyframes import KeyframesStage
 from workers.probe import ProbeStage
 
@@ -59,9 +59,10 @@ def _link_json(link: Link) -> dict[str, Any]:
     return {key: value for key, value in asdict(link).items() if value is not None}
 
 
-def dupes_report(store: Store) -> dict[str, Any]:
-    """Near-duplicate clusters with members, their sources and the links between them, and
-    the exact duplicates (items acquired more than once)."""
+def dupes_report(store: Store, hashes_key: tuple[str, str, str]) -> dict[str, Any]:
+    """Near-duplicate clusters with members, their sources, the links between them and the
+    pairwise distances of their stills (from the `hashes_key` results), and the exact
+    duplicates (items acquired more than once)."""
     links = matches.all_links(store.database)
     groups = clusters(links)
     summaries = matches.summaries(store.database, [sha for group in groups for sha in group])
@@ -77,7 +78,7 @@ def dupes_report(store: Store) -> dict[str, Any]:
                     {s for sha in group if sha in summaries for s in summaries[sha].sources}
                 ),
                 "links": pairs[number],
-                "distances": pairwise_distances(store, group),
+                "distances": pairwise_distances(store, hashes_key, group),
             }
             for number, group in enumerate(groups)
         ],
@@ -90,30 +91,20 @@ def dupes_report(store: Store) -> dict[str, Any]:
 _PAIRWISE_MEMBERS = 50
 
 
-def pairwise_distances(store: Store, members: list[str]) -> list[dict[str, Any]]:
+def pairwise_distances(
+    store: Store, hashes_key: tuple[str, str, str], members: list[str]
+) -> list[dict[str, Any]]:
     """PDQ distance of every pair of members that are stills, whole picture against whole
     picture in the closest orientation: what an analyst compares, linked directly or not."""
     if len(members) > _PAIRWISE_MEMBERS:
         return []
-    stills = matches.whole_picture_hashes(store.database, members)
+    stills = matches.whole_picture_hashes(store.database, hashes_key, members)
     rows = []
     for first, second in itertools.combinations(sorted(stills), 2):
         turns = stills[second]
-        distance = min(_bits(stills[first][0], turn) for turn in turns)
+        distance = min(hex_distance(stills[first][0], turn) for turn in turns)
         rows.append({"a_sha256": first, "b_sha256": second, "pdq": distance})
     return rows
-
-
-def _bits(first: str, second: str) -> int:
-    return (int(first, 16) ^ int(second, 16)).bit_count()
-
-
-def _artifact_paths(files: list[Path]) -> dict[str, Path]:
-    paths = {}
-    for path in files:
-        with open(path, "rb") as handle:
-            paths[hashlib.file_digest(handle, "sha256").hexdigest()] = path
-    return paths
 
 
 def hash_outside_store(path: Path) -> tuple[str, list[dict[str, Any]]]:
@@ -145,7 +136,13 @@ def hash_outside_store(path: Path) -> tuple[str, list[dict[str, Any]]]:
             frames_dir.mkdir()
             keyframes = KeyframesStage().run(StageInput(sha256, copy, kind, upstream), frames_dir)
             upstream["keyframes"] = asdict(keyframes.result)
-            artifacts = _artifact_paths([artifact.path for artifact in keyframes.artifacts])
+            # The stage lists each frame's SHA-256 in the order it wrote the files.
+            artifacts = {
+                frame["artifact"]: artifact.path
+                for frame, artifact in zip(
+                    keyframes.result.frames, keyframes.artifacts, strict=True
+                )
+            }
         elif kind is not Kind.PHOTO:
             raise StageSkipped(f"not_a_picture ({kind.value})")
         hashed = HashesStage().run(StageInput(sha256, copy, kind, upstream, artifacts), folder)

@@ -26,6 +26,7 @@ from pipelines.ingest import ingest_paths
 from pipelines.plan import Plan
 from pipelines.runner import SequentialExecutor, run_queue
 from pipelines.session import open_matcher, open_store
+from workers.hashes import crop_sides
 
 #: Ground-truth groups: files showing one picture. Everything else in a group of the ground
 #: truth file is a distinct picture. Names are relative to `neardup_images`.
@@ -82,12 +83,9 @@ def _cropped_copies(files: list[Path], root: Path, folder: Path) -> list[tuple[P
         seen.add(group)
         with Image.open(path) as opened:
             image = ImageOps.exif_transpose(opened).convert("RGB")
-        for label, (left, top, right, bottom) in _crop_plan(number):
-            width, height = image.size
-            box = (round(width * left), round(height * top),
-                   width - round(width * right), height - round(height * bottom))  # fmt: skip
+        for label, sides in _crop_plan(number):
             target = folder / f"{number}-{label}.jpg"
-            image.crop(box).save(target, "JPEG", quality=80)
+            crop_sides(image, sides).save(target, "JPEG", quality=80)
             made.append((target, f"{_CROP_PREFIX}{label}/{name}"))
     return made
 

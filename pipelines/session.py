@@ -24,12 +24,17 @@ def open_store(config: QarinaConfig) -> Store:
     return Store.open(config.db_url, config.blob_root)
 
 
-def open_matcher(config: QarinaConfig, store: Store) -> Matcher:
+def hashes_key() -> tuple[str, str, str]:
+    """(stage, version, config hash) of the hashes results this code makes and matches."""
     spec = Plan.default(["hashes"]).spec("hashes")
+    return spec.stage, spec.stage_version, spec.config_hash
+
+
+def open_matcher(config: QarinaConfig, store: Store) -> Matcher:
     return Matcher(
         store,
         config.index_dir,
-        (spec.stage_version, spec.config_hash),
+        hashes_key(),
         MatchConfig(threshold=config.match_threshold, min_quality=config.match_min_quality),
     )
 

@@ -6,8 +6,9 @@ and a query probes every table with each substring as it is and with one or two 
 flipped. Two hashes within 31 bits differ by at most two bits in at least one of the 11
 substrings (11 x 3 = 33 > 31), so every pair within the default threshold is a candidate:
 the search is exact, not approximate, and a query touches a few hundred candidates instead
-of a million. (16 substrings of 16 bits with one flip is exact too, but its buckets hold 15
-hashes each at a million and a query took 2.5 ms against 0.8 ms.)
+of a million. (16 substrings of 16 bits with one flip is exact too, but its buckets fill up:
+a query took 0.25 ms at 100,000 hashes and 0.5 ms at 200,000, growing with the index, where
+this layout takes 0.55 ms at a million.)
 
 The index is derived data. It lives in the data folder with a watermark (the last result it
 holds), grows as results arrive, and is rebuilt from the store whenever it is missing, stale
@@ -39,9 +40,9 @@ from evidence import matches
 from evidence.matches import Link, StoredHashes
 from evidence.store import Store
 from workers.base import StageError
-from workers.hashes import DIHEDRAL, HashesStage
+from workers.hashes import DIHEDRAL
 from workers.images import DEFAULT_MAX_PIXELS, decode_for_analysis
-from workers.keypoints import confirm_copy
+from workers.keypoints import COMPARE_SIDE, confirm_copy
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +198,6 @@ class HashIndex:
                 source_of=np.frombuffer(self.source_of, dtype=np.int8),
                 variant_of=np.frombuffer(self.variant_of, dtype=np.int8),
                 time_of=np.frombuffer(self.time_of, dtype=np.float64),
-                samples_of=np.frombuffer(self.samples_of, dtype=np.int32),
             )
         state = {**state, "entries": self.size, "variants": self.variants}
         (folder / "state.json.tmp").write_text(json.dumps(state, sort_keys=True))
@@ -212,6 +212,9 @@ class HashIndex:
             state = json.loads((folder / "state.json").read_text())
             index = faiss.read_index_binary(str(folder / "pdq.faiss"))
             with np.load(folder / "entries.npz") as saved:
+                # How many samples each item has is derived, not saved: count them.
+                sampled = saved["item_of"][saved["source_of"] == SOURCES.index("sample")]
+                counts = np.bincount(sampled, minlength=len(saved["shas"])).astype(np.int32)
                 loaded = cls(
                     index=index,
                     shas=[sha.decode() for sha in saved["shas"]],
@@ -219,7 +222,7 @@ class HashIndex:
                     source_of=array("b", saved["source_of"].tobytes()),
                     variant_of=array("b", saved["variant_of"].tobytes()),
                     time_of=array("d", saved["time_of"].tobytes()),
-                    samples_of=array("i", saved["samples_of"].tobytes()),
+                    samples_of=array("i", counts.tobytes()),
                     variants=list(state["variants"]),
                 )
         except (OSError, ValueError, KeyError, RuntimeError):
@@ -325,10 +328,10 @@ class Candidate:
 
 
 def find_matches(
-    index: HashIndex, entries: Sequence[dict[str, Any]], config: MatchConfig, exclude: str | None
+    index: HashIndex, usable: Sequence[dict[str, Any]], config: MatchConfig, exclude: str | None
 ) -> list[Candidate]:
-    """Stored items that match an item with these hash entries (itself, `exclude`, left out)."""
-    usable = matchable(entries, config)
+    """Stored items that match an item with these `matchable` hash entries (itself,
+    `exclude`, left out)."""
     probes = probes_of(usable)
     if not probes:
         return []
@@ -458,10 +461,10 @@ class Matcher:
         self,
         store: Store,
         folder: Path,
-        hashes_key: tuple[str, str],
+        hashes_key: tuple[str, str, str],
         config: MatchConfig | None = None,
     ) -> None:
-        """`hashes_key` is the (version, config hash) of the hashes results to index."""
+        """`hashes_key` is the (stage, version, config hash) of the results to index."""
         self.store = store
         self.folder = folder
         self.hashes_key = hashes_key
@@ -523,9 +526,7 @@ class Matcher:
                 self.index, self.watermark, self._in_memory = HashIndex(), 0, True
                 report.rebuilt = True
             start = max(0, self.watermark - _RESCAN_RESULTS)
-            for page in matches.hashes_after(
-                self.store.database, (HashesStage.name, *self.hashes_key), start
-            ):
+            for page in matches.hashes_after(self.store.database, self.hashes_key, start):
                 links = []
                 for stored in page:
                     if self.index.item_number(stored.sha256) < 0:
@@ -611,14 +612,11 @@ class Matcher:
     def similar(
         self, entries: Sequence[dict[str, Any]], my_picture: Callable[[Candidate], Path | None]
     ) -> list[Candidate]:
-        """Stored items matching hashes of a file that is not in the store (the index as
-        last updated); `my_picture` finds the file's pictures for keypoint checks."""
-        with self._locked():
-            if not self._load():
-                self.index = HashIndex()
+        """Stored items matching hashes of a file that is not in the store, as of the last
+        `update`; `my_picture` finds the file's pictures for keypoint checks."""
         found = find_matches(self.index, matchable(entries, self.config), self.config, None)
         return self.confirmed(found, my_picture)
 
 
 def _open_picture(path: Path) -> Image.Image:
-    return decode_for_analysis(path, min_side=480, max_pixels=DEFAULT_MAX_PIXELS).image
+    return decode_for_analysis(path, min_side=COMPARE_SIDE, max_pixels=DEFAULT_MAX_PIXELS).image

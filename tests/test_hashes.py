@@ -17,7 +17,7 @@ from pipelines.plan import Plan
 from tests import media
 from tests.stage_contract import StageContract
 from workers.base import FailureReason, Kind, StageError, StageInput, StageSkipped
-from workers.hashes import DIHEDRAL, HashesConfig, HashesStage
+from workers.hashes import DIHEDRAL, HashesConfig, HashesStage, hex_distance
 from workers.images import decode_for_analysis
 from workers.keyframes import KeyframesStage
 
@@ -31,10 +31,6 @@ def _hash(path: Path, tmp_path: Path, config: HashesConfig | None = None) -> dic
     workdir.mkdir()
     entries = HashesStage(config).run(_photo(path), workdir).result.hashes
     return {entry["variant"]: entry for entry in entries}
-
-
-def _distance(first: str, second: str) -> int:
-    return bin(int(first, 16) ^ int(second, 16)).count("1")
 
 
 def _full_decode_pdq(path: Path) -> str:
@@ -70,7 +66,7 @@ def test_large_jpeg_is_decoded_reduced_and_stays_close(tmp_path: Path) -> None:
     path = media.scene_jpeg(tmp_path / "big.jpg", seed=3, size=(4000, 3000), quality=92)
     decoded = decode_for_analysis(path, min_side=512, max_pixels=10**9)
     assert 512 <= min(decoded.image.size) < 1000, "draft mode decodes at a fraction of the size"
-    assert _distance(_hash(path, tmp_path)["full"]["pdq"], _full_decode_pdq(path)) <= 8
+    assert hex_distance(_hash(path, tmp_path)["full"]["pdq"], _full_decode_pdq(path)) <= 8
 
 
 def test_exif_orientation_is_applied_once(tmp_path: Path) -> None:
@@ -81,7 +77,7 @@ def test_exif_orientation_is_applied_once(tmp_path: Path) -> None:
     stored.save(tmp_path / "tagged.jpg", quality=92, exif=samples.exif_bytes(orientation=6))
     first = _hash(tmp_path / "upright.jpg", tmp_path)["full"]["pdq"]
     second = _hash(tmp_path / "tagged.jpg", tmp_path)["full"]["pdq"]
-    assert _distance(first, second) <= 10
+    assert hex_distance(first, second) <= 10
     decoded = decode_for_analysis(tmp_path / "tagged.jpg", min_side=512, max_pixels=10**9)
     assert decoded.image.size == (480, 360)
 
@@ -92,7 +88,7 @@ def test_letterbox_bars_are_trimmed(tmp_path: Path) -> None:
     plain, trimmed = _hash(original, tmp_path)["full"], _hash(boxed, tmp_path)["full"]
     assert plain["border"] == [0, 0, 0, 0]
     assert trimmed["border"][1] == pytest.approx(0.115, abs=0.01)
-    assert _distance(plain["pdq"], trimmed["pdq"]) <= 12
+    assert hex_distance(plain["pdq"], trimmed["pdq"]) <= 12
 
 
 def test_crop_variant_and_probes_are_hashed(tmp_path: Path) -> None:
@@ -107,8 +103,8 @@ def test_mirrored_copy_matches_a_dihedral_hash(tmp_path: Path) -> None:
     with Image.open(original) as image:
         image.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(tmp_path / "m.jpg", quality=90)
     plain, mirrored = _hash(original, tmp_path)["full"], _hash(tmp_path / "m.jpg", tmp_path)["full"]
-    assert _distance(plain["pdq"], mirrored["pdq"]) > 60
-    assert min(_distance(plain["pdq"], other) for other in mirrored["dihedral"]) <= 10
+    assert hex_distance(plain["pdq"], mirrored["pdq"]) > 60
+    assert min(hex_distance(plain["pdq"], other) for other in mirrored["dihedral"]) <= 10
 
 
 def test_flat_picture_has_low_quality(tmp_path: Path) -> None:
@@ -122,7 +118,7 @@ def test_sixteen_bit_picture_is_scaled_not_clipped(tmp_path: Path) -> None:
     Image.fromarray((grey // 257).astype(np.uint8)).save(tmp_path / "eight.png")
     deep, eight = _hash(tmp_path / "deep.png", tmp_path), _hash(tmp_path / "eight.png", tmp_path)
     assert deep["full"]["quality"] >= 50
-    assert _distance(deep["full"]["pdq"], eight["full"]["pdq"]) <= 4
+    assert hex_distance(deep["full"]["pdq"], eight["full"]["pdq"]) <= 4
 
 
 def test_decompression_bomb_is_a_resource_limit(tmp_path: Path) -> None:
@@ -175,7 +171,7 @@ def test_video_gets_keyframe_hashes_and_a_sample_per_second(tmp_path: Path) -> N
     assert all(entry["artifact"] and entry["quality"] >= 50 for entry in keyframes)
     # Every sampled second is a different scene: the hashes differ accordingly.
     pdqs = [entry["pdq"] for entry in result.hashes if entry["source"] == "sample"]
-    assert min(_distance(a, b) for a in pdqs for b in pdqs if a != b) > 60
+    assert min(hex_distance(a, b) for a in pdqs for b in pdqs if a != b) > 60
 
 
 def test_video_without_keyframes_is_skipped(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from pipelines.config import QarinaConfig
 from pipelines.dupes import clusters, dupes_report
 from pipelines.ingest import ingest_paths
 from pipelines.plan import Plan
-from pipelines.session import open_matcher
+from pipelines.session import hashes_key, open_matcher
 from pipelines.similarity import HashIndex, MatchConfig
 from tests import media
 from tests.flows import ingest_and_run
@@ -216,7 +216,7 @@ def test_dupes_and_similar_commands(
         ingest_paths(
             store, Plan.default(), sqlite_config, [evidence_folder["original"]], "second-source"
         )
-        report = dupes_report(store)
+        report = dupes_report(store, hashes_key())
         items_before = store.status().items
     finally:
         store.close()

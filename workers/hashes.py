@@ -15,9 +15,10 @@ handled here, before hashing, because matching can only compare what was hashed:
   cropped by c on a side is the original's 5% crop further cropped by 5% - c there, within
   1.25% of a grid point, so one probe of the copy lands near the original's stored crop.
   Probes are searched, never stored in the index, and a link they find is confirmed with
-  keypoints before it is made. On the corpus (`qarina eval dupes`) this links 82 of 96
-  copies cropped by up to 5% per side to their originals, with no wrong link; the probes
-  cost about 90 ms of the 190 ms the stage spends on a 12 MP photo (`qarina bench hashes`).
+  keypoints before it is made. On the corpus (`qarina eval dupes`) this links 79 of 96
+  copies cropped by up to 5% per side to their originals (79 of the 88 whose pictures are
+  not flat), with no wrong link; the probes cost 80-90 ms of the 180-200 ms the stage
+  spends on a 12 MP photo (`qarina bench hashes`).
 - Clips cut out of a longer video: frames sampled at a fixed interval carry their times, and
   matching looks for many frames agreeing on one time offset.
 
@@ -32,7 +33,6 @@ import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
-from importlib import metadata
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -42,6 +42,7 @@ import numpy as np
 import numpy.typing as npt
 import pdqhash
 import PIL
+import pillow_heif
 from PIL import Image
 
 from workers.base import (
@@ -56,9 +57,11 @@ from workers.base import (
     StageSkipped,
 )
 from workers.images import DEFAULT_MAX_PIXELS, decode_for_analysis, pixels
+from workers.tools import package_version
 from workers.video import (
     DecodeCounts,
     budgeted_counts,
+    decoder_versions,
     display_thumbnail,
     frames_of,
     open_container,
@@ -68,7 +71,8 @@ from workers.video import (
 
 #: Mean grey-level step from a bar's colour to the first line of content: bars end at a hard
 #: edge (79 on ThreatExchange's letterboxed sample), dark photo backgrounds fade out. With 24
-#: and a tolerance of 10, none of the 180 corpus photos without bars lost a side.
+#: and a tolerance of 10, of the 175 decodable corpus pictures the letterboxed one loses its
+#: bars, 8 lose thin edge lines of 1-11 px (scanner mats, a grey fill), and the rest nothing.
 _BAR_EDGE = 24.0
 
 #: Order of pdqhash.compute_dihedral's hashes, named as ThreatExchange names them.
@@ -132,6 +136,11 @@ def pdq_hex(bits: npt.NDArray[Any]) -> str:
     return np.packbits(np.asarray(bits, dtype=np.uint8)).tobytes().hex()
 
 
+def hex_distance(first: str, second: str) -> int:
+    """Hamming distance between two hashes written in hex."""
+    return (int(first, 16) ^ int(second, 16)).bit_count()
+
+
 def _border_run(grey: npt.NDArray[np.int16], tolerance: int, limit: int) -> int:
     """How many leading rows of `grey` form a bar: one flat colour (that of row 0), ending
     at a sharp edge. A dark or white background in a photo fades into its subject instead,
@@ -164,17 +173,12 @@ def border_box(
     return left, top, width - right, height - bottom
 
 
-def _centre_crop(image: Image.Image, fraction: float) -> Image.Image:
-    width, height = image.size
-    dx, dy = round(width * fraction), round(height * fraction)
-    return image.crop((dx, dy, width - dx, height - dy))
-
-
 def _variant_name(fraction: float) -> str:
     return f"crop{round(fraction * 100)}"
 
 
-def _crop_sides(image: Image.Image, sides: tuple[float, ...]) -> Image.Image:
+def crop_sides(image: Image.Image, sides: tuple[float, ...]) -> Image.Image:
+    """The picture with fractions (left, top, right, bottom) of its size cut away."""
     width, height = image.size
     left, top, right, bottom = sides
     box = (
@@ -193,7 +197,7 @@ def crop_probes(image: Image.Image, config: HashesConfig) -> str:
         small = image.resize(size, Image.Resampling.BILINEAR)
     grid = itertools.product(config.probe_steps, repeat=4)
     return "".join(
-        pdq_hex(pdqhash.compute(pixels(_crop_sides(small, sides)))[0])
+        pdq_hex(pdqhash.compute(pixels(crop_sides(small, sides)))[0])
         for sides in grid
         if any(sides)
     )
@@ -235,7 +239,7 @@ def hash_picture(
     if probes:
         entries[0]["probes"] = crop_probes(content, config)
     for fraction in config.crop_fractions:
-        vector, crop_quality = pdqhash.compute(pixels(_centre_crop(content, fraction)))
+        vector, crop_quality = pdqhash.compute(pixels(crop_sides(content, (fraction,) * 4)))
         entries.append(
             {
                 "source": source,
@@ -269,10 +273,11 @@ class HashesStage(Stage[HashesConfig, HashesResult]):
     def tool_versions(self) -> dict[str, str]:
         """The hashing libraries and the decoders that feed them."""
         return {
-            "pdqhash": _version("pdqhash"),
-            "imagehash": _version("imagehash"),
+            "pdqhash": package_version("pdqhash") or "unknown",
+            "imagehash": package_version("imagehash") or "unknown",
             "pillow": PIL.__version__,
-            "pyav": av.__version__,
+            "pillow_heif": pillow_heif.__version__,
+            **decoder_versions(),
         }
 
     def run(self, item: StageInput, workdir: Path) -> StageOutput[HashesResult]:
@@ -298,7 +303,7 @@ class HashesStage(Stage[HashesConfig, HashesResult]):
         duration = float(item.upstream.get("probe", {}).get("duration_s") or 0.0)
         config = self.config
         counts = budgeted_counts(duration, config.min_budget_s, config.budget_per_media_s)
-        samples = self._sample_hashes(item, counts)
+        samples = self._sample_hashes(item, duration, counts)
         flags = ["truncated"] if counts.truncated else []
         if counts.out_of_time:
             flags.append("time_budget_reached")
@@ -331,11 +336,11 @@ class HashesStage(Stage[HashesConfig, HashesResult]):
                 entries.append({**entry, "t": frame["t"], "artifact": frame["artifact"]})
         return entries
 
-    def _sample_hashes(self, item: StageInput, counts: DecodeCounts) -> list[dict[str, Any]]:
+    def _sample_hashes(
+        self, item: StageInput, duration: float, counts: DecodeCounts
+    ) -> list[dict[str, Any]]:
         """PDQ of one frame per interval, decoding B-frames and loop filter skipped (PDQ works
         at 64x64, where neither shows)."""
-        probe = item.upstream.get("probe", {})
-        duration = float(probe.get("duration_s") or 0.0)
         config = self.config
         interval = max(config.sample_interval_s, duration / config.max_samples)
         entries = []
@@ -343,7 +348,7 @@ class HashesStage(Stage[HashesConfig, HashesResult]):
             stream = video_stream(container)
             stream.codec_context.options = {"skip_loop_filter": "all"}
             stream.codec_context.skip_frame = "BIDIR"
-            rotation = rotation_of(probe)
+            rotation = rotation_of(item.upstream.get("probe", {}))
             try:
                 for t, frame in _sampled(container, stream, counts, interval):
                     image = display_thumbnail(
@@ -374,10 +379,3 @@ def _sampled(
         if t + 1e-6 >= due:
             yield t, frame
             due = (math.floor(t / interval + 1e-6) + 1) * interval
-
-
-def _version(package: str) -> str:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return "unknown"

@@ -47,7 +47,8 @@ _ORIENTATION_TRANSPOSE = {
     8: Image.Transpose.ROTATE_90,
 }
 
-_UNREADABLE = (UnidentifiedImageError, OSError, EOFError, SyntaxError, ValueError, struct.error)
+#: What Pillow and its plugins raise on a file they cannot read (pillow-heif: EOFError).
+UNREADABLE = (UnidentifiedImageError, OSError, EOFError, SyntaxError, ValueError, struct.error)
 
 
 @dataclass
@@ -77,7 +78,7 @@ def check_pixel_limit(width: int, height: int, max_pixels: int) -> None:
 
 
 @contextmanager
-def _quiet_bomb_warning() -> Iterator[None]:
+def quiet_bomb_warning() -> Iterator[None]:
     with warnings.catch_warnings():
         # Pillow warns between its limit and twice its limit; callers apply their own limit.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -125,7 +126,7 @@ def decode_for_analysis(path: Path, *, min_side: int, max_pixels: int) -> Decode
     """
     flags: list[str] = []
     try:
-        with _quiet_bomb_warning(), Image.open(path) as opened:
+        with quiet_bomb_warning(), Image.open(path) as opened:
             check_pixel_limit(*opened.size, max_pixels)
             if opened.format == "JPEG":
                 opened.draft("RGB", (min_side, min_side))
@@ -138,7 +139,7 @@ def decode_for_analysis(path: Path, *, min_side: int, max_pixels: int) -> Decode
             try:
                 # Read from the file's own image: TIFF tags do not survive reduce() or copy().
                 orientation = opened.getexif().get(_ORIENTATION, 1)
-            except _UNREADABLE:
+            except UNREADABLE:
                 orientation = 1
                 flags.append("orientation_unreadable")
             image = _reduce(opened, min_side).copy()
@@ -147,7 +148,7 @@ def decode_for_analysis(path: Path, *, min_side: int, max_pixels: int) -> Decode
         rgb = _to_rgb(upright)
     except Image.DecompressionBombError as error:
         raise StageError(FailureReason.RESOURCE_LIMIT, f"decompression bomb: {error}") from None
-    except _UNREADABLE as error:
+    except UNREADABLE as error:
         raise StageError(
             FailureReason.CORRUPT_MEDIA, f"image does not decode: {type(error).__name__}"
         ) from None

@@ -60,6 +60,7 @@ from workers.base import (
 from workers.video import (
     DecodeCounts,
     budgeted_counts,
+    decoder_versions,
     display_image,
     frames_of,
     hwaccel_for,
@@ -547,12 +548,7 @@ class KeyframesStage(Stage[KeyframesConfig, KeyframesResult]):
 
     def tool_versions(self) -> dict[str, str]:
         """PyAV and the FFmpeg it carries decide every decoded pixel."""
-        return {
-            "pyav": av.__version__,
-            "ffmpeg": ".".join(str(part) for part in av.ffmpeg_version_info)
-            if isinstance(av.ffmpeg_version_info, tuple)
-            else str(av.ffmpeg_version_info),
-        }
+        return decoder_versions()
 
     def run(self, item: StageInput, workdir: Path) -> StageOutput[KeyframesResult]:
         """Find the shots of one video and extract their representative frames as JPEGs.

@@ -17,7 +17,7 @@ import numpy.typing as npt
 from PIL import Image
 
 #: Shorter side the pictures are compared at: enough keypoints, a few tens of milliseconds.
-_SIDE = 480
+COMPARE_SIDE = 480
 _FEATURES = 1500
 #: Lowe's ratio test: the best match must be clearly better than the second best.
 _RATIO = 0.75
@@ -43,7 +43,7 @@ class KeypointCheck:
 
 
 def _grey(image: Image.Image) -> npt.NDArray[np.uint8]:
-    scale = _SIDE / max(1, min(image.size))
+    scale = COMPARE_SIDE / max(1, min(image.size))
     if scale < 1:
         image = image.resize(
             (max(1, round(image.width * scale)), max(1, round(image.height * scale))),

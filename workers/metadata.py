@@ -216,8 +216,12 @@ def _parse_date(value: Any, offset_value: Any = None, utc_by_spec: bool = False)
         raise _InvalidDate(text)
     try:
         local = datetime(
-            int(match["y"]), int(match["mo"]), int(match["d"]),
-            int(match["h"]), int(match["mi"]), int(match["s"]),
+            int(match["y"]),
+            int(match["mo"]),
+            int(match["d"]),
+            int(match["h"]),
+            int(match["mi"]),
+            int(match["s"]),
         )
     except ValueError:
         raise _InvalidDate(text) from None

@@ -13,14 +13,13 @@ import math
 import os
 import stat
 import struct
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import PIL
 import pillow_heif
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from workers.base import (
     FailureReason,
@@ -32,7 +31,7 @@ from workers.base import (
     StageInput,
     StageOutput,
 )
-from workers.images import DEFAULT_MAX_PIXELS, check_pixel_limit
+from workers.images import DEFAULT_MAX_PIXELS, UNREADABLE, check_pixel_limit, quiet_bomb_warning
 from workers.tools import ToolLimits, ffprobe_json, tool_version
 
 #: Bytes read for signature detection: enough for three MPEG-TS packets (3 x 188) and for the
@@ -295,15 +294,12 @@ def _pillow_header(path: Path, max_pixels: int) -> tuple[int, int, str]:
             header.
     """
     try:
-        with warnings.catch_warnings():
-            # Pillow warns between its limit and twice its limit; we apply our own limit below.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                width, height = image.size
-                image_format = image.format or "unknown"
+        with quiet_bomb_warning(), Image.open(path) as image:
+            width, height = image.size
+            image_format = image.format or "unknown"
     except Image.DecompressionBombError as error:
         raise StageError(FailureReason.RESOURCE_LIMIT, f"decompression bomb: {error}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, struct.error) as error:
+    except UNREADABLE as error:
         raise StageError(
             FailureReason.CORRUPT_MEDIA, f"image header unreadable: {type(error).__name__}"
         ) from None

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
+from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
@@ -143,8 +144,16 @@ def ffprobe_json(path: Path, limits: ToolLimits) -> dict[str, Any]:
     """
     run = run_tool(
         [
-            "ffprobe", "-hide_banner", "-v", "error", "-protocol_whitelist", "file",
-            "-print_format", "json", "-show_format", "-show_streams",
+            "ffprobe",
+            "-hide_banner",
+            "-v",
+            "error",
+            "-protocol_whitelist",
+            "file",
+            "-print_format",
+            "json",
+            "-show_format",
+            "-show_streams",
             ffmpeg_input(path),
         ],
         limits,
@@ -161,6 +170,14 @@ def ffprobe_json(path: Path, limits: ToolLimits) -> dict[str, Any]:
 
 
 @cache
+def package_version(package: str) -> str | None:
+    """An installed Python distribution's version, None when it is not installed."""
+    try:
+        return importlib_metadata.version(package)
+    except importlib_metadata.PackageNotFoundError:
+        return None
+
+
 def tool_version(tool: str) -> str:
     """The first line a tool prints about its version, cached per process."""
     flag = "-ver" if tool == "exiftool" else "-version"

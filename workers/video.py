@@ -40,6 +40,17 @@ class DecodeCounts:
     deadline: float = math.inf
 
 
+def decoder_versions() -> dict[str, str]:
+    """PyAV and the FFmpeg it carries: they decide every decoded pixel (for provenance)."""
+    ffmpeg = av.ffmpeg_version_info
+    return {
+        "pyav": av.__version__,
+        "ffmpeg": ".".join(str(part) for part in ffmpeg)
+        if isinstance(ffmpeg, tuple)
+        else str(ffmpeg),
+    }
+
+
 def budgeted_counts(duration_s: float, min_budget_s: float, per_media_s: float) -> DecodeCounts:
     """Counts for a decode that may take at least `min_budget_s`, else `per_media_s` seconds
     per second of video: PyAV runs in-process, so this budget is the stage's own timeout."""

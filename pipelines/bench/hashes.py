@@ -29,7 +29,7 @@ from pipelines import samples
 from pipelines.bench.report import finish, machine_info, median, scratch_folder, timed
 from pipelines.config import QarinaConfig
 from workers.base import Kind, StageError, StageInput
-from workers.hashes import HashesConfig, HashesStage, crop_probes, pdq_hex
+from workers.hashes import HashesConfig, HashesStage, crop_probes, hex_distance, pdq_hex
 from workers.images import decode_for_analysis, pixels
 
 DEFAULT_CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "corpus"
@@ -38,10 +38,6 @@ _TWELVE_MP = 11_500_000
 _TARGET_SPEEDUP = 10.0
 _TARGET_BITS = 8
 _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".heic", ".heif", ".tif", ".tiff"}
-
-
-def _distance(first: str, second: str) -> int:
-    return bin(int(first, 16) ^ int(second, 16)).count("1")
 
 
 def peer_hashes(path: Path) -> tuple[str, str]:
@@ -110,8 +106,8 @@ def _closeness(paths: list[Path], config: HashesConfig) -> dict[str, Any]:
             library, _ = peer_hashes(path)
         except (StageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
             continue  # the corpus's broken samples: neither side can hash them
-        distances[path.name] = _distance(ours, full)
-        to_library[path.name] = _distance(ours, library)
+        distances[path.name] = hex_distance(ours, full)
+        to_library[path.name] = hex_distance(ours, library)
     values = list(distances.values())
     return {
         "images": len(values),

@@ -34,7 +34,6 @@ import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +42,7 @@ from pipelines.config import QarinaConfig
 from workers.base import Kind, StageInput, result_to_json
 from workers.keyframes import KeyframesConfig, KeyframesStage
 from workers.probe import ProbeStage
+from workers.tools import package_version
 
 #: Where the shared corpus sits beside a checkout: `../shared/corpus` from the project root.
 DEFAULT_CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "corpus"
@@ -595,13 +595,6 @@ def _clip_summary(
     }
 
 
-def _version(package: str) -> str | None:
-    try:
-        return importlib_metadata.version(package)
-    except importlib_metadata.PackageNotFoundError:
-        return None
-
-
 def _ffmpeg_version(ffmpeg: str) -> str:
     run = subprocess.run([ffmpeg, "-version"], capture_output=True, text=True, check=True)
     return run.stdout.splitlines()[0]
@@ -677,8 +670,9 @@ def bench_keyframes(
             "cuts": [{**asdict(cut), "span": list(cut.span)} for cut in truth],
         },
         "peers": {
-            "pyscenedetect": f"scenedetect {_version('scenedetect')} AdaptiveDetector() defaults,"
-            f" opencv {_version('opencv-python-headless') or _version('opencv-python')}",
+            "pyscenedetect": f"scenedetect {package_version('scenedetect')}"
+            " AdaptiveDetector() defaults, opencv"
+            f" {package_version('opencv-python-headless') or package_version('opencv-python')}",
             "ffmpeg_decode": f"{_ffmpeg_version(ffmpeg)}: -threads 2 -i CLIP -f null -",
             "ours": "KeyframesStage(KeyframesConfig()).run after setup and probe;"
             " includes writing its keyframe images",

@@ -16,11 +16,11 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
 from pipelines.config import QarinaConfig
+from workers.tools import package_version
 
 
 def median(values: Sequence[float]) -> float:
@@ -48,13 +48,6 @@ def timed(action: Callable[[], object]) -> float:
     started = time.perf_counter()
     action()
     return time.perf_counter() - started
-
-
-def _version(package: str) -> str | None:
-    try:
-        return importlib_metadata.version(package)
-    except importlib_metadata.PackageNotFoundError:
-        return None
 
 
 def _cpu_model() -> str:
@@ -129,8 +122,8 @@ def machine_info(data_dir: Path) -> dict[str, Any]:
         "ram_bytes": _ram_bytes(),
         "data_dir": filesystem_of(data_dir),
         "python": platform.python_version(),
-        "ray": _version("ray"),
-        "sqlalchemy": _version("sqlalchemy"),
+        "ray": package_version("ray"),
+        "sqlalchemy": package_version("sqlalchemy"),
         "sqlite": sqlite3.sqlite_version,
         "platform": platform.platform(),
         "measured_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
