@@ -153,3 +153,30 @@ custody_events = sa.Table(
     sa.Column("prev_hash", SHA256, nullable=False),
     sa.Column("event_hash", SHA256, nullable=False, unique=True),
 )
+
+#: Searchable transcript segments, derived from `transcript` results (rebuildable from them).
+#: The full-text index itself is dialect-specific and lives outside this metadata: an FTS5
+#: table `transcript_fts` on SQLite, a generated `search_vector` column with a GIN index on
+#: PostgreSQL (migration 0003).
+transcript_segments = sa.Table(
+    "transcript_segments",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("result_id", sa.Integer, sa.ForeignKey("results.id"), nullable=False, index=True),
+    sa.Column("sha256", SHA256, sa.ForeignKey("items.sha256"), nullable=False, index=True),
+    sa.Column("start_s", sa.Float, nullable=False),
+    sa.Column("end_s", sa.Float, nullable=False),
+    sa.Column("text", sa.Text, nullable=False),
+    sa.Column("normalised", sa.Text, nullable=False),
+    sa.Column("flags", sa.JSON, nullable=False),
+)
+
+#: Results whose segments are in the search index, even when they had none (silence).
+transcripts_indexed = sa.Table(
+    "transcripts_indexed",
+    metadata,
+    sa.Column("result_id", sa.Integer, sa.ForeignKey("results.id"), primary_key=True),
+)
+
+#: Names the dialect-specific full-text index adds, which schema comparisons leave aside.
+FULL_TEXT_NAMES = ("transcript_fts", "search_vector", "ix_transcript_segments_search")

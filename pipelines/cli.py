@@ -14,6 +14,7 @@ from rich.logging import RichHandler
 from rich.table import Table
 
 from evidence.store import StatusReport
+from models import whisper
 from pipelines.config import QarinaConfig
 from pipelines.dupes import dupes_report, hash_outside_store, similar_report
 from pipelines.ingest import ingest_paths
@@ -69,7 +70,8 @@ def ingest(
     config = _config(ctx)
     store = open_store(config)
     try:
-        summary = ingest_paths(store, Plan.default(), config, paths, source, priority, request)
+        plan = Plan.default(settings=config)
+        summary = ingest_paths(store, plan, config, paths, source, priority, request)
     finally:
         store.close()
     out.print(
@@ -86,15 +88,24 @@ def run(
         str | None, typer.Option("--address", help="Ray cluster to join (RAY_ADDRESS).")
     ] = None,
     sequential: Annotated[bool, typer.Option(help="Run in this process, without Ray.")] = False,
+    language: Annotated[
+        str | None,
+        typer.Option(help="Speech language (ISO code), or `auto` to detect it (QARINA_LANGUAGE)."),
+    ] = None,
 ) -> None:
     """Process the queue until it is empty."""
     config = _config(ctx)
     if address:
         config = config.with_overrides(ray_address=address)
+    if language:
+        config = config.with_overrides(transcript_language=language)
     store = open_store(config)
     try:
         summary = process_queue(config, store, sequential, console)
         status = store.status()
+    except whisper.ModelMissing as error:
+        console.print(f"no speech model: {error}")
+        raise typer.Exit(2) from None
     finally:
         store.close()
     out.print(
@@ -246,6 +257,36 @@ def _seconds(value: float | None) -> str:
 
 
 @app.command()
+def search(
+    ctx: typer.Context,
+    text: Annotated[str, typer.Argument(help="Words to find, with or without diacritics.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    limit: Annotated[int, typer.Option(help="Segments shown at most.")] = 100,
+) -> None:
+    """Items whose transcripts contain the words, with segment times; doubtful ones marked."""
+    from pipelines.search import search_transcripts
+
+    store = open_store(_config(ctx))
+    try:
+        hits = search_transcripts(store, text, limit)
+    finally:
+        store.close()
+    if as_json:
+        write_json(hits)
+        return
+    table = Table("item", "from", "to", "text", "flags")
+    for hit in hits:
+        table.add_row(
+            hit["sha256"][:16],
+            _seconds(hit["start_s"]),
+            _seconds(hit["end_s"]),
+            hit["text"],
+            ", ".join(hit["flags"]),
+        )
+    out.print(table if hits else "no transcript segment contains these words")
+
+
+@app.command()
 def verify(
     ctx: typer.Context,
     fixity: Annotated[bool, typer.Option("--fixity", help="Re-hash every stored blob.")] = False,
@@ -296,6 +337,41 @@ def eval_metadata(
 
     evaluation = evaluate_metadata(corpus / "images_exif")
     out.print(evaluation.render())
+
+
+@eval_app.command("transcript")
+def eval_transcript(
+    ctx: typer.Context,
+    corpus: Annotated[Path, typer.Option(help="Folder with transcripts.tsv and the clips.")] = Path(
+        "../shared/corpus/audio_ar"
+    ),
+    output: Annotated[Path, typer.Option(help="JSON results.")] = Path(
+        "bench-results/eval-transcript.json"
+    ),
+) -> None:
+    """WER and CER of the pipeline beside direct faster-whisper, per clip and overall."""
+    from pipelines.transcript_eval import evaluate_transcripts
+
+    evaluation = evaluate_transcripts(corpus, _config(ctx).models_dir).as_json()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(evaluation, ensure_ascii=False, indent=2), encoding="utf-8")
+    table = Table("clip", "pipeline WER", "direct WER", "pipeline CER", "direct CER")
+    for clip in evaluation["per_clip"]:
+        table.add_row(
+            clip["file"],
+            f"{clip['pipeline_wer']:.2f}",
+            f"{clip['direct_wer']:.2f}",
+            f"{clip['pipeline_cer']:.2f}",
+            f"{clip['direct_cer']:.2f}",
+        )
+    out.print(table)
+    overall = evaluation["overall"]
+    out.print(
+        f"{evaluation['clips']} clips, model {evaluation['model']['name']}"
+        f" ({evaluation['model']['sha256'][:16]}): pipeline WER {overall['pipeline_wer']:.3f}"
+        f" CER {overall['pipeline_cer']:.3f}; direct faster-whisper WER"
+        f" {overall['direct_wer']:.3f} CER {overall['direct_cer']:.3f}"
+    )
 
 
 @eval_app.command("dupes")
@@ -396,3 +472,21 @@ def bench_keyframes(
     from pipelines.bench.keyframes import bench_keyframes as run_bench
 
     write_json(run_bench(_config(ctx), output, runs=runs, seconds=seconds))
+
+
+@bench_app.command("transcript")
+def bench_transcript(
+    ctx: typer.Context,
+    corpus: Annotated[Path, typer.Option(help="Folder with transcripts.tsv and the clips.")] = Path(
+        "../shared/corpus/audio_ar"
+    ),
+    runs: Annotated[int, typer.Option(help="Rounds; the median is reported.")] = 3,
+    minutes: Annotated[float, typer.Option(help="Length of the joined recording.")] = 10.0,
+    output: Annotated[Path, typer.Option(help="JSON results.")] = Path(
+        "bench-results/transcript.json"
+    ),
+) -> None:
+    """Transcript stage against direct faster-whisper, sequential and batched, and memory."""
+    from pipelines.bench.transcript import bench_transcript as run_bench
+
+    write_json(run_bench(_config(ctx), corpus, output, runs=runs, minutes=minutes))

@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from workers.base import StageEnvironment
+
 DEFAULT_DATA_DIR = Path("qarina-data")
 
 
@@ -34,10 +36,27 @@ class QarinaConfig:
     #: `match_min_quality` never matched (QARINA_MATCH_THRESHOLD, QARINA_MATCH_MIN_QUALITY).
     match_threshold: int = 31
     match_min_quality: int = 50
+    #: Where assembled model weights live, when not in the data folder (QARINA_MODELS_DIR):
+    #: a node's local disk, or one folder that many test data folders share.
+    models_root: Path | None = None
+    #: A CTranslate2 Whisper folder to use instead of the packaged base (QARINA_WHISPER_MODEL).
+    whisper_model: Path | None = None
+    #: `auto`, `cpu` or `cuda` (QARINA_WHISPER_DEVICE).
+    whisper_device: str = "auto"
+    #: An ISO code, or `auto` to detect and record the language (QARINA_LANGUAGE).
+    transcript_language: str = "ar"
 
     @property
     def blob_root(self) -> Path:
         return self.data_dir / "blobs"
+
+    @property
+    def models_dir(self) -> Path:
+        """Assembled model weights; by default on the shared root, so they are joined once."""
+        return self.models_root or self.data_dir / "models"
+
+    def stage_environment(self) -> StageEnvironment:
+        return StageEnvironment(self.models_dir, self.whisper_device)
 
     @property
     def index_dir(self) -> Path:
@@ -47,7 +66,10 @@ class QarinaConfig:
     @classmethod
     def from_env(cls, data_dir: Path | None = None, ray_address: str | None = None) -> QarinaConfig:
         """Resolve `--data`/QARINA_DATA, QARINA_DB_URL, `--address`/RAY_ADDRESS, QARINA_OPERATOR,
-        QARINA_BENCH_PG_URL, QARINA_MATCH_THRESHOLD, QARINA_MATCH_MIN_QUALITY."""
+        QARINA_BENCH_PG_URL, QARINA_MATCH_THRESHOLD, QARINA_MATCH_MIN_QUALITY, QARINA_MODELS_DIR,
+        QARINA_WHISPER_MODEL, QARINA_WHISPER_DEVICE, QARINA_LANGUAGE."""
+        whisper_model = os.environ.get("QARINA_WHISPER_MODEL")
+        models_root = os.environ.get("QARINA_MODELS_DIR")
         data = (data_dir or Path(os.environ.get("QARINA_DATA", str(DEFAULT_DATA_DIR)))).resolve()
         url = os.environ.get("QARINA_DB_URL") or f"sqlite:///{data / 'qarina.sqlite3'}"
         return cls(
@@ -58,6 +80,10 @@ class QarinaConfig:
             bench_pg_url=os.environ.get("QARINA_BENCH_PG_URL") or None,
             match_threshold=int(os.environ.get("QARINA_MATCH_THRESHOLD") or 31),
             match_min_quality=int(os.environ.get("QARINA_MATCH_MIN_QUALITY") or 50),
+            models_root=Path(models_root).resolve() if models_root else None,
+            whisper_model=Path(whisper_model).resolve() if whisper_model else None,
+            whisper_device=os.environ.get("QARINA_WHISPER_DEVICE") or "auto",
+            transcript_language=os.environ.get("QARINA_LANGUAGE") or "ar",
         )
 
     def with_overrides(self, **changes: object) -> QarinaConfig:

@@ -16,6 +16,7 @@ from pipelines.config import QarinaConfig
 from pipelines.dupes import dupes_report
 from pipelines.ingest import ingest_paths
 from pipelines.plan import Plan
+from pipelines.search import search_transcripts
 from pipelines.session import hashes_key, open_store, process_queue
 
 _DAMASCUS = dt.timezone(dt.timedelta(hours=3))
@@ -72,7 +73,7 @@ def make_demo_set(folder: Path) -> tuple[Path, Path]:
 
 def run_demo(config: QarinaConfig, sequential: bool, out: Console) -> None:
     store: Store = open_store(config)
-    plan = Plan.default()
+    plan = Plan.default(settings=config)
     try:
         with tempfile.TemporaryDirectory(prefix="qarina-demo-") as scratch:
             phone, drive = make_demo_set(Path(scratch))
@@ -95,6 +96,7 @@ def run_demo(config: QarinaConfig, sequential: bool, out: Console) -> None:
         out.print(f"processed {summary.committed} jobs in {summary.wall_s:.1f} s")
         _print_items(store, sorted(set(first.sha256s + second.sha256s)), out)
         _print_dupes(store, out)
+        _print_transcripts(store, sorted(set(first.sha256s + second.sha256s)), out)
         report = store.verify(fixity=True, actor=f"qarina-demo@{config.operator}")
         verdict = "intact" if report.ok else "BROKEN"
         out.print(
@@ -126,6 +128,27 @@ def _print_items(store: Store, shas: list[str], out: Console) -> None:
             ", ".join(metadata.get("flags", []) + failures),
         )
     out.print(table)
+
+
+def _print_transcripts(store: Store, shas: list[str], out: Console) -> None:
+    for sha in shas:
+        record = store.show(sha) or {}
+        transcript = record.get("results", {}).get("transcript")
+        if not transcript or transcript["status"] != "ok":
+            continue
+        data = transcript["data"]
+        segments = "; ".join(
+            f"{segment['start']:.1f}-{segment['end']:.1f} s «{segment['text']}»"
+            + (f" doubtful: {', '.join(segment['flags'])}" if segment["flags"] else "")
+            for segment in data["segments"]
+        )
+        out.print(
+            f"transcript {sha[:12]} ({data['language']}, {data['model']['sha256'][:12]}):"
+            f" {segments or 'no speech'}"
+        )
+    hits = search_transcripts(store, samples.GREETING)
+    found = sorted({hit["sha256"][:12] for hit in hits})
+    out.print(f"search «{samples.GREETING}»: {len(hits)} segments in {found}")
 
 
 def _print_dupes(store: Store, out: Console) -> None:

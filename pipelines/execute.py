@@ -29,6 +29,7 @@ from workers.base import (
     FailureReason,
     Kind,
     Stage,
+    StageEnvironment,
     StageError,
     StageInput,
     StageSkipped,
@@ -58,12 +59,19 @@ def _qarina_version() -> str:
 class StageHost:
     """A stage made ready to run jobs: heavy setup happens once, here, per worker."""
 
-    def __init__(self, stage: Stage[Any, Any], blob_root: Path, plan: Plan, node: str) -> None:
+    def __init__(
+        self,
+        stage: Stage[Any, Any],
+        blob_root: Path,
+        plan: Plan,
+        node: str,
+        env: StageEnvironment,
+    ) -> None:
         self.stage = stage
         self.blobs = BlobStore(blob_root)
         self.plan = plan
         self.node = node
-        self.stage.setup()
+        self.stage.setup(env)
         self._static_provenance = {
             "stage": stage.name,
             "stage_version": stage.version,

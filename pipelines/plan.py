@@ -8,12 +8,23 @@ have results.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from evidence.records import JobSpec
+from pipelines.config import QarinaConfig
 from workers import STAGES
 from workers.base import Kind, Stage, StageConfig
+from workers.transcript import TranscriptConfig
+
+
+def _configured(config: StageConfig, settings: QarinaConfig | None) -> StageConfig:
+    """Stage options set at run time: which Whisper model and which language. They change
+    the output, so they enter the config hash and a changed choice means new results."""
+    if settings is None or not isinstance(config, TranscriptConfig):
+        return config
+    model = str(settings.whisper_model) if settings.whisper_model else config.model
+    return replace(config, model=model, language=settings.transcript_language)
 
 
 @dataclass(frozen=True)
@@ -23,11 +34,14 @@ class Plan:
     stages: dict[str, Stage[Any, Any]]
 
     @classmethod
-    def default(cls, only: Iterable[str] | None = None) -> Plan:
+    def default(
+        cls, only: Iterable[str] | None = None, settings: QarinaConfig | None = None
+    ) -> Plan:
+        """The registered stages (or `only` those), with the options `settings` choose."""
         wanted = set(only) if only is not None else None
         return cls(
             {
-                stage_class.name: stage_class(config)
+                stage_class.name: stage_class(_configured(config, settings))
                 for stage_class, config in STAGES
                 if wanted is None or stage_class.name in wanted
             }

@@ -23,7 +23,7 @@ from evidence.records import Failure, Outcome
 from pipelines.config import QarinaConfig
 from pipelines.execute import StageHost, Task
 from pipelines.plan import Plan
-from workers.base import FailureReason, Stage
+from workers.base import FailureReason, Resources, Stage, StageEnvironment
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +54,11 @@ def start_ray(address: str | None, num_cpus: int | None = None) -> None:
 class StageActor:
     """A Ray actor hosting one stage; heavy setup (exiftool, models) runs once in __init__."""
 
-    def __init__(self, stage: Stage[Any, Any], blob_root: str, plan: Plan) -> None:
+    def __init__(
+        self, stage: Stage[Any, Any], blob_root: str, plan: Plan, env: StageEnvironment
+    ) -> None:
         node = ray.get_runtime_context().get_node_id()
-        self._host = StageHost(stage, Path(blob_root), plan, node)
+        self._host = StageHost(stage, Path(blob_root), plan, node, env)
 
     def run_batch(self, tasks: list[Task]) -> list[Outcome]:
         return self._host.run_batch(tasks)
@@ -74,6 +76,7 @@ _WINDOW_S = (1.0, 5.0)  # shortest window that may justify growth, longest kept
 @dataclass
 class _Pool:
     stage: Stage[Any, Any]
+    resources: Resources  # what each actor asks of this cluster
     max_size: int
     actors: list[Any] = field(default_factory=list)
     in_flight: dict[Any, int] = field(default_factory=dict)  # actor -> batches on it
@@ -114,30 +117,34 @@ class RayExecutor:
         self._config = config
         resources = ray.cluster_resources()  # type: ignore[no-untyped-call]
         self._total_cpus = float(resources.get("CPU", 1.0))
-        self._pools = {
-            name: _Pool(stage, self._max_size(stage, self._total_cpus))
-            for name, stage in plan.stages.items()
-        }
+        gpus = float(resources.get("GPU", 0.0))
+        self._pools = {}
+        for name, stage in plan.stages.items():
+            asks = stage.resources.on_cluster(gpus)
+            self._pools[name] = _Pool(stage, asks, self._max_size(asks, self._total_cpus, gpus))
         self._pending: dict[Any, tuple[str, Any, list[Task]]] = {}
 
     @staticmethod
-    def _max_size(stage: Stage[Any, Any], total_cpus: float) -> int:
-        """One actor per CPU at most: more would only time-slice the same cores."""
-        asks = math.floor(total_cpus / max(stage.resources.num_cpus, 1e-3))
-        return max(1, min(asks, math.ceil(total_cpus)))
+    def _max_size(asks: Resources, total_cpus: float, total_gpus: float) -> int:
+        """One actor per CPU at most (more would only time-slice the same cores), and no more
+        GPU actors than the GPUs hold."""
+        fitting = math.floor(total_cpus / max(asks.num_cpus, 1e-3))
+        if asks.num_gpus:
+            fitting = min(fitting, math.floor(total_gpus / asks.num_gpus))
+        return max(1, min(fitting, math.ceil(total_cpus)))
 
     def _cpus_in_use(self) -> float:
         pools = self._pools.values()
-        return sum(len(pool.actors) * pool.stage.resources.num_cpus for pool in pools)
+        return sum(len(pool.actors) * pool.resources.num_cpus for pool in pools)
 
     def _can_grow(self, pool: _Pool) -> bool:
         if not pool.actors:
             return True  # every stage with work gets one actor, whatever the budget says
-        fits = self._cpus_in_use() + pool.stage.resources.num_cpus <= self._total_cpus + 1e-9
+        fits = self._cpus_in_use() + pool.resources.num_cpus <= self._total_cpus + 1e-9
         return len(pool.actors) < pool.max_size and fits and pool.wants_more()
 
     def _new_actor(self, pool: _Pool) -> Any:
-        resources = pool.stage.resources
+        resources = pool.resources
         actor_class = ray.remote(StageActor).options(
             num_cpus=resources.num_cpus,
             num_gpus=resources.num_gpus,
@@ -145,7 +152,9 @@ class RayExecutor:
             max_restarts=0,
             max_concurrency=1,
         )
-        actor = actor_class.remote(pool.stage, str(self._config.blob_root), self._plan)
+        actor = actor_class.remote(
+            pool.stage, str(self._config.blob_root), self._plan, self._config.stage_environment()
+        )
         pool.actors.append(actor)
         pool.in_flight[actor] = 0
         return actor

@@ -180,7 +180,11 @@ class SequentialExecutor:
         host = self._hosts.get(stage)
         if host is None:
             host = StageHost(
-                self._plan.stages[stage], self._config.blob_root, self._plan, "sequential"
+                self._plan.stages[stage],
+                self._config.blob_root,
+                self._plan,
+                "sequential",
+                self._config.stage_environment(),
             )
             self._hosts[stage] = host
         self._done.append((tasks, host.run_batch(tasks)))

@@ -9,9 +9,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from evidence.store import Store
+from models import whisper
 from pipelines.config import QarinaConfig
 from pipelines.plan import Plan
 from pipelines.runner import RunSummary, SequentialExecutor, run_queue
+from pipelines.search import update_search_index
 from pipelines.similarity import MatchConfig, Matcher
 
 #: Seconds between index updates while a run goes on: links appear as items arrive, and the
@@ -42,8 +44,15 @@ def open_matcher(config: QarinaConfig, store: Store) -> Matcher:
 def process_queue(
     config: QarinaConfig, store: Store, sequential: bool, console: Console, quiet: bool = False
 ) -> RunSummary:
-    """Run every open job on Ray (or sequentially) with a progress bar."""
-    plan = Plan.default()
+    """Run every open job on Ray (or sequentially) with a progress bar.
+
+    Raises:
+        ModelMissing: the Whisper model cannot be found or assembled; checked here, once,
+            so a broken install stops the run instead of failing every recording.
+    """
+    plan = Plan.default(settings=config)
+    if "transcript" in plan.stages:
+        whisper.resolve(config.models_dir, config.whisper_model)
     if sequential:
         executor: Any = SequentialExecutor(plan, config)
     else:
@@ -83,4 +92,5 @@ def process_queue(
         finally:
             executor.close()
         matcher.update(actor)
+        update_search_index(store)
         return summary

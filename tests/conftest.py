@@ -72,20 +72,29 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return url
 
 
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One assembled Whisper base for the whole run: joining it costs a 145 MB copy."""
+    return tmp_path_factory.mktemp("models")
+
+
 @pytest.fixture
-def config(tmp_path: Path, db_url: str) -> QarinaConfig:
+def config(tmp_path: Path, db_url: str, models_dir: Path) -> QarinaConfig:
     data = tmp_path / "data"
     data.mkdir()
-    return QarinaConfig(data_dir=data, db_url=db_url, operator="tester")
+    return QarinaConfig(data_dir=data, db_url=db_url, operator="tester", models_root=models_dir)
 
 
 @pytest.fixture
-def sqlite_config(tmp_path: Path) -> QarinaConfig:
+def sqlite_config(tmp_path: Path, models_dir: Path) -> QarinaConfig:
     """For tests about the runtime rather than the backend: SQLite only."""
     data = tmp_path / "data"
     data.mkdir()
     return QarinaConfig(
-        data_dir=data, db_url=f"sqlite:///{data / 'qarina.sqlite3'}", operator="tester"
+        data_dir=data,
+        db_url=f"sqlite:///{data / 'qarina.sqlite3'}",
+        operator="tester",
+        models_root=models_dir,
     )
 
 

@@ -15,7 +15,7 @@ def ingest_and_run(
     store: Store, config: QarinaConfig, folder: Path, source: str = "test-source", priority: int = 3
 ) -> list[str]:
     """Ingest `folder` and process every job with the sequential runner; the items' hashes."""
-    plan = Plan.default()
+    plan = Plan.default(settings=config)
     summary = ingest_paths(store, plan, config, [folder], source=source, priority=priority)
     executor = SequentialExecutor(plan, config)
     try:

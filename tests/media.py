@@ -393,3 +393,41 @@ def clip_of(source: Path, path: Path, start_s: float, seconds: float, size: str)
         *_x264(path, "-vf", f"scale={size.replace('x', ':')}"),
     )  # fmt: skip
     return path
+
+
+#: Containers and codecs phones and messengers send speech in: (ffmpeg muxer, codec args).
+VOICE_FORMATS = {
+    "ogg-opus": ("ogg", ["-c:a", "libopus", "-b:a", "16k"]),
+    "m4a-aac": ("ipod", ["-c:a", "aac", "-b:a", "32k"]),
+    "mp3": ("mp3", ["-c:a", "libmp3lame", "-b:a", "32k"]),
+    "3gp-aac": ("3gp", ["-c:a", "aac", "-b:a", "24k", "-ar", "16000"]),
+    "amr-nb": ("amr", ["-c:a", "libopencore_amrnb", "-ar", "8000", "-b:a", "12.2k"]),
+    "wav": ("wav", ["-c:a", "pcm_s16le"]),
+}
+
+
+def speech(path: Path, text: str, *, voice: str = "ar", voice_format: str = "wav") -> Path:
+    """Speech from espeak-ng in one of VOICE_FORMATS."""
+    wav = path.with_suffix(".espeak.wav")
+    subprocess.run(["espeak-ng", "-v", voice, "-w", str(wav), "--", text], check=True, timeout=60)
+    muxer, codec = VOICE_FORMATS[voice_format]
+    _ffmpeg("-i", str(wav), "-ac", "1", *codec, "-f", muxer, str(path))
+    wav.unlink()
+    return path
+
+
+def ambient(path: Path, source: str, seconds: float = 8.0) -> Path:
+    """A WAV of lavfi `source`: `anullsrc` for silence, `anoisesrc=...` for noise."""
+    _ffmpeg("-f", "lavfi", "-i", source, "-t", f"{seconds:g}", "-ac", "1", "-ar", "16000",
+            "-f", "wav", str(path))  # fmt: skip
+    return path
+
+
+def video_with_speech(path: Path, speech_file: Path) -> Path:
+    """A small H.264 MP4 whose soundtrack is `speech_file` (AAC)."""
+    _ffmpeg(
+        "-f", "lavfi", "-i", "testsrc2=size=96x64:rate=10", "-i", str(speech_file),
+        "-shortest", "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p",
+        "-c:a", "aac", "-b:a", "48k", "-f", "mp4", str(path),
+    )  # fmt: skip
+    return path

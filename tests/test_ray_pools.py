@@ -10,6 +10,7 @@ from evidence.records import Success
 from pipelines import ray_runtime
 from pipelines.ray_runtime import _Pool
 from workers.probe import ProbeStage
+from workers.transcript import TranscriptStage
 
 
 def _outcome(duration_s: float) -> Success:
@@ -19,7 +20,7 @@ def _outcome(duration_s: float) -> Success:
 def test_a_cheap_stage_does_not_grow_and_a_busy_one_does(monkeypatch: pytest.MonkeyPatch) -> None:
     clock = [1000.0]
     monkeypatch.setattr(time, "monotonic", lambda: clock[0])
-    cheap, busy = _Pool(ProbeStage(), max_size=2), _Pool(ProbeStage(), max_size=2)
+    cheap, busy = (_Pool(ProbeStage(), ProbeStage.resources, max_size=2) for _ in range(2))
     for pool in (cheap, busy):
         pool.actors.append(object())
         pool.window_start = clock[0]
@@ -33,8 +34,19 @@ def test_a_cheap_stage_does_not_grow_and_a_busy_one_does(monkeypatch: pytest.Mon
 def test_growth_needs_a_window_long_enough_to_judge(monkeypatch: pytest.MonkeyPatch) -> None:
     clock = [50.0]
     monkeypatch.setattr(time, "monotonic", lambda: clock[0])
-    pool = _Pool(ProbeStage(), max_size=2, window_start=clock[0])
+    pool = _Pool(ProbeStage(), ProbeStage.resources, max_size=2, window_start=clock[0])
     pool.actors.append(object())
     clock[0] += ray_runtime._WINDOW_S[0] / 2
     pool.record_work([_outcome(10.0)])
     assert not pool.wants_more()
+
+
+def test_transcription_asks_for_a_gpu_only_where_the_cluster_has_one() -> None:
+    on_cpus = TranscriptStage.resources.on_cluster(0.0)
+    assert (on_cpus.num_gpus, on_cpus.num_cpus) == (0.0, 2.0)
+    on_gpus = TranscriptStage.resources.on_cluster(2.0)
+    assert (on_gpus.num_gpus, on_gpus.num_cpus) == (1.0, 1.0)
+    assert ProbeStage.resources.on_cluster(2.0).num_gpus == 0.0
+    # Two GPUs hold two transcription actors, however many CPUs the cluster has.
+    assert ray_runtime.RayExecutor._max_size(on_gpus, total_cpus=16, total_gpus=2) == 2
+    assert ray_runtime.RayExecutor._max_size(on_cpus, total_cpus=16, total_gpus=0) == 8

@@ -14,6 +14,7 @@ from workers.hashes import HashesConfig, HashesStage
 from workers.keyframes import KeyframesConfig, KeyframesStage
 from workers.metadata import MetadataConfig, MetadataStage
 from workers.probe import ProbeConfig, ProbeStage
+from workers.transcript import TranscriptConfig, TranscriptStage
 
 #: Every stage with its default options, in pipeline order (a stage after those it requires).
 STAGES: tuple[tuple[type[Stage[Any, Any]], StageConfig], ...] = (
@@ -21,6 +22,7 @@ STAGES: tuple[tuple[type[Stage[Any, Any]], StageConfig], ...] = (
     (MetadataStage, MetadataConfig()),
     (KeyframesStage, KeyframesConfig()),
     (HashesStage, HashesConfig()),
+    (TranscriptStage, TranscriptConfig()),
 )
 
 

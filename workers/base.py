@@ -96,6 +96,29 @@ class Resources:
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     memory_mb: int = 1024
+    #: GPUs asked for only when the cluster has some (transcription); such an actor then
+    #: needs one CPU to feed the GPU rather than `num_cpus` to do the work itself.
+    gpus_when_available: float = 0.0
+
+    def on_cluster(self, cluster_gpus: float) -> Resources:
+        """What to ask of a cluster with `cluster_gpus` GPUs in all."""
+        if self.gpus_when_available and cluster_gpus >= self.gpus_when_available:
+            return Resources(1.0, self.gpus_when_available, self.memory_mb)
+        return self
+
+
+@dataclass(frozen=True)
+class StageEnvironment:
+    """Where a worker finds what lives outside any one item: shared model files, device choice.
+
+    Kept apart from StageConfig on purpose: the folder a data root is mounted at, or the device
+    a node has, must not change a result's idempotency key, while the options that change
+    output (which model, which language) belong in the config.
+    """
+
+    models_dir: Path
+    #: `auto` uses a GPU when the process sees one; `cpu` or `cuda` force it.
+    device: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -176,8 +199,12 @@ class Stage(ABC, Generic[C, R]):
         needs less for some kinds (a photo has no keyframes to wait for)."""
         return cls.requires
 
-    def setup(self) -> None:  # an optional hook, empty on purpose
-        """Start long-lived helpers (exiftool, models) once per worker, never per item."""
+    def setup(self, env: StageEnvironment | None = None) -> None:  # optional, empty on purpose
+        """Start long-lived helpers (exiftool, models) once per worker, never per item.
+
+        `env` says where shared files live; stages that need nothing outside the item run
+        without one (at a prompt, in an evaluation).
+        """
 
     def teardown(self) -> None:  # an optional hook, empty on purpose
         """Stop what setup() started."""

@@ -26,6 +26,7 @@ from workers.base import (
     Resources,
     Stage,
     StageConfig,
+    StageEnvironment,
     StageError,
     StageInput,
     StageOutput,
@@ -422,11 +423,16 @@ class MetadataStage(Stage[MetadataConfig, MetadataResult]):
         state["_session"] = None
         return state
 
-    def setup(self) -> None:
+    def setup(self, env: StageEnvironment | None = None) -> None:
         """Start the one exiftool process this worker uses for every item."""
+        del env  # exiftool needs nothing from outside the item
+        self._started_session()
+
+    def _started_session(self) -> ExiftoolSession:
         if self._session is None:
             self._session = ExiftoolSession(self.config.tool, EXIFTOOL_ARGS)
         self._session.start()
+        return self._session
 
     def teardown(self) -> None:
         """Stop exiftool."""
@@ -463,10 +469,8 @@ class MetadataStage(Stage[MetadataConfig, MetadataResult]):
         if not is_regular:
             # exiftool would block forever on a FIFO; the probe refuses these too.
             raise StageError(FailureReason.UNSUPPORTED_TYPE, "not a regular file")
-        if self._session is None:
-            self.setup()
-        assert self._session is not None
-        record = self._session.query(item.path)
+        session = self._session or self._started_session()
+        record = session.query(item.path)
         probe = item.upstream.get("probe", {})
         return StageOutput(self.normalise(record, probe, item.kind, datetime.now(UTC)))
 

@@ -27,6 +27,7 @@ from workers.base import (
     Resources,
     Stage,
     StageConfig,
+    StageEnvironment,
     StageError,
     StageInput,
     StageOutput,
@@ -356,8 +357,9 @@ class ProbeStage(Stage[ProbeConfig, ProbeResult]):
     def __init__(self, config: ProbeConfig | None = None) -> None:
         super().__init__(config or ProbeConfig())
 
-    def setup(self) -> None:
+    def setup(self, env: StageEnvironment | None = None) -> None:
         """Teach Pillow to read HEIC/HEIF headers (it reads AVIF natively)."""
+        del env  # nothing outside the item is needed
         pillow_heif.register_heif_opener()
 
     def tool_versions(self) -> dict[str, str]:

@@ -1,0 +1,332 @@
+"""Transcription: the stage with the real Whisper base model, flags, subtitles and search.
+
+Speech comes from espeak-ng. Whisper base hears espeak's Arabic voice badly, which is useful
+here: its output shows the invention patterns the flags exist for, so tests assert
+structure, provenance and honesty (no unflagged text over silence), never exact words.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pytest
+
+from evidence.store import Store
+from models import whisper
+from pipelines import samples
+from pipelines.config import QarinaConfig
+from pipelines.plan import Plan
+from pipelines.search import search_transcripts
+from tests import media
+from tests.flows import ingest_and_run
+from tests.stage_contract import StageContract
+from workers.arabic import normalise
+from workers.base import (
+    FailureReason,
+    Kind,
+    StageEnvironment,
+    StageError,
+    StageInput,
+    StageSkipped,
+    result_to_json,
+)
+from workers.probe import ProbeStage
+from workers.transcript import (
+    Segment,
+    TranscriptConfig,
+    TranscriptStage,
+    decode_audio,
+    segment_flags,
+    to_srt,
+    to_webvtt,
+    window_bounds,
+)
+
+ARABIC = samples.GREETING
+
+
+def _item(path: Path, kind: Kind | None = None) -> StageInput:
+    probe = ProbeStage().run(StageInput("0" * 64, path, Kind.OTHER), path.parent)
+    probed = result_to_json(probe.result)
+    sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
+    return StageInput(sha256, path, kind or Kind(probed["kind"]), {"probe": probed})
+
+
+@pytest.fixture(scope="module")
+def loaded(models_dir: Path) -> Iterator[TranscriptStage]:
+    """One stage with Whisper base loaded, shared by the tests that only run it."""
+    stage = TranscriptStage()
+    stage.setup(StageEnvironment(models_dir, device="cpu"))
+    yield stage
+    stage.teardown()
+
+
+def _transcribe(stage: TranscriptStage, path: Path, tmp_path: Path) -> dict[str, Any]:
+    workdir = tmp_path / f"work-{path.name}"
+    workdir.mkdir()
+    output = stage.run(_item(path), workdir)
+    return result_to_json(output.result)
+
+
+# --- normalisation and flags ----------------------------------------------------------------
+
+
+def test_normaliser_unifies_what_arabic_writers_vary() -> None:
+    assert normalise("مُحَمَّد") == normalise("محمد") == "محمد"
+    assert normalise("العـــربية") == "العربيه"
+    assert normalise("أحمد إلى آخر") == normalise("احمد الي اخر")
+    assert normalise("مدرسة") == normalise("مدرسه")
+    assert normalise("مستشفى") == normalise("مستشفي")
+    assert normalise("قال: «نعم»، ثم ذهب؟") == "قال نعم ثم ذهب"
+
+
+def test_flags_mark_the_ways_whisper_invents() -> None:
+    def flags(text: str, **figures: float) -> list[str]:
+        values = {"logprob": -0.2, "no_speech": 0.1, "ratio": 1.2, "dbfs": -20.0} | figures
+        return segment_flags(
+            text, values["logprob"], values["no_speech"], values["ratio"], values["dbfs"], None
+        )
+
+    assert flags("ذهبنا إلى السوق صباحا") == []
+    assert "repetition" in flags("ها " * 12)
+    assert "repetition" in flags("لا أعرف لا أعرف لا أعرف لا أعرف")
+    assert "high_compression" in flags("نص", ratio=3.1)
+    assert "low_confidence" in flags("نص", logprob=-1.6)
+    assert "no_speech" in flags("نص", no_speech=0.9)
+    assert "silence" in flags("نص", dbfs=-70.0)
+    assert "non_speech" in flags("[موسيقى]")
+    assert "known_hallucination" in flags("اشتركوا في القناة")
+    repeated = segment_flags("شكرا لكم", -0.2, 0.1, 1.0, -20.0, "شُكراً لكم")
+    assert repeated == ["repetition"]
+
+
+def test_long_audio_is_cut_at_a_quiet_moment() -> None:
+    rate = 100  # samples per second, to keep the arrays small
+    loud = np.full(rate * 100, 8000, dtype=np.int16)
+    loud[rate * 85 : rate * 86] = 0  # one quiet second before the nominal cut at 90 s
+    edges = window_bounds(loud, window=rate * 90, search=rate * 30, frame=rate // 10)
+    assert edges[0] == 0 and edges[-1] == len(loud)
+    assert rate * 85 <= edges[1] < rate * 86
+    assert all(b - a <= rate * 90 for a, b in itertools.pairwise(edges))
+
+
+def test_subtitles_keep_right_to_left_text_and_mark_doubt() -> None:
+    segments = [
+        Segment(1.5, 3.25, "مرحبا بكم --> في المحكمة", -0.2, 0.1, 1.1, []),
+        Segment(3661.0, 3662.5, "اشتركوا في القناة", -0.3, 0.7, 1.0, ["no_speech"]),
+    ]
+    vtt = to_webvtt(segments)
+    assert vtt.startswith("WEBVTT\n\n")
+    assert "00:00:01.500 --> 00:00:03.250\nمرحبا بكم -> في المحكمة\n" in vtt
+    assert "NOTE doubtful: no_speech\n\n01:01:01.000 --> 01:01:02.500\nاشتركوا في القناة" in vtt
+    srt = to_srt(segments)
+    assert srt.startswith("1\n00:00:01,500 --> 00:00:03,250\nمرحبا بكم -> في المحكمة\n")
+    assert "2\n01:01:01,000 --> 01:01:02,500\nاشتركوا في القناة\n[doubtful: no_speech]" in srt
+    assert vtt.encode("utf-8").decode("utf-8") == vtt
+
+
+# --- the stage with the real model ----------------------------------------------------------
+
+
+class TestTranscriptContract(StageContract):
+    stage_class = TranscriptStage
+    config: ClassVar[TranscriptConfig] = TranscriptConfig()
+    expected_name = "transcript"
+
+    @pytest.fixture
+    def stage(self, loaded: TranscriptStage) -> TranscriptStage:
+        return loaded
+
+    def supported_item(self, tmp_path: Path) -> StageInput:
+        return _item(media.speech(tmp_path / "item", "مرحبا بكم", voice_format="ogg-opus"))
+
+    def unsupported_item(self, tmp_path: Path) -> StageInput:
+        return _item(media.video_with_cuts(tmp_path / "item", with_audio=False))
+
+
+def test_speech_gives_timed_segments_with_figures_and_subtitles(
+    loaded: TranscriptStage, tmp_path: Path, models_dir: Path
+) -> None:
+    path = media.speech(tmp_path / "note", ARABIC)
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    output = loaded.run(_item(path), workdir)
+    result = result_to_json(output.result)
+    assembled = whisper.assemble_base(models_dir)
+    assert result["model"] == {"name": assembled.name, "sha256": assembled.sha256}
+    assert (
+        result["model"]["sha256"]
+        == hashlib.sha256((assembled.path / "model.bin").read_bytes()).hexdigest()
+    )
+    assert result["language"] == "ar" and result["language_probability"] is None
+    assert (result["device"], result["compute_type"], result["mode"]) == (
+        "cpu",
+        "int8",
+        "sequential",
+    )
+    assert result["segments"], "espeak speech must give at least one segment"
+    for segment in result["segments"]:
+        assert 0 <= segment["start"] < segment["end"] <= result["duration_s"] + 0.5
+        assert set(segment) == {
+            "start", "end", "text", "avg_logprob", "no_speech_prob", "compression_ratio", "flags"
+        }  # fmt: skip
+    trusted = [segment["text"] for segment in result["segments"] if not segment["flags"]]
+    assert result["text"] == " ".join(trusted)
+    assert result["flagged_segments"] == len(result["segments"]) - len(trusted)
+    roles = {artifact.role: artifact for artifact in output.artifacts}
+    assert set(roles) == {"transcript_vtt", "transcript_srt"}
+    vtt = roles["transcript_vtt"].path.read_text(encoding="utf-8")
+    assert vtt.startswith("WEBVTT")
+    assert all(" ".join(s["text"].split()) in vtt for s in result["segments"] if s["text"])
+
+
+@pytest.mark.parametrize("voice_format", sorted(media.VOICE_FORMATS))
+def test_voice_note_formats_decode_to_the_same_speech(voice_format: str, tmp_path: Path) -> None:
+    encoders = subprocess.run(
+        ["ffmpeg", "-hide_banner", "-encoders"], capture_output=True, text=True, check=True
+    ).stdout
+    codec = media.VOICE_FORMATS[voice_format][1][1]
+    if codec not in encoders:
+        pytest.skip(f"this ffmpeg cannot write {codec} (it still decodes it)")
+    path = media.speech(tmp_path / "note", ARABIC, voice_format=voice_format)
+    assert _item(path).kind is Kind.AUDIO
+    samples = decode_audio(path, tmp_path / "audio.pcm", 5.0)
+    seconds = len(samples) / 16_000
+    assert 0.8 < seconds < 3.0
+    assert np.abs(samples.astype(np.int32)).max() > 1000, "speech, not silence"
+
+
+@pytest.mark.parametrize(
+    "source",
+    ["anullsrc=r=16000:cl=mono", "anoisesrc=color=pink:amplitude=0.3:r=16000:seed=7"],
+    ids=["silence", "noise"],
+)
+def test_silence_and_noise_give_no_unflagged_text(
+    loaded: TranscriptStage, tmp_path: Path, source: str
+) -> None:
+    result = _transcribe(loaded, media.ambient(tmp_path / "ambient", source), tmp_path)
+    assert result["text"] == ""
+    assert all(segment["flags"] for segment in result["segments"])
+
+
+def test_video_with_speech_is_transcribed_and_without_audio_is_skipped(
+    loaded: TranscriptStage, tmp_path: Path
+) -> None:
+    speech = media.speech(tmp_path / "speech.wav", ARABIC)
+    with_audio = _transcribe(loaded, media.video_with_speech(tmp_path / "clip", speech), tmp_path)
+    assert with_audio["segments"] and with_audio["duration_s"] > 0.8
+    silent = _item(media.video_with_cuts(tmp_path / "silent", with_audio=False))
+    with pytest.raises(StageSkipped) as skipped:
+        loaded.run(silent, tmp_path)
+    assert skipped.value.reason == "no_audio"
+
+
+def test_undecodable_audio_is_corrupt_media(loaded: TranscriptStage, tmp_path: Path) -> None:
+    note = media.speech(tmp_path / "note", ARABIC, voice_format="ogg-opus")
+    broken = tmp_path / "broken"
+    broken.write_bytes(note.read_bytes()[:60] + b"\x00" * 4000)
+    item = StageInput("0" * 64, broken, Kind.AUDIO, {"probe": {"has_audio": True}})
+    with pytest.raises(StageError) as failed:
+        loaded.run(item, tmp_path)
+    assert failed.value.reason is FailureReason.CORRUPT_MEDIA
+
+
+def test_auto_language_is_detected_and_recorded(models_dir: Path, tmp_path: Path) -> None:
+    stage = TranscriptStage(TranscriptConfig(language="auto"))
+    stage.setup(StageEnvironment(models_dir, device="cpu"))
+    try:
+        path = media.speech(tmp_path / "english", "hello, this is a test of the system", voice="en")
+        result = _transcribe(stage, path, tmp_path)
+    finally:
+        stage.teardown()
+    assert result["language"] == "en"
+    assert 0.5 < result["language_probability"] <= 1.0
+    assert TranscriptConfig(language="auto").config_hash() != TranscriptConfig().config_hash()
+
+
+def test_a_missing_model_is_a_clear_error(tmp_path: Path) -> None:
+    empty = tmp_path / "not-a-model"
+    empty.mkdir()
+    with pytest.raises(whisper.ModelMissing, match="CTranslate2"):
+        whisper.resolve(tmp_path / "models", empty)
+    stage = TranscriptStage(TranscriptConfig(model=str(empty)))
+    stage.setup(StageEnvironment(tmp_path / "models", device="cpu"))
+    note = media.speech(tmp_path / "note", "مرحبا")
+    with pytest.raises(StageError) as failed:
+        stage.run(_item(note), tmp_path)
+    assert failed.value.reason is FailureReason.MODEL_ERROR
+    assert str(empty) in failed.value.detail
+
+
+# --- the pipeline: stored results, artifacts, search ----------------------------------------
+
+
+def test_pipeline_stores_transcripts_and_search_finds_them(
+    store: Store, config: QarinaConfig, tmp_path: Path
+) -> None:
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    speech = media.speech(folder / "PTT-0001.opus", ARABIC, voice_format="ogg-opus")
+    media.video_with_speech(folder / "VID-0001.mp4", media.speech(tmp_path / "s.wav", ARABIC))
+    media.video_with_cuts(folder / "VID-0002.mp4", with_audio=False)
+    shas = ingest_and_run(store, config, folder)
+    shown = {sha: store.show(sha) for sha in shas}
+    note_sha = hashlib.sha256(speech.read_bytes()).hexdigest()
+    spoken = [sha for sha, item in shown.items() if item and item["kind"] in ("audio", "video")]
+    assert len(spoken) == 3
+    for sha in spoken:
+        item = shown[sha]
+        assert item is not None and not item["failures"] and not item["pending"]
+        transcript = item["results"]["transcript"]
+        if transcript["skip_reason"]:
+            assert transcript["skip_reason"] == "no_audio"
+            continue
+        assert transcript["status"] == "ok"
+        assert transcript["provenance"]["tools"]["faster-whisper"]
+        roles = {artifact["role"] for artifact in item["artifacts"]}
+        assert {"transcript_vtt", "transcript_srt"} <= roles
+    skipped = [
+        sha
+        for sha in spoken
+        if shown[sha]["results"]["transcript"]["skip_reason"]  # type: ignore[index]
+    ]
+    assert len(skipped) == 1
+
+    segments = shown[note_sha]["results"]["transcript"]["data"]["segments"]  # type: ignore[index]
+    words = [word for segment in segments for word in normalise(segment["text"]).split()]
+    assert words, "the voice note should give some words to search for"
+    word = max(words, key=len)
+    with_marks = word[0] + "\u064e" + word[1:] + "\u0651"  # a fatha and a shadda added
+    plain_hits = search_transcripts(store, word)
+    assert note_sha in {hit["sha256"] for hit in plain_hits}
+    assert {hit["sha256"] for hit in search_transcripts(store, with_marks)} == {
+        hit["sha256"] for hit in plain_hits
+    }
+    for hit in plain_hits:
+        assert word in normalise(hit["text"]) and hit["start_s"] < hit["end_s"]
+    assert search_transcripts(store, "كلمةغيرموجودةابدا") == []
+    assert json.dumps(plain_hits, ensure_ascii=False)
+    report = store.verify(fixity=True, actor="t")
+    assert report.ok
+
+
+def test_model_and_language_choices_change_the_result_key(config: QarinaConfig) -> None:
+    default = Plan.default(["transcript"], settings=config).spec("transcript")
+    detected = Plan.default(
+        ["transcript"], settings=config.with_overrides(transcript_language="auto")
+    ).spec("transcript")
+    other = Plan.default(
+        ["transcript"], settings=config.with_overrides(whisper_model=Path("/models/large-v3"))
+    ).spec("transcript")
+    assert len({default.config_hash, detected.config_hash, other.config_hash}) == 3
+    moved = Plan.default(
+        ["transcript"], settings=config.with_overrides(data_dir=Path("/elsewhere"))
+    ).spec("transcript")
+    assert moved.config_hash == default.config_hash

@@ -1,0 +1,457 @@
+"""Speech to text with faster-whisper, with every doubtful segment marked as doubtful.
+
+A transcript read in court as what was said must not carry the model's inventions as fact.
+Whisper invents in known ways: it loops on a phrase, it writes fluent text over silence or
+music, it emits stock phrases from its training subtitles ("subscribe to the channel"). Each
+segment therefore keeps the model's own confidence figures and a list of flags, and the
+item's plain `text` holds only the unflagged segments; flagged ones stay in `segments` for a
+listener to check.
+
+Audio is decoded by ffmpeg (with a timeout and a memory limit, like every tool) into 16 kHz
+mono PCM in the scratch folder, then transcribed in windows of at most half an hour cut at a
+quiet moment, so a ten-hour interception needs the memory of a short one.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+import time
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ctranslate2
+import numpy as np
+
+from models import whisper
+from workers.arabic import normalise
+from workers.base import (
+    ArtifactFile,
+    FailureReason,
+    Kind,
+    Resources,
+    Stage,
+    StageConfig,
+    StageEnvironment,
+    StageError,
+    StageInput,
+    StageOutput,
+    StageSkipped,
+)
+from workers.tools import ToolLimits, ffmpeg_input, package_version, run_tool, tool_version
+
+SAMPLE_RATE = 16_000
+#: A window of audio handed to the model at once: 30 min of float32 is 115 MB.
+WINDOW_S = 1800.0
+#: A window ends at the quietest 100 ms within this many seconds before its nominal end.
+_CUT_SEARCH_S = 30.0
+_FRAME_S = 0.1
+#: Whisper's own thresholds (OpenAI's transcribe defaults), reused as flags rather than
+#: only as fallback triggers: a segment that still crosses them after fallback is doubtful.
+COMPRESSION_RATIO_LIMIT = 2.4
+LOGPROB_LIMIT = -1.0
+NO_SPEECH_LIMIT = 0.6
+#: Below this RMS level (dBFS) a segment's span is silence whatever text it carries.
+SILENCE_DBFS = -50.0
+#: A word n-gram (n up to 4) repeated this many times in a row is a decoding loop.
+_LOOP_REPEATS = 4
+#: Stock phrases Whisper writes over silence and music in Arabic, learned from subtitle
+#: credits and channel outros; compared after normalisation.
+KNOWN_HALLUCINATIONS = (
+    "اشتركوا في القناه",
+    "لا تنسوا الاشتراك في القناه",
+    "ترجمه نانسي قنقر",
+    "شكرا للمشاهده",
+    "شكرا على المشاهده",
+    "المترجم للقناه",
+)
+#: Whole-segment captions in brackets ("[موسيقى]", "(music)") and music notes.
+_NON_SPEECH_MARKERS = re.compile(r"^[\[(].*[\])]$|[\u266a\u266b]")
+
+
+@dataclass(frozen=True)
+class TranscriptConfig(StageConfig):
+    """Options that change the transcript, so all of them are part of the result key.
+
+    `model` is `base` (the packaged Whisper base) or a CTranslate2 Whisper folder
+    (QARINA_WHISPER_MODEL); `language` is an ISO code, or `auto` to detect and record it.
+    `mode` `auto` batches on a GPU and decodes sequentially (with beam search and context)
+    on a CPU.
+    """
+
+    model: str = "base"
+    language: str = "ar"
+    beam_size: int = 5
+    vad: bool = True
+    vad_threshold: float = 0.5
+    #: A second of audio kept around each speech region: with faster-whisper's 400 ms, one
+    #: Common Voice clip of the corpus lost three of its five words against no VAD at all.
+    vad_speech_pad_ms: int = 1000
+    #: Off: conditioning on earlier text is how one misheard phrase becomes a loop.
+    condition_on_previous_text: bool = False
+    mode: str = "auto"
+    batch_size: int = 8
+    cpu_threads: int = 2
+    #: Whisper falls back to sampling at higher temperatures when greedy decoding loops;
+    #: a fixed seed makes that sampling, and so the transcript, the same on every rerun.
+    seed: int = 0
+    #: Seconds of wall clock per second of audio, on top of a fixed five minutes.
+    budget_per_audio_s: float = 2.0
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """Which weights made a transcript: a name for people, the SHA-256 for proof."""
+
+    name: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Segment:
+    start: float
+    end: float
+    text: str
+    avg_logprob: float
+    no_speech_prob: float
+    compression_ratio: float
+    flags: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class TranscriptResult:
+    """A transcript with its provenance: `text` holds only segments without flags.
+
+    `language_probability` is None when the language was forced rather than detected.
+    """
+
+    language: str
+    language_probability: float | None
+    model: ModelRef
+    device: str
+    compute_type: str
+    mode: str
+    duration_s: float
+    speech_s: float
+    segments: list[Segment]
+    text: str
+    flagged_segments: int
+    flags: list[str]
+
+
+def compression_ratio(text: str) -> float:
+    """How well the text compresses: loops compress far better than speech (Whisper's test)."""
+    data = text.encode("utf-8")
+    return len(data) / len(zlib.compress(data)) if data else 0.0
+
+
+def _has_loop(words: Sequence[str]) -> bool:
+    for size in range(1, 5):
+        for start in range(len(words) - size * _LOOP_REPEATS + 1):
+            gram = words[start : start + size]
+            if all(
+                words[start + size * repeat : start + size * (repeat + 1)] == gram
+                for repeat in range(1, _LOOP_REPEATS)
+            ):
+                return True
+    return False
+
+
+def _rms_dbfs(samples: np.ndarray) -> float:
+    if samples.size == 0:
+        return -math.inf
+    rms = float(np.sqrt(np.mean(np.square(samples, dtype=np.float64))))
+    return 20 * math.log10(rms) if rms > 0 else -math.inf
+
+
+def segment_flags(
+    text: str,
+    avg_logprob: float,
+    no_speech_prob: float,
+    ratio: float,
+    span_dbfs: float,
+    previous_text: str | None,
+) -> list[str]:
+    """Why a segment is doubtful; an empty list means nothing marks it as invented."""
+    words = normalise(text).split()
+    repeats_previous = previous_text is not None and normalise(previous_text) == " ".join(words)
+    flags = []
+    if _has_loop(words) or repeats_previous:
+        flags.append("repetition")
+    if ratio > COMPRESSION_RATIO_LIMIT:
+        flags.append("high_compression")
+    if avg_logprob < LOGPROB_LIMIT:
+        flags.append("low_confidence")
+    if no_speech_prob > NO_SPEECH_LIMIT:
+        flags.append("no_speech")
+    if span_dbfs < SILENCE_DBFS:
+        flags.append("silence")
+    if _NON_SPEECH_MARKERS.search(text.strip()) or not words:
+        flags.append("non_speech")
+    if " ".join(words) in KNOWN_HALLUCINATIONS:
+        flags.append("known_hallucination")
+    return flags
+
+
+def window_bounds(samples: np.ndarray, window: int, search: int, frame: int) -> list[int]:
+    """Window edges (sample indexes) no longer than `window`, each cut at the quietest frame
+    of the `search` samples before the nominal cut, so a word is rarely split in two."""
+    edges = [0]
+    total = len(samples)
+    while total - edges[-1] > window:
+        nominal = edges[-1] + window
+        region = samples[nominal - search : nominal]
+        frames = region[: len(region) // frame * frame].reshape(-1, frame)
+        quietest = int(np.argmin(np.mean(np.square(frames, dtype=np.float64), axis=1)))
+        edges.append(nominal - search + quietest * frame + frame // 2)
+    edges.append(total)
+    return edges
+
+
+class TranscriptStage(Stage[TranscriptConfig, TranscriptResult]):
+    """Transcribe the first audio stream of a video or audio item with faster-whisper.
+
+    The model is loaded once per worker in setup(); on a GPU node the runtime gives the actor
+    a GPU and this stage uses batched inference there.
+    """
+
+    name = "transcript"
+    version = "1"
+    kinds = frozenset({Kind.VIDEO, Kind.AUDIO})
+    requires = ("probe",)
+    resources = Resources(num_cpus=2.0, memory_mb=2048, gpus_when_available=1.0)
+
+    def __init__(self, config: TranscriptConfig | None = None) -> None:
+        super().__init__(config or TranscriptConfig())
+        self._model: Any = None
+        self._pipeline: Any = None
+        self._model_ref: whisper.WhisperModel | None = None
+        self._device = whisper.Device("cpu", "int8")
+        self._setup_error: str | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A loaded model does not travel between processes; the receiver loads its own.
+        state = self.__dict__.copy()
+        state.update(_model=None, _pipeline=None)
+        return state
+
+    def setup(self, env: StageEnvironment | None = None) -> None:
+        """Find, check and load the model once; a missing model fails each job clearly
+        (model_error) instead of killing the worker."""
+        from faster_whisper import BatchedInferencePipeline, WhisperModel
+
+        override = None if self.config.model == "base" else Path(self.config.model)
+        if env is None:
+            self._setup_error = "no models folder given to the transcript stage"
+            return
+        try:
+            model = whisper.resolve(env.models_dir, override)
+            whisper.verify(model)
+        except whisper.ModelMissing as error:
+            self._setup_error = str(error)
+            return
+        self._device = whisper.choose_device(env.device)
+        self._model = WhisperModel(
+            str(model.path),
+            device=self._device.kind,
+            compute_type=self._device.compute_type,
+            cpu_threads=self.config.cpu_threads,
+            local_files_only=True,
+        )
+        self._model_ref = model
+        if self.mode == "batched":
+            self._pipeline = BatchedInferencePipeline(self._model)
+
+    def teardown(self) -> None:
+        """Free the model (and its GPU memory) before the worker goes."""
+        self._model = self._pipeline = None
+
+    @property
+    def mode(self) -> str:
+        if self.config.mode != "auto":
+            return self.config.mode
+        return "batched" if self._device.kind == "cuda" else "sequential"
+
+    def tool_versions(self) -> dict[str, str]:
+        """faster-whisper, CTranslate2 and ffmpeg: each can change the words."""
+        versions = {"ffmpeg": tool_version("ffmpeg")}
+        for package in ("faster-whisper", "ctranslate2"):
+            versions[package] = package_version(package) or "unknown"
+        return versions
+
+    def run(self, item: StageInput, workdir: Path) -> StageOutput[TranscriptResult]:
+        """Transcribe one item and write WebVTT and SRT beside the result.
+
+        Raises:
+            StageSkipped: `no_audio` for a video without an audio stream.
+            StageError: model_error when no model could be loaded, corrupt_media when the
+                audio does not decode, tool_timeout past the time budget.
+        """
+        probe = item.upstream.get("probe", {})
+        if item.kind is Kind.VIDEO and not probe.get("has_audio", True):
+            raise StageSkipped("no_audio")
+        if self._model is None or self._model_ref is None:
+            raise StageError(FailureReason.MODEL_ERROR, self._setup_error or "model not loaded")
+        duration = float(probe.get("duration_s") or 0.0)
+        samples = decode_audio(item.path, workdir / "audio.pcm", duration)
+        budget = 300.0 + self.config.budget_per_audio_s * len(samples) / SAMPLE_RATE
+        result = self._transcribe(samples, time.monotonic() + budget)
+        vtt, srt = workdir / "transcript.vtt", workdir / "transcript.srt"
+        vtt.write_text(to_webvtt(result.segments), encoding="utf-8")
+        srt.write_text(to_srt(result.segments), encoding="utf-8")
+        return StageOutput(
+            result,
+            (
+                ArtifactFile(vtt, "text/vtt", "transcript_vtt"),
+                ArtifactFile(srt, "application/x-subrip", "transcript_srt"),
+            ),
+        )
+
+    def _transcribe(self, samples: np.ndarray, deadline: float) -> TranscriptResult:
+        edges = window_bounds(
+            samples,
+            int(WINDOW_S * SAMPLE_RATE),
+            int(_CUT_SEARCH_S * SAMPLE_RATE),
+            int(_FRAME_S * SAMPLE_RATE),
+        )
+        segments: list[Segment] = []
+        speech_s = 0.0
+        language, probability = self.config.language, None
+        for start, end in itertools.pairwise(edges):
+            ctranslate2.set_random_seed(self.config.seed)
+            window = samples[start:end].astype(np.float32) / 32768.0
+            pieces, info = self._model_call(window, language)
+            if self.config.language == "auto" and start == 0:
+                language, probability = info.language, round(float(info.language_probability), 4)
+            speech_s += float(info.duration_after_vad if self.config.vad else info.duration)
+            for piece in pieces:
+                if time.monotonic() > deadline:
+                    raise StageError(FailureReason.TOOL_TIMEOUT, "transcription over budget")
+                segments.append(self._segment(piece, window, start / SAMPLE_RATE, segments))
+        text = " ".join(segment.text for segment in segments if not segment.flags)
+        flagged = sum(1 for segment in segments if segment.flags)
+        model = self._model_ref
+        assert model is not None
+        return TranscriptResult(
+            language=language,
+            language_probability=probability,
+            model=ModelRef(model.name, model.sha256),
+            device=self._device.kind,
+            compute_type=self._device.compute_type,
+            mode=self.mode,
+            duration_s=round(len(samples) / SAMPLE_RATE, 3),
+            speech_s=round(speech_s, 3),
+            segments=segments,
+            text=text,
+            flagged_segments=flagged,
+            flags=["doubtful_segments"] if flagged else [],
+        )
+
+    def _model_call(self, window: np.ndarray, language: str) -> tuple[Iterator[Any], Any]:
+        options: dict[str, Any] = {
+            "language": None if language == "auto" else language,
+            "beam_size": self.config.beam_size,
+            "vad_filter": self.config.vad,
+            "vad_parameters": {
+                "threshold": self.config.vad_threshold,
+                "speech_pad_ms": self.config.vad_speech_pad_ms,
+            },
+            "condition_on_previous_text": self.config.condition_on_previous_text,
+        }
+        if self._pipeline is not None:
+            del options["condition_on_previous_text"]  # batches carry no context
+            result: tuple[Iterator[Any], Any] = self._pipeline.transcribe(
+                window, batch_size=self.config.batch_size, **options
+            )
+            return result
+        model_result: tuple[Iterator[Any], Any] = self._model.transcribe(window, **options)
+        return model_result
+
+    def _segment(
+        self, piece: Any, window: np.ndarray, offset: float, earlier: list[Segment]
+    ) -> Segment:
+        text = piece.text.strip()
+        span = window[int(piece.start * SAMPLE_RATE) : int(piece.end * SAMPLE_RATE)]
+        ratio = compression_ratio(text)
+        flags = segment_flags(
+            text,
+            piece.avg_logprob,
+            piece.no_speech_prob,
+            ratio,
+            _rms_dbfs(span),
+            earlier[-1].text if earlier else None,
+        )
+        return Segment(
+            start=round(offset + piece.start, 3),
+            end=round(offset + piece.end, 3),
+            text=text,
+            avg_logprob=round(float(piece.avg_logprob), 4),
+            no_speech_prob=round(float(piece.no_speech_prob), 4),
+            compression_ratio=round(ratio, 3),
+            flags=flags,
+        )
+
+
+def decode_audio(path: Path, target: Path, duration_s: float) -> np.ndarray:
+    """The first audio stream as 16 kHz mono 16-bit samples, mapped from a scratch file.
+
+    Raises:
+        StageError: corrupt_media when nothing decodes; tool_timeout / resource_limit from
+            the ffmpeg run.
+    """
+    limits = ToolLimits(timeout_s=60.0 + 0.05 * duration_s, memory_mb=1024)
+    run = run_tool(
+        [
+            "ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error",
+            "-protocol_whitelist", "file", "-i", ffmpeg_input(path),
+            "-map", "0:a:0", "-vn", "-sn", "-dn",
+            "-ac", "1", "-ar", str(SAMPLE_RATE), "-c:a", "pcm_s16le", "-f", "s16le",
+            "-y", str(target),
+        ],
+        limits,
+    )  # fmt: skip
+    size = target.stat().st_size if target.exists() else 0
+    if size < 2:
+        detail = run.stderr_summary() if run.returncode else "no audio samples decoded"
+        raise StageError(FailureReason.CORRUPT_MEDIA, f"audio: {detail}")
+    return np.memmap(target, dtype=np.int16, mode="r")
+
+
+def _timestamp(seconds: float, separator: str) -> str:
+    millis = round(seconds * 1000)
+    hours, rest = divmod(millis, 3_600_000)
+    minutes, rest = divmod(rest, 60_000)
+    return f"{hours:02d}:{minutes:02d}:{rest // 1000:02d}{separator}{rest % 1000:03d}"
+
+
+def to_webvtt(segments: Sequence[Segment]) -> str:
+    """WebVTT with the text exactly as transcribed (UTF-8, right-to-left untouched); a
+    flagged cue is preceded by a NOTE naming its flags, which players do not show."""
+    lines = ["WEBVTT", ""]
+    for segment in segments:
+        if segment.flags:
+            lines += [f"NOTE doubtful: {', '.join(segment.flags)}", ""]
+        start, end = _timestamp(segment.start, "."), _timestamp(segment.end, ".")
+        lines += [f"{start} --> {end}", _cue_text(segment.text), ""]
+    return "\n".join(lines)
+
+
+def to_srt(segments: Sequence[Segment]) -> str:
+    """SRT, which has no comments: a flagged cue carries its flags on a second line."""
+    blocks = []
+    for number, segment in enumerate(segments, start=1):
+        start, end = _timestamp(segment.start, ","), _timestamp(segment.end, ",")
+        text = _cue_text(segment.text)
+        if segment.flags:
+            text += f"\n[doubtful: {', '.join(segment.flags)}]"
+        blocks.append(f"{number}\n{start} --> {end}\n{text}\n")
+    return "\n".join(blocks)
+
+
+def _cue_text(text: str) -> str:
+    """A cue ends at a blank line and `-->` starts a timing line: neither may appear in text."""
+    return " ".join(text.split()).replace("-->", "->") or "…"
