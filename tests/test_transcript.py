@@ -103,6 +103,8 @@ def test_flags_mark_the_ways_whisper_invents() -> None:
     assert "silence" in flags("نص", dbfs=-70.0)
     assert "non_speech" in flags("[موسيقى]")
     assert "known_hallucination" in flags("اشتركوا في القناة")
+    sampled = segment_flags("ذهبنا إلى السوق", -0.2, 0.1, 1.0, -20.0, None, temperature=0.4)
+    assert sampled == ["sampled"]
     repeated = segment_flags("شكرا لكم", -0.2, 0.1, 1.0, -20.0, "شُكراً لكم")
     assert repeated == ["repetition"]
 

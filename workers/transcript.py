@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import ctranslate2
 import numpy as np
 
 from models import whisper
@@ -96,9 +95,6 @@ class TranscriptConfig(StageConfig):
     mode: str = "auto"
     batch_size: int = 8
     cpu_threads: int = 2
-    #: Whisper falls back to sampling at higher temperatures when greedy decoding loops;
-    #: a fixed seed makes that sampling, and so the transcript, the same on every rerun.
-    seed: int = 0
     #: Seconds of wall clock per second of audio, on top of a fixed five minutes.
     budget_per_audio_s: float = 2.0
 
@@ -175,8 +171,14 @@ def segment_flags(
     ratio: float,
     span_dbfs: float,
     previous_text: str | None,
+    temperature: float = 0.0,
 ) -> list[str]:
-    """Why a segment is doubtful; an empty list means nothing marks it as invented."""
+    """Why a segment is doubtful; an empty list means nothing marks it as invented.
+
+    `sampled` marks text Whisper only produced by sampling, after its deterministic decode
+    failed (looped or scored too low): such text is a guess, and a rerun may guess otherwise
+    (CTranslate2 cannot reseed a loaded model), so it never enters the trusted text.
+    """
     words = normalise(text).split()
     repeats_previous = previous_text is not None and normalise(previous_text) == " ".join(words)
     flags = []
@@ -194,6 +196,8 @@ def segment_flags(
         flags.append("non_speech")
     if " ".join(words) in KNOWN_HALLUCINATIONS:
         flags.append("known_hallucination")
+    if temperature > 0:
+        flags.append("sampled")
     return flags
 
 
@@ -322,7 +326,6 @@ class TranscriptStage(Stage[TranscriptConfig, TranscriptResult]):
         speech_s = 0.0
         language, probability = self.config.language, None
         for start, end in itertools.pairwise(edges):
-            ctranslate2.set_random_seed(self.config.seed)
             window = samples[start:end].astype(np.float32) / 32768.0
             pieces, info = self._model_call(window, language)
             if self.config.language == "auto" and start == 0:
@@ -384,6 +387,7 @@ class TranscriptStage(Stage[TranscriptConfig, TranscriptResult]):
             ratio,
             _rms_dbfs(span),
             earlier[-1].text if earlier else None,
+            float(piece.temperature or 0.0),
         )
         return Segment(
             start=round(offset + piece.start, 3),

@@ -38,7 +38,6 @@ from workers.tools import ToolLimits, package_version, run_tool
 from workers.transcript import SAMPLE_RATE, TranscriptConfig, TranscriptStage, decode_audio
 
 _PAUSE_S = 0.4
-_MEMORY_FILES = 100
 
 
 def _clips(corpus: Path) -> list[Path]:
@@ -146,16 +145,14 @@ def _resident_mib() -> float:
     return 0.0
 
 
-def _memory(corpus: Path, folder: Path, models_dir: Path) -> dict[str, Any]:
-    """Resident memory of one stage over 100 consecutive files (corpus clips, cycled)."""
+def _memory(corpus: Path, folder: Path, models_dir: Path, files: int) -> dict[str, Any]:
+    """Resident memory of one stage over `files` consecutive files (corpus clips, cycled)."""
     stage = TranscriptStage()
     stage.setup(StageEnvironment(models_dir, device="cpu"))
     after_setup = _resident_mib()
     readings = []
     try:
-        for number, clip in zip(
-            range(_MEMORY_FILES), itertools.cycle(_clips(corpus)), strict=False
-        ):
+        for number, clip in zip(range(files), itertools.cycle(_clips(corpus)), strict=False):
             workdir = folder / f"memory-{number}"
             workdir.mkdir()
             stage.run(
@@ -164,10 +161,10 @@ def _memory(corpus: Path, folder: Path, models_dir: Path) -> dict[str, Any]:
             readings.append(_resident_mib())
     finally:
         stage.teardown()
-    tenth = _MEMORY_FILES // 10
+    tenth = max(1, files // 10)
     first, last = median(readings[:tenth]), median(readings[-tenth:])
     return {
-        "files": _MEMORY_FILES,
+        "files": files,
         "rss_after_model_load_mib": round(after_setup, 1),
         "rss_first_tenth_mib": round(first, 1),
         "rss_last_tenth_mib": round(last, 1),
@@ -177,7 +174,12 @@ def _memory(corpus: Path, folder: Path, models_dir: Path) -> dict[str, Any]:
 
 
 def bench_transcript(
-    settings: QarinaConfig, corpus: Path, output: Path, runs: int = 3, minutes: float = 10.0
+    settings: QarinaConfig,
+    corpus: Path,
+    output: Path,
+    runs: int = 3,
+    minutes: float = 10.0,
+    memory_files: int = 100,
 ) -> dict[str, Any]:
     """Time direct faster-whisper and the pipeline, sequential and batched, `runs` rounds."""
     model = whisper.resolve(settings.models_dir, settings.whisper_model)
@@ -201,7 +203,7 @@ def bench_transcript(
                 timings.setdefault(f"pipeline_{mode}", []).append(pipeline_s)
                 timings.setdefault(f"ratio_{mode}", []).append(pipeline_s / direct_s)
                 segments[mode] = len(data["segments"])
-        memory = _memory(corpus, folder, settings.models_dir)
+        memory = _memory(corpus, folder, settings.models_dir, memory_files)
     figures = {name: round(median(values), 4) for name, values in timings.items()}
     rtf = {
         name: round(audio_s / median(values), 2)
@@ -234,7 +236,7 @@ def bench_transcript(
         f" {figures['ratio_sequential']:.3f} sequential, {figures['ratio_batched']:.3f} batched"
         f" (target <= 1.05); real-time factor direct {rtf['direct_sequential']}x sequential,"
         f" {rtf['direct_batched']}x batched; pipeline {rtf['pipeline_sequential']}x /"
-        f" {rtf['pipeline_batched']}x; memory growth over {_MEMORY_FILES} files"
+        f" {rtf['pipeline_batched']}x; memory growth over {memory_files} files"
         f" {memory['growth_mib']} MiB"
     )
     return finish(result, output, headline)
