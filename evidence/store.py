@@ -56,6 +56,10 @@ class StatusReport:
     eta_s: float | None
     window_s: int
     failures_by_reason: dict[str, int] = field(default_factory=dict)
+    #: Jobs ended per second over the window, per stage (stages that ended none are absent).
+    throughput_by_stage: dict[str, float] = field(default_factory=dict)
+    #: Failed and dead jobs per (stage, reason).
+    failures_by_stage: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -196,17 +200,19 @@ class Store:
                 .group_by(jobs_table.c.stage, jobs_table.c.state)
             ):
                 per_stage.setdefault(stage, {})[state] = count
-            recent = connection.execute(
-                sa.select(sa.func.count(), sa.func.min(jobs_table.c.finished_at)).where(
-                    scope, jobs_table.c.finished_at >= since
+            recent_by_stage = connection.execute(
+                sa.select(
+                    jobs_table.c.stage, sa.func.count(), sa.func.min(jobs_table.c.finished_at)
                 )
-            ).one()
-            failures = {
-                str(reason): int(count)
-                for reason, count in connection.execute(
-                    sa.select(jobs_table.c.error_reason, sa.func.count())
+                .where(scope, jobs_table.c.finished_at >= since)
+                .group_by(jobs_table.c.stage)
+            ).all()
+            failures_by_stage = {
+                (str(stage), str(reason)): int(count)
+                for stage, reason, count in connection.execute(
+                    sa.select(jobs_table.c.stage, jobs_table.c.error_reason, sa.func.count())
                     .where(scope, jobs_table.c.state.in_((jobs.FAILED, jobs.DEAD)))
-                    .group_by(jobs_table.c.error_reason)
+                    .group_by(jobs_table.c.stage, jobs_table.c.error_reason)
                 )
             }
             item_scope = (
@@ -224,11 +230,20 @@ class Store:
         open_count = sum(
             counts.get(state, 0) for counts in per_stage.values() for state in jobs.OPEN_STATES
         )
+        now = utc_now()
+        by_stage = {
+            str(stage): count / max((now - as_utc(oldest)).total_seconds(), 1.0)
+            for stage, count, oldest in recent_by_stage
+            if count and oldest is not None
+        }
         throughput = None
-        finished_recently, oldest = recent
-        if finished_recently and oldest is not None:
-            elapsed = max((utc_now() - as_utc(oldest)).total_seconds(), 1.0)
-            throughput = finished_recently / elapsed
+        if recent_by_stage:
+            finished_recently = sum(count for _, count, _ in recent_by_stage)
+            oldest = min(as_utc(first) for _, _, first in recent_by_stage if first is not None)
+            throughput = finished_recently / max((now - oldest).total_seconds(), 1.0)
+        failures: dict[str, int] = {}
+        for (_, reason), count in failures_by_stage.items():
+            failures[reason] = failures.get(reason, 0) + count
         eta = open_count / throughput if throughput else None
         return StatusReport(
             stages=[StageCounts(stage, per_stage[stage]) for stage in sorted(per_stage)],
@@ -238,6 +253,8 @@ class Store:
             eta_s=eta,
             window_s=window_s,
             failures_by_reason=failures,
+            throughput_by_stage=by_stage,
+            failures_by_stage=failures_by_stage,
         )
 
     def show(self, sha256: str) -> dict[str, Any] | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -153,6 +154,28 @@ def status(
     out.print(f"{report.open_jobs} open jobs; {rate} over the last {report.window_s} s{eta}")
     if report.failures_by_reason:
         out.print(f"failures: {report.failures_by_reason}")
+
+
+@app.command()
+def metrics(
+    ctx: typer.Context,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port of the Prometheus endpoint.")] = 9464,
+) -> None:
+    """Serve Prometheus metrics (queue depth, jobs/s per stage, failures) until stopped."""
+    from pipelines.metrics import serve_metrics
+
+    store = open_store(_config(ctx))
+    server = serve_metrics(store, host, port)
+    console.print(f"metrics on http://{host}:{port}/metrics (Ctrl-C stops)")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.shutdown()
+        store.close()
 
 
 @app.command()
@@ -358,7 +381,7 @@ def eval_transcript(
     table = Table("clip", "pipeline WER", "direct WER", "pipeline CER", "direct CER")
     for clip in evaluation["per_clip"]:
         table.add_row(
-            clip["file"],
+            clip["file"] + (" (sampled)" if clip["sampled"] else ""),
             f"{clip['pipeline_wer']:.2f}",
             f"{clip['direct_wer']:.2f}",
             f"{clip['pipeline_cer']:.2f}",
@@ -372,6 +395,14 @@ def eval_transcript(
         f" CER {overall['pipeline_cer']:.3f}; direct faster-whisper WER"
         f" {overall['direct_wer']:.3f} CER {overall['direct_cer']:.3f}"
     )
+    for subset in ("deterministic_clips", "sampled_clips"):
+        rates = evaluation[subset]
+        if rates:
+            out.print(
+                f"{subset.replace('_', ' ')} ({rates['clips']}): pipeline WER"
+                f" {rates['pipeline_wer']:.3f} CER {rates['pipeline_cer']:.3f}; direct WER"
+                f" {rates['direct_wer']:.3f} CER {rates['direct_cer']:.3f}"
+            )
 
 
 @eval_app.command("dupes")

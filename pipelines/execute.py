@@ -113,6 +113,15 @@ class StageHost:
                     self._provenance(started, clock),
                     item_kind=Kind.OTHER.value if self.stage.decides_kind else None,
                 )
+            except MemoryError:
+                # The actor's own allocation failed; a retry may land on a less loaded node.
+                log.warning("item %s stage %s ran out of memory", job.sha256[:16], job.stage)
+                return Failure(
+                    FailureReason.RESOURCE_LIMIT.value,
+                    "stage ran out of memory",
+                    True,
+                    self._provenance(started, clock),
+                )
             except Exception as error:
                 log.exception("item %s stage %s crashed", job.sha256[:16], job.stage)
                 return Failure(

@@ -8,6 +8,7 @@ media never travels through Ray's object store.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
-from ray.exceptions import GetTimeoutError, RayError
+from ray.exceptions import GetTimeoutError, OutOfMemoryError, RayError
 
 from evidence.records import Failure, Outcome
 from pipelines.config import QarinaConfig
@@ -118,9 +119,17 @@ class RayExecutor:
         resources = ray.cluster_resources()  # type: ignore[no-untyped-call]
         self._total_cpus = float(resources.get("CPU", 1.0))
         gpus = float(resources.get("GPU", 0.0))
+        # An actor must fit on one node: a stage asking for more CPUs than the largest node
+        # has would wait for a placement that never comes.
+        alive = [node for node in ray.nodes() if node["Alive"]]  # type: ignore[no-untyped-call]
+        largest_node = max(
+            (float(node["Resources"].get("CPU", 0.0)) for node in alive), default=self._total_cpus
+        )
         self._pools = {}
         for name, stage in plan.stages.items():
-            asks = stage.resources.on_cluster(gpus)
+            asks = stage.resources.on_cluster(resources)
+            if asks.num_cpus > largest_node > 0:
+                asks = dataclasses.replace(asks, num_cpus=largest_node)
             self._pools[name] = _Pool(stage, asks, self._max_size(asks, self._total_cpus, gpus))
         self._pending: dict[Any, tuple[str, Any, list[Task]]] = {}
 
@@ -149,6 +158,8 @@ class RayExecutor:
             num_cpus=resources.num_cpus,
             num_gpus=resources.num_gpus,
             memory=resources.memory_mb * _MIB,
+            # A token share of the node group's resource: it steers, it does not ration.
+            resources={resources.prefers: 0.001} if resources.prefers else None,
             max_restarts=0,
             max_concurrency=1,
         )
@@ -226,15 +237,20 @@ class RayExecutor:
             return outcomes
         except (RayError, GetTimeoutError) as error:
             # The actor (or its node) died mid-batch: drop it; a fresh one replaces it on demand.
+            # Its jobs come back as retryable failures, so the job table's bounded attempts,
+            # not Ray's retries (unbounded for out-of-memory kills), decide what happens next.
             log.warning("stage %s actor lost: %s", pool.stage.name, type(error).__name__)
+            # The node may be gone with it: size pools by what is left.
+            self._total_cpus = float(ray.cluster_resources().get("CPU", self._total_cpus))  # type: ignore[no-untyped-call]
             if actor in pool.in_flight:
                 pool.actors.remove(actor)
                 del pool.in_flight[actor]
                 ray.kill(actor, no_restart=True)
+            reason = FailureReason.TOOL_CRASH
+            if isinstance(error, OutOfMemoryError) or "OutOfMemory" in str(error):
+                reason = FailureReason.RESOURCE_LIMIT
             return [
-                Failure(
-                    FailureReason.TOOL_CRASH.value, f"worker lost: {type(error).__name__}", True
-                )
+                Failure(reason.value, f"worker lost: {type(error).__name__}", True)
                 for _ in tasks
             ]
 

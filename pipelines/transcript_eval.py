@@ -3,6 +3,11 @@
 The pipeline (ingest, probe, our ffmpeg decode, VAD, windowing, the stage) is scored beside a
 direct faster-whisper call with the same model on the same clips and its default settings,
 so any loss from our audio handling shows as a difference, not as a vague score.
+
+Where Whisper's deterministic decode fails it samples at higher temperatures, and a sample
+differs from run to run (CTranslate2 cannot reseed a loaded model). Clips where either side
+sampled are therefore also scored apart: on the rest both sides are reproducible, and a
+difference there is a real difference in audio handling, not luck.
 """
 
 from __future__ import annotations
@@ -27,11 +32,18 @@ from workers.transcript import TranscriptConfig
 
 
 @dataclass(frozen=True)
+class Transcribed:
+    text: str
+    sampled: bool
+
+
+@dataclass(frozen=True)
 class ClipScore:
     file: str
     reference: str
     pipeline: str
     direct: str
+    sampled: bool
 
     def rates(self) -> dict[str, float]:
         return {
@@ -47,12 +59,17 @@ class TranscriptEvaluation:
     model: dict[str, str]
     clips: list[ClipScore] = field(default_factory=list)
 
-    def overall(self) -> dict[str, float]:
-        """Rates over all clips together (errors summed, not averaged per clip)."""
-        references = [clip.reference for clip in self.clips]
-        pipeline = [clip.pipeline or "-" for clip in self.clips]
-        direct = [clip.direct or "-" for clip in self.clips]
+    def overall(self, sampled: bool | None = None) -> dict[str, float]:
+        """Rates over the clips together (errors summed, not averaged per clip); only the
+        clips where either side sampled, or where neither did, when `sampled` says so."""
+        clips = [clip for clip in self.clips if sampled is None or clip.sampled == sampled]
+        if not clips:
+            return {}
+        references = [clip.reference for clip in clips]
+        pipeline = [clip.pipeline or "-" for clip in clips]
+        direct = [clip.direct or "-" for clip in clips]
         return {
+            "clips": len(clips),
             "pipeline_wer": round(jiwer.wer(references, pipeline), 4),
             "pipeline_cer": round(jiwer.cer(references, pipeline), 4),
             "direct_wer": round(jiwer.wer(references, direct), 4),
@@ -64,12 +81,15 @@ class TranscriptEvaluation:
             "model": self.model,
             "clips": len(self.clips),
             "overall": self.overall(),
+            "deterministic_clips": self.overall(sampled=False),
+            "sampled_clips": self.overall(sampled=True),
             "per_clip": [
                 {
                     "file": clip.file,
                     "reference": clip.reference,
                     "pipeline": clip.pipeline,
                     "direct": clip.direct,
+                    "sampled": clip.sampled,
                     **{name: round(rate, 4) for name, rate in clip.rates().items()},
                 }
                 for clip in self.clips
@@ -87,7 +107,9 @@ def _references(corpus: Path) -> dict[str, str]:
         return {row["file"]: row["reference_text"] for row in rows if row["reference_text"]}
 
 
-def _pipeline_texts(store: Store, config: QarinaConfig, files: list[Path]) -> dict[Path, str]:
+def _pipeline_texts(
+    store: Store, config: QarinaConfig, files: list[Path]
+) -> dict[Path, Transcribed]:
     plan = Plan.default(["probe", "transcript"], settings=config)
     sha_of = {}
     for path in files:
@@ -101,11 +123,15 @@ def _pipeline_texts(store: Store, config: QarinaConfig, files: list[Path]) -> di
     for path, sha256 in sha_of.items():
         shown = store.show(sha256) or {}
         result = shown.get("results", {}).get("transcript", {}).get("data") or {}
-        texts[path] = " ".join(segment["text"] for segment in result.get("segments", []))
+        segments = result.get("segments", [])
+        texts[path] = Transcribed(
+            " ".join(segment["text"] for segment in segments),
+            any("sampled" in segment["flags"] for segment in segments),
+        )
     return texts
 
 
-def _direct_texts(model: whisper.WhisperModel, files: list[Path]) -> dict[Path, str]:
+def _direct_texts(model: whisper.WhisperModel, files: list[Path]) -> dict[Path, Transcribed]:
     """faster-whisper as its README calls it: the file path, Arabic, its default settings."""
     from faster_whisper import WhisperModel
 
@@ -121,7 +147,11 @@ def _direct_texts(model: whisper.WhisperModel, files: list[Path]) -> dict[Path, 
     texts = {}
     for path in files:
         segments, _ = direct.transcribe(str(path), language="ar", beam_size=5)
-        texts[path] = " ".join(segment.text.strip() for segment in segments)
+        decoded = list(segments)
+        texts[path] = Transcribed(
+            " ".join(segment.text.strip() for segment in decoded),
+            any(segment.temperature > 0 for segment in decoded),
+        )
     return texts
 
 
@@ -150,6 +180,14 @@ def evaluate_transcripts(
     evaluation = TranscriptEvaluation({"name": model.name, "sha256": model.sha256})
     for name, reference in references.items():
         path = corpus / name
-        texts = normalise(pipeline[path]), normalise(direct[path])
-        evaluation.clips.append(ClipScore(name, normalise(reference), *texts))
+        ours, theirs = pipeline[path], direct[path]
+        evaluation.clips.append(
+            ClipScore(
+                name,
+                normalise(reference),
+                normalise(ours.text),
+                normalise(theirs.text),
+                ours.sampled or theirs.sampled,
+            )
+        )
     return evaluation

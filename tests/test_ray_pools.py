@@ -9,6 +9,9 @@ import pytest
 from evidence.records import Success
 from pipelines import ray_runtime
 from pipelines.ray_runtime import _Pool
+from workers.base import CPU_NODE
+from workers.hashes import HashesStage
+from workers.keyframes import KeyframesStage
 from workers.probe import ProbeStage
 from workers.transcript import TranscriptStage
 
@@ -42,11 +45,19 @@ def test_growth_needs_a_window_long_enough_to_judge(monkeypatch: pytest.MonkeyPa
 
 
 def test_transcription_asks_for_a_gpu_only_where_the_cluster_has_one() -> None:
-    on_cpus = TranscriptStage.resources.on_cluster(0.0)
+    on_cpus = TranscriptStage.resources.on_cluster({"CPU": 16.0})
     assert (on_cpus.num_gpus, on_cpus.num_cpus) == (0.0, 2.0)
-    on_gpus = TranscriptStage.resources.on_cluster(2.0)
+    on_gpus = TranscriptStage.resources.on_cluster({"CPU": 16.0, "GPU": 2.0})
     assert (on_gpus.num_gpus, on_gpus.num_cpus) == (1.0, 1.0)
-    assert ProbeStage.resources.on_cluster(2.0).num_gpus == 0.0
+    assert ProbeStage.resources.on_cluster({"CPU": 16.0, "GPU": 2.0}).num_gpus == 0.0
     # Two GPUs hold two transcription actors, however many CPUs the cluster has.
     assert ray_runtime.RayExecutor._max_size(on_gpus, total_cpus=16, total_gpus=2) == 2
     assert ray_runtime.RayExecutor._max_size(on_cpus, total_cpus=16, total_gpus=0) == 8
+
+
+def test_decoding_and_hashing_are_steered_to_cpu_nodes_only_where_there_are_some() -> None:
+    cluster = {"CPU": 8.0, "GPU": 1.0, CPU_NODE: 2.0}
+    assert HashesStage.resources.on_cluster(cluster).prefers == CPU_NODE
+    assert KeyframesStage.resources.on_cluster(cluster).prefers == CPU_NODE
+    assert HashesStage.resources.on_cluster({"CPU": 8.0}).prefers is None
+    assert TranscriptStage.resources.on_cluster(cluster).prefers is None

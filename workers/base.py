@@ -99,12 +99,21 @@ class Resources:
     #: GPUs asked for only when the cluster has some (transcription); such an actor then
     #: needs one CPU to feed the GPU rather than `num_cpus` to do the work itself.
     gpus_when_available: float = 0.0
+    #: A node group (a custom resource nodes are started with) to run on when the cluster has
+    #: one: decoding and hashing belong on CPU nodes, leaving GPU nodes to transcription.
+    prefers: str | None = None
 
-    def on_cluster(self, cluster_gpus: float) -> Resources:
-        """What to ask of a cluster with `cluster_gpus` GPUs in all."""
-        if self.gpus_when_available and cluster_gpus >= self.gpus_when_available:
-            return Resources(1.0, self.gpus_when_available, self.memory_mb)
-        return self
+    def on_cluster(self, cluster: Mapping[str, float]) -> Resources:
+        """What to ask of a cluster with these total resources (Ray's names: CPU, GPU, ...)."""
+        gpus = cluster.get("GPU", 0.0)
+        prefers = self.prefers if self.prefers and cluster.get(self.prefers, 0.0) > 0 else None
+        if self.gpus_when_available and gpus >= self.gpus_when_available:
+            return Resources(1.0, self.gpus_when_available, self.memory_mb, prefers=prefers)
+        return dataclasses.replace(self, gpus_when_available=0.0, prefers=prefers)
+
+
+#: The custom resource CPU worker nodes are started with (see cluster.yaml).
+CPU_NODE = "qarina_cpu_node"
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,7 @@ import pillow_heif
 from PIL import Image
 
 from workers.base import (
+    CPU_NODE,
     FailureReason,
     Kind,
     Resources,
@@ -259,7 +260,7 @@ class HashesStage(Stage[HashesConfig, HashesResult]):
     kinds: ClassVar[frozenset[Kind]] = frozenset({Kind.PHOTO, Kind.VIDEO})
     requires: ClassVar[tuple[str, ...]] = ("probe", "keyframes")
     #: Photos decode in a few tens of milliseconds at analysis size: batch them like metadata.
-    resources: ClassVar[Resources] = Resources(num_cpus=1.0, memory_mb=1024)
+    resources: ClassVar[Resources] = Resources(num_cpus=1.0, memory_mb=1024, prefers=CPU_NODE)
     batch_size: ClassVar[int] = 8
 
     def __init__(self, config: HashesConfig | None = None) -> None:

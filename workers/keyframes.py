@@ -47,6 +47,7 @@ import numpy as np
 import numpy.typing as npt
 
 from workers.base import (
+    CPU_NODE,
     ArtifactFile,
     FailureReason,
     Kind,
@@ -540,7 +541,7 @@ class KeyframesStage(Stage[KeyframesConfig, KeyframesResult]):
     kinds: ClassVar[frozenset[Kind]] = frozenset({Kind.VIDEO})
     requires: ClassVar[tuple[str, ...]] = ("probe",)
     #: One decoding thread pool per actor; signatures and candidates stay far below 1 GiB.
-    resources: ClassVar[Resources] = Resources(num_cpus=1.0, memory_mb=1024)
+    resources: ClassVar[Resources] = Resources(num_cpus=1.0, memory_mb=1024, prefers=CPU_NODE)
     batch_size: ClassVar[int] = 1
 
     def __init__(self, config: KeyframesConfig | None = None) -> None:

@@ -1,0 +1,305 @@
+"""A real multi-node Ray cluster on this machine, with PostgreSQL as the store.
+
+`ray start` brings up a head (no CPUs: it only coordinates) and two worker raylets, with
+token authentication, as cluster.yaml starts them on real machines. `qarina run --address`
+drives a mixed backlog through it as a separate process, and the tests take nodes, drivers
+and Ray worker processes away mid-backlog. After every fault each item must end done or
+failed, each result must be stored once, and the custody chain must verify.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from evidence.schema import jobs, results
+from evidence.store import Store
+from pipelines import samples
+from tests import media
+from tests.conftest import _reset_postgres
+from workers.base import CPU_NODE
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+BIN = Path(sys.executable).parent
+QARINA = str(BIN / "qarina")
+RAY = str(BIN / "ray")
+PHOTOS = 24
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _raylet_pids() -> set[int]:
+    listing = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True, check=True)
+    return {
+        int(line.split()[0])
+        for line in listing.stdout.splitlines()[1:]
+        if "/raylet" in line.split(maxsplit=1)[1].split()[0]
+    }
+
+
+def _busy_actor_pids() -> list[int]:
+    """Ray workers running a batch right now (Ray titles them after the running method)."""
+    listing = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True, check=True)
+    return [
+        int(line.split()[0])
+        for line in listing.stdout.splitlines()[1:]
+        if "ray::StageActor.run_batch" in line
+    ]
+
+
+@dataclass
+class RayCluster:
+    address: str
+    env: dict[str, str]
+    worker_raylets: list[int]
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[RayCluster]:
+    """A head and two 2-CPU worker raylets started with `ray start`, sharing one token.
+
+    One cluster serves the module (starting one takes half a minute); the test that kills a
+    worker node comes last.
+    """
+    home = tmp_path_factory.mktemp("ray")
+    token = home / "token"
+    token.write_text(secrets.token_hex(32))
+    token.chmod(0o600)
+    env = {
+        **os.environ,
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN_PATH": str(token),
+        "QARINA_MODELS_DIR": str(models_dir),
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }
+    env.pop("RAY_ADDRESS", None)
+    port = _free_port()
+    common = ["--node-ip-address=127.0.0.1", "--disable-usage-stats"]
+    start = [RAY, "start", "--head", f"--port={port}", "--num-cpus=0", "--include-dashboard=false"]
+    subprocess.run([*start, *common], env=env, check=True, capture_output=True, timeout=120)
+    workers = []
+    try:
+        for _ in range(2):
+            before = _raylet_pids()
+            subprocess.run(
+                [RAY, "start", f"--address=127.0.0.1:{port}", "--num-cpus=2",
+                 f"--resources={json.dumps({CPU_NODE: 1})}", *common],
+                env=env, check=True, capture_output=True, timeout=120,
+            )  # fmt: skip
+            (raylet,) = _raylet_pids() - before
+            workers.append(raylet)
+        yield RayCluster(f"127.0.0.1:{port}", env, workers)
+    finally:
+        stop = [RAY, "stop", "--force"]
+        subprocess.run(stop, env=env, capture_output=True, timeout=120, check=False)
+
+
+@pytest.fixture
+def pg_url(request: pytest.FixtureRequest) -> str:
+    url: str = request.getfixturevalue("postgres_database")
+    _reset_postgres(url)
+    return url
+
+
+def _backlog(folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    for index in range(PHOTOS):
+        samples.photo(folder / f"p{index:03d}.jpg", size=(320, 240), seed=index)
+    speech = samples.speech_wav(folder.parent / "speech.wav")
+    media.video_with_speech(folder / "clip.mp4", speech)
+    media.speech(folder / "note.opus", samples.GREETING, voice_format="ogg-opus")
+    return folder
+
+
+def _qarina(data: Path, *args: str) -> list[str]:
+    return [QARINA, "--data", str(data), *args]
+
+
+def _env(cluster: RayCluster, pg_url: str) -> dict[str, str]:
+    return {**cluster.env, "QARINA_DB_URL": pg_url}
+
+
+def _ingest(cluster: RayCluster, tmp_path: Path, pg_url: str) -> Path:
+    data = tmp_path / "data"
+    folder = _backlog(tmp_path / "in")
+    subprocess.run(
+        _qarina(data, "ingest", str(folder), "--source", "cluster-test"),
+        env=_env(cluster, pg_url), check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    return data
+
+
+def _driver(cluster: RayCluster, data: Path, pg_url: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        _qarina(data, "run", "--address", cluster.address),
+        env=_env(cluster, pg_url),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _finish(driver: subprocess.Popen[str], timeout: float = 420) -> str:
+    stdout, stderr = driver.communicate(timeout=timeout)
+    assert driver.returncode == 0, stderr[-3000:]
+    return stdout
+
+
+def _results_stored(pg_url: str) -> int:
+    engine = sa.create_engine(pg_url)
+    try:
+        with engine.connect() as connection:
+            query = sa.select(sa.func.count()).select_from(results)
+            count: int = connection.execute(query).scalar_one()
+            return count
+    finally:
+        engine.dispose()
+
+
+def _retried_jobs(pg_url: str) -> int:
+    """Jobs that failed at least once (a failure counts an attempt; a success does not)."""
+    engine = sa.create_engine(pg_url)
+    try:
+        with engine.connect() as connection:
+            query = sa.select(sa.func.count()).select_from(jobs).where(jobs.c.attempts > 0)
+            count: int = connection.execute(query).scalar_one()
+            return count
+    finally:
+        engine.dispose()
+
+
+def _wait_for_results(pg_url: str, at_least: int, driver: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 300
+    while _results_stored(pg_url) < at_least:
+        assert driver.poll() is None, "the driver ended before the fault could be injected"
+        assert time.monotonic() < deadline, "no progress on the cluster"
+        time.sleep(0.2)
+
+
+def _check_everything_ended_once(pg_url: str, data: Path) -> set[str]:
+    """Every job ended, every result stored once, custody intact; the nodes that worked."""
+    store = Store.open(pg_url, data / "blobs")
+    try:
+        status = store.status()
+        assert status.open_jobs == 0
+        assert status.items == PHOTOS + 2
+        with store.database.reader.connect() as connection:
+            twice = connection.execute(
+                sa.select(results.c.sha256, results.c.stage)
+                .group_by(results.c.sha256, results.c.stage)
+                .having(sa.func.count() > 1)
+            ).all()
+            provenance = connection.execute(sa.select(results.c.provenance)).scalars().all()
+        assert twice == []
+        done = {stage.stage: stage.counts.get("done", 0) for stage in status.stages}
+        assert done["probe"] == PHOTOS + 2
+        assert done["hashes"] == PHOTOS + 1  # photos and the video
+        assert done["transcript"] == 2
+        assert store.verify(fixity=True, actor="cluster-test").ok
+        return {record["node"] for record in provenance}
+    finally:
+        store.close()
+
+
+def test_a_mixed_backlog_runs_on_several_nodes(
+    ray_cluster: RayCluster, tmp_path: Path, pg_url: str
+) -> None:
+    data = _ingest(ray_cluster, tmp_path, pg_url)
+    _finish(_driver(ray_cluster, data, pg_url))
+    nodes = _check_everything_ended_once(pg_url, data)
+    assert len(nodes) >= 2, f"all results came from {nodes}"
+
+
+def test_the_driver_killed_and_started_again_loses_nothing(
+    ray_cluster: RayCluster, tmp_path: Path, pg_url: str
+) -> None:
+    data = _ingest(ray_cluster, tmp_path, pg_url)
+    driver = _driver(ray_cluster, data, pg_url)
+    _wait_for_results(pg_url, 10, driver)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait(timeout=60)
+    _finish(_driver(ray_cluster, data, pg_url))
+    _check_everything_ended_once(pg_url, data)
+
+
+def test_a_ray_worker_process_killed_mid_job_is_retried_without_duplicates(
+    ray_cluster: RayCluster, tmp_path: Path, pg_url: str
+) -> None:
+    data = _ingest(ray_cluster, tmp_path, pg_url)
+    driver = _driver(ray_cluster, data, pg_url)
+    _wait_for_results(pg_url, 5, driver)
+    deadline = time.monotonic() + 120
+    while not (busy := _busy_actor_pids()):
+        assert time.monotonic() < deadline and driver.poll() is None
+        time.sleep(0.02)
+    os.kill(busy[0], signal.SIGKILL)
+    _finish(driver)
+    _check_everything_ended_once(pg_url, data)
+    assert _retried_jobs(pg_url) >= 1, "the killed workers' jobs should have been retried"
+
+
+def test_a_driver_without_the_token_is_refused(
+    ray_cluster: RayCluster, tmp_path: Path, pg_url: str
+) -> None:
+    data = _ingest(ray_cluster, tmp_path, pg_url)
+    env = _env(ray_cluster, pg_url)
+    env.pop("RAY_AUTH_TOKEN_PATH")
+    env["HOME"] = str(tmp_path)  # no ~/.ray/auth_token to fall back on
+    refused = subprocess.run(
+        _qarina(data, "run", "--address", ray_cluster.address),
+        env=env, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert refused.returncode != 0
+    assert _results_stored(pg_url) == 0
+
+
+def test_the_local_default_never_joins_a_running_cluster(
+    ray_cluster: RayCluster, tmp_path: Path, pg_url: str
+) -> None:
+    """`ray start` records its cluster for later `ray.init()` calls; `qarina run` without an
+    address must start its own Ray instead of sending evidence to whatever cluster is up."""
+    data = _ingest(ray_cluster, tmp_path, pg_url)
+    script = (
+        f"import json, ray; ray.init(address={ray_cluster.address!r});"
+        " print(json.dumps([node['NodeID'] for node in ray.nodes()]))"
+    )
+    listing = subprocess.run(
+        [sys.executable, "-c", script],
+        env=ray_cluster.env, capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    cluster_nodes = set(json.loads(listing.stdout.strip().splitlines()[-1]))
+    _finish(subprocess.Popen(_qarina(data, "run"), env=_env(ray_cluster, pg_url), text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE))  # fmt: skip
+    nodes = _check_everything_ended_once(pg_url, data)
+    assert len(cluster_nodes) == 3
+    assert not nodes & cluster_nodes, "the local run used the running cluster's nodes"
+
+
+def test_a_worker_node_killed_mid_backlog_hands_its_jobs_to_the_other(
+    ray_cluster: RayCluster, tmp_path: Path, pg_url: str
+) -> None:
+    data = _ingest(ray_cluster, tmp_path, pg_url)
+    driver = _driver(ray_cluster, data, pg_url)
+    _wait_for_results(pg_url, 10, driver)
+    os.kill(ray_cluster.worker_raylets[0], signal.SIGKILL)
+    _finish(driver)
+    _check_everything_ended_once(pg_url, data)
+    assert _retried_jobs(pg_url) >= 1, "the lost node's jobs should have been retried"

@@ -1,0 +1,57 @@
+"""The Prometheus endpoint: queue depth, jobs per second and failures, scraped over HTTP."""
+
+from __future__ import annotations
+
+import socket
+import urllib.request
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from evidence.store import Store
+from pipelines import samples
+from pipelines.config import QarinaConfig
+from pipelines.metrics import serve_metrics
+from tests import media
+from tests.flows import ingest_and_run
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def test_metrics_report_queue_throughput_and_failures(
+    store: Store, config: QarinaConfig, tmp_path: Path
+) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for index in range(3):
+        samples.photo(folder / f"p{index}.jpg", size=(64, 48), seed=index)
+    media.html_named_mp4(folder)
+    ingest_and_run(store, config, folder)
+    port = _free_port()
+    server = serve_metrics(store, "127.0.0.1", port)
+    try:
+        metrics = _scrape(port)
+    finally:
+        server.shutdown()
+    assert metrics[("qarina_items", ())] == 4
+    assert metrics[("qarina_open_jobs", ())] == 0
+    assert metrics[("qarina_jobs", (("stage", "probe"), ("state", "done")))] == 3
+    assert metrics[("qarina_jobs", (("stage", "hashes"), ("state", "done")))] == 3
+    refused = (("reason", "unsupported_type"), ("stage", "probe"))
+    assert metrics[("qarina_failed_jobs", refused)] == 1
+    assert metrics[("qarina_stage_jobs_per_second", (("stage", "probe"),))] > 0
