@@ -521,3 +521,18 @@ def bench_transcript(
     from pipelines.bench.transcript import bench_transcript as run_bench
 
     write_json(run_bench(_config(ctx), corpus, output, runs=runs, minutes=minutes))
+
+
+@bench_app.command("cluster")
+def bench_cluster(
+    ctx: typer.Context,
+    photos: Annotated[int, typer.Option(help="Generated photos in the backlog.")] = 300,
+    runs: Annotated[int, typer.Option(help="Rounds; the median is reported.")] = 3,
+    output: Annotated[Path, typer.Option(help="JSON results.")] = Path(
+        "bench-results/cluster.json"
+    ),
+) -> None:
+    """A photo backlog on one worker node and on two (same CPUs), PostgreSQL store."""
+    from pipelines.bench.cluster import bench_cluster as run_bench
+
+    write_json(run_bench(_config(ctx), output, photos=photos, runs=runs))

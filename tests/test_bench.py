@@ -65,6 +65,9 @@ def test_bench_backlog_on_postgresql_drops_its_database(
 ) -> None:
     result = bench_backlog(sqlite_config, 200, tmp_path / "backlog.json", pg_url=postgres_database)
     assert result["backends"]["postgresql"]["lease_commit_cycle"]["jobs_committed"] == 200
+    concurrent = result["backends"]["postgresql"]["lease_commit_concurrent"]
+    assert concurrent["workers"] == 8
+    assert concurrent["jobs_committed"] == concurrent["jobs_wanted"] == 200
     engine = sa.create_engine(postgres_database)
     with engine.connect() as connection:
         left = connection.execute(

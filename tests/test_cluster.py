@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -27,32 +24,28 @@ import sqlalchemy as sa
 from evidence.schema import jobs, results
 from evidence.store import Store
 from pipelines import samples
+from pipelines.bench.cluster import TOPOLOGIES, bench_cluster
+from pipelines.config import QarinaConfig
+from pipelines.local_cluster import LocalCluster, local_cluster
 from tests import media
 from tests.conftest import _reset_postgres
-from workers.base import CPU_NODE
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 BIN = Path(sys.executable).parent
 QARINA = str(BIN / "qarina")
-RAY = str(BIN / "ray")
 PHOTOS = 24
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+@pytest.fixture(scope="module")
+def ray_cluster(models_dir: Path) -> Iterator[LocalCluster]:
+    """A head and two 2-CPU worker raylets started with `ray start`, sharing one token.
 
-
-def _raylet_pids() -> set[int]:
-    listing = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True, check=True)
-    return {
-        int(line.split()[0])
-        for line in listing.stdout.splitlines()[1:]
-        if "/raylet" in line.split(maxsplit=1)[1].split()[0]
-    }
+    One cluster serves the module (starting one takes half a minute); the test that kills a
+    worker node comes last.
+    """
+    with local_cluster(2, 2, {"QARINA_MODELS_DIR": str(models_dir)}) as cluster:
+        yield cluster
 
 
 def _busy_actor_pids() -> list[int]:
@@ -63,53 +56,6 @@ def _busy_actor_pids() -> list[int]:
         for line in listing.stdout.splitlines()[1:]
         if "ray::StageActor.run_batch" in line
     ]
-
-
-@dataclass
-class RayCluster:
-    address: str
-    env: dict[str, str]
-    worker_raylets: list[int]
-
-
-@pytest.fixture(scope="module")
-def ray_cluster(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[RayCluster]:
-    """A head and two 2-CPU worker raylets started with `ray start`, sharing one token.
-
-    One cluster serves the module (starting one takes half a minute); the test that kills a
-    worker node comes last.
-    """
-    home = tmp_path_factory.mktemp("ray")
-    token = home / "token"
-    token.write_text(secrets.token_hex(32))
-    token.chmod(0o600)
-    env = {
-        **os.environ,
-        "RAY_AUTH_MODE": "token",
-        "RAY_AUTH_TOKEN_PATH": str(token),
-        "QARINA_MODELS_DIR": str(models_dir),
-        "RAY_USAGE_STATS_ENABLED": "0",
-    }
-    env.pop("RAY_ADDRESS", None)
-    port = _free_port()
-    common = ["--node-ip-address=127.0.0.1", "--disable-usage-stats"]
-    start = [RAY, "start", "--head", f"--port={port}", "--num-cpus=0", "--include-dashboard=false"]
-    subprocess.run([*start, *common], env=env, check=True, capture_output=True, timeout=120)
-    workers = []
-    try:
-        for _ in range(2):
-            before = _raylet_pids()
-            subprocess.run(
-                [RAY, "start", f"--address=127.0.0.1:{port}", "--num-cpus=2",
-                 f"--resources={json.dumps({CPU_NODE: 1})}", *common],
-                env=env, check=True, capture_output=True, timeout=120,
-            )  # fmt: skip
-            (raylet,) = _raylet_pids() - before
-            workers.append(raylet)
-        yield RayCluster(f"127.0.0.1:{port}", env, workers)
-    finally:
-        stop = [RAY, "stop", "--force"]
-        subprocess.run(stop, env=env, capture_output=True, timeout=120, check=False)
 
 
 @pytest.fixture
@@ -133,11 +79,11 @@ def _qarina(data: Path, *args: str) -> list[str]:
     return [QARINA, "--data", str(data), *args]
 
 
-def _env(cluster: RayCluster, pg_url: str) -> dict[str, str]:
+def _env(cluster: LocalCluster, pg_url: str) -> dict[str, str]:
     return {**cluster.env, "QARINA_DB_URL": pg_url}
 
 
-def _ingest(cluster: RayCluster, tmp_path: Path, pg_url: str) -> Path:
+def _ingest(cluster: LocalCluster, tmp_path: Path, pg_url: str) -> Path:
     data = tmp_path / "data"
     folder = _backlog(tmp_path / "in")
     subprocess.run(
@@ -147,7 +93,7 @@ def _ingest(cluster: RayCluster, tmp_path: Path, pg_url: str) -> Path:
     return data
 
 
-def _driver(cluster: RayCluster, data: Path, pg_url: str) -> subprocess.Popen[str]:
+def _driver(cluster: LocalCluster, data: Path, pg_url: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         _qarina(data, "run", "--address", cluster.address),
         env=_env(cluster, pg_url),
@@ -220,7 +166,7 @@ def _check_everything_ended_once(pg_url: str, data: Path) -> set[str]:
 
 
 def test_a_mixed_backlog_runs_on_several_nodes(
-    ray_cluster: RayCluster, tmp_path: Path, pg_url: str
+    ray_cluster: LocalCluster, tmp_path: Path, pg_url: str
 ) -> None:
     data = _ingest(ray_cluster, tmp_path, pg_url)
     _finish(_driver(ray_cluster, data, pg_url))
@@ -229,7 +175,7 @@ def test_a_mixed_backlog_runs_on_several_nodes(
 
 
 def test_the_driver_killed_and_started_again_loses_nothing(
-    ray_cluster: RayCluster, tmp_path: Path, pg_url: str
+    ray_cluster: LocalCluster, tmp_path: Path, pg_url: str
 ) -> None:
     data = _ingest(ray_cluster, tmp_path, pg_url)
     driver = _driver(ray_cluster, data, pg_url)
@@ -241,7 +187,7 @@ def test_the_driver_killed_and_started_again_loses_nothing(
 
 
 def test_a_ray_worker_process_killed_mid_job_is_retried_without_duplicates(
-    ray_cluster: RayCluster, tmp_path: Path, pg_url: str
+    ray_cluster: LocalCluster, tmp_path: Path, pg_url: str
 ) -> None:
     data = _ingest(ray_cluster, tmp_path, pg_url)
     driver = _driver(ray_cluster, data, pg_url)
@@ -257,7 +203,7 @@ def test_a_ray_worker_process_killed_mid_job_is_retried_without_duplicates(
 
 
 def test_a_driver_without_the_token_is_refused(
-    ray_cluster: RayCluster, tmp_path: Path, pg_url: str
+    ray_cluster: LocalCluster, tmp_path: Path, pg_url: str
 ) -> None:
     data = _ingest(ray_cluster, tmp_path, pg_url)
     env = _env(ray_cluster, pg_url)
@@ -272,7 +218,7 @@ def test_a_driver_without_the_token_is_refused(
 
 
 def test_the_local_default_never_joins_a_running_cluster(
-    ray_cluster: RayCluster, tmp_path: Path, pg_url: str
+    ray_cluster: LocalCluster, tmp_path: Path, pg_url: str
 ) -> None:
     """`ray start` records its cluster for later `ray.init()` calls; `qarina run` without an
     address must start its own Ray instead of sending evidence to whatever cluster is up."""
@@ -294,7 +240,7 @@ def test_the_local_default_never_joins_a_running_cluster(
 
 
 def test_a_worker_node_killed_mid_backlog_hands_its_jobs_to_the_other(
-    ray_cluster: RayCluster, tmp_path: Path, pg_url: str
+    ray_cluster: LocalCluster, tmp_path: Path, pg_url: str
 ) -> None:
     data = _ingest(ray_cluster, tmp_path, pg_url)
     driver = _driver(ray_cluster, data, pg_url)
@@ -303,3 +249,18 @@ def test_a_worker_node_killed_mid_backlog_hands_its_jobs_to_the_other(
     _finish(driver)
     _check_everything_ended_once(pg_url, data)
     assert _retried_jobs(pg_url) >= 1, "the lost node's jobs should have been retried"
+
+
+def test_bench_cluster_at_toy_size(
+    sqlite_config: QarinaConfig, tmp_path: Path, postgres_database: str
+) -> None:
+    """The benchmark's shape: both topologies really ran and the report says on what."""
+    settings = sqlite_config.with_overrides(bench_pg_url=postgres_database)
+    output = tmp_path / "cluster.json"
+    result = bench_cluster(settings, output, photos=4, runs=1, size=(320, 240))
+    assert json.loads(output.read_text()) == result
+    for name, (workers, cpus) in TOPOLOGIES.items():
+        figures = result["topologies"][name]
+        assert (figures["worker_nodes"], figures["cpus_per_node"]) == (workers, cpus)
+        assert figures["median_s"] > 0 and len(figures["runs_s"]) == 1
+    assert result["two_nodes_over_one"] > 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import multiprocessing
 import os
 import platform
 import sqlite3
@@ -36,13 +37,18 @@ _LEASE_CALLS = 200
 _CYCLE_JOBS = 5_000
 _STATUS_CALLS = 7
 _STATUS_BUDGET_S = 1.0
+#: Drivers leasing and committing at once in the concurrency measurement (PostgreSQL only:
+#: SQLite is one machine's store and takes one writer at a time by design).
+_CONCURRENT_WORKERS = 8
 
 
 def _fake_sha(prefix: str, index: int) -> str:
     return hashlib.sha256(f"qarina-bench-{prefix}-{index}".encode()).hexdigest()
 
 
-def _bulk_enqueue(store: Store, spec: records.JobSpec, count: int, max_attempts: int) -> float:
+def _bulk_enqueue(
+    store: Store, spec: records.JobSpec, count: int, max_attempts: int, prefix: str = "bulk"
+) -> float:
     """Insert `count` items with a queued first job each, in batches; returns the seconds taken.
 
     This is how a migration of an existing backlog would load the queue, not what ingest does
@@ -53,7 +59,7 @@ def _bulk_enqueue(store: Store, spec: records.JobSpec, count: int, max_attempts:
     for first in range(0, count, _BULK_BATCH):
         now = utc_now()
         indexes = range(first, min(first + _BULK_BATCH, count))
-        shas = [_fake_sha("bulk", index) for index in indexes]
+        shas = [_fake_sha(prefix, index) for index in indexes]
         with store.database.writer.begin() as connection:
             connection.execute(
                 sa.insert(items_table),
@@ -150,14 +156,18 @@ def _probe_like_success(
 
 
 def _lease_commit_cycle(
-    store: Store, spec: records.JobSpec, follow_ups: Sequence[records.JobSpec], config: QarinaConfig
+    store: Store,
+    spec: records.JobSpec,
+    follow_ups: Sequence[records.JobSpec],
+    config: QarinaConfig,
+    wanted: int = _CYCLE_JOBS,
 ) -> dict[str, Any]:
     """Lease 16, commit 16 probe-like successes, repeat: the driver loop without the stages."""
     owner = f"bench-cycle-{uuid.uuid4().hex[:8]}"
     lease_times: list[float] = []
     commit_times: list[float] = []
     committed = 0
-    while committed < _CYCLE_JOBS:
+    while committed < wanted:
         started = time.perf_counter()
         leased = jobq.lease(store.database, owner, spec, _LEASE_LIMIT, config.lease_ttl)
         lease_times.append(time.perf_counter() - started)
@@ -183,6 +193,60 @@ def _lease_commit_cycle(
     }
 
 
+_start_together: Any = None  # a Barrier, set in each pool process by _join_start
+
+
+def _join_start(barrier: Any) -> None:
+    global _start_together  # noqa: PLW0603 - per-process pool state, set once at start
+    _start_together = barrier
+
+
+def _cycle_worker(
+    url: str, blob_root: Path, wanted: int, config: QarinaConfig
+) -> tuple[int, float, float]:
+    """One of several concurrent drivers: its own connection pool, owner id and leases. All
+    start together once every process has imported and connected; returns jobs committed and
+    the wall-clock start and end."""
+    plan = Plan.default()
+    store = Store.open(url, blob_root)
+    try:
+        _start_together.wait(timeout=300)
+        started = time.time()
+        cycle = _lease_commit_cycle(
+            store, plan.spec("probe"), plan.follow_ups("probe", "photo"), config, wanted
+        )
+        return int(cycle["jobs_committed"]), started, time.time()
+    finally:
+        store.close()
+
+
+def _concurrent_cycles(
+    store: Store, url: str, blob_root: Path, count: int, config: QarinaConfig
+) -> dict[str, Any]:
+    """`_CONCURRENT_WORKERS` processes leasing and committing from one queue at once: what
+    the store sustains when many nodes' drivers share it. Each must commit its share; a job
+    leased twice would show as a stale commit and fewer committed jobs. The jobs are fresh
+    ones, enqueued for this measurement."""
+    share = max(1, min(_CYCLE_JOBS, count) // _CONCURRENT_WORKERS)
+    probe = Plan.default().spec("probe")
+    _bulk_enqueue(store, probe, share * _CONCURRENT_WORKERS, config.max_attempts, "concurrent")
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(_CONCURRENT_WORKERS)
+    with context.Pool(_CONCURRENT_WORKERS, _join_start, (barrier,)) as pool:
+        runs = pool.starmap(
+            _cycle_worker, [(url, blob_root, share, config)] * _CONCURRENT_WORKERS
+        )
+    committed = sum(run[0] for run in runs)
+    elapsed = max(run[2] for run in runs) - min(run[1] for run in runs)
+    return {
+        "workers": _CONCURRENT_WORKERS,
+        "jobs_committed": committed,
+        "jobs_wanted": share * _CONCURRENT_WORKERS,
+        "seconds": round(elapsed, 3),
+        "jobs_per_s": round(committed / elapsed, 1),
+    }
+
+
 def _backlog_on(url: str, blob_root: Path, count: int, config: QarinaConfig) -> dict[str, Any]:
     """Every backlog measurement on one fresh database at `url`."""
     plan = Plan.default()
@@ -197,6 +261,11 @@ def _backlog_on(url: str, blob_root: Path, count: int, config: QarinaConfig) -> 
         queued = jobq.open_jobs(store.database, [probe])
         lease = _lease_latencies(store, probe, config.lease_ttl)
         cycle = _lease_commit_cycle(store, probe, follow_ups, config)
+        concurrent = (
+            None
+            if store.database.is_sqlite
+            else _concurrent_cycles(store, url, blob_root, count, config)
+        )
         status_times = [timed(store.status) for _ in range(_STATUS_CALLS)]
         final = store.status()
         backend = store.database.writer.dialect.name
@@ -227,6 +296,7 @@ def _backlog_on(url: str, blob_root: Path, count: int, config: QarinaConfig) -> 
         "queued_before_lease": queued,
         "lease_limit_16": latency_ms(lease),
         "lease_commit_cycle": cycle,
+        "lease_commit_concurrent": concurrent,
         "status": {
             **status,
             "under_1s": status["median_ms"] < _STATUS_BUDGET_S * 1000,
@@ -237,7 +307,7 @@ def _backlog_on(url: str, blob_root: Path, count: int, config: QarinaConfig) -> 
 
 
 @contextmanager
-def _postgres_database(admin_url: str) -> Iterator[str]:
+def scratch_postgres_database(admin_url: str) -> Iterator[str]:
     """A database of our own on the server at `admin_url`, dropped afterwards whatever happens."""
     name = f"qarina_bench_{uuid.uuid4().hex[:10]}"
     admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
@@ -251,6 +321,12 @@ def _postgres_database(admin_url: str) -> Iterator[str]:
                 connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     finally:
         admin.dispose()
+
+
+def _concurrent_headline(concurrent: dict[str, Any] | None) -> str:
+    if not concurrent:
+        return ""
+    return f" {concurrent['workers']} drivers at once {concurrent['jobs_per_s']} jobs/s,"
 
 
 def bench_backlog(
@@ -273,7 +349,7 @@ def bench_backlog(
         sqlite_url = f"sqlite:///{scratch / 'backlog.sqlite3'}"
         backends["sqlite"] = _backlog_on(sqlite_url, scratch / "blobs", jobs, config)
         if admin_url:
-            with _postgres_database(admin_url) as url:
+            with scratch_postgres_database(admin_url) as url:
                 backends["postgresql"] = _backlog_on(url, scratch / "blobs", jobs, config)
     result: dict[str, Any] = {
         "benchmark": "backlog",
@@ -294,6 +370,7 @@ def bench_backlog(
         f" lease p50 {figures['lease_limit_16']['median_ms']} ms"
         f" p95 {figures['lease_limit_16']['p95_ms']} ms,"
         f" lease+commit {figures['lease_commit_cycle']['jobs_per_s']} jobs/s,"
+        f"{_concurrent_headline(figures['lease_commit_concurrent'])}"
         f" status {figures['status']['median_ms']} ms"
         for name, figures in backends.items()
     )
