@@ -109,27 +109,23 @@ def _finish(driver: subprocess.Popen[str], timeout: float = 420) -> str:
     return stdout
 
 
-def _results_stored(pg_url: str) -> int:
+def _count(pg_url: str, query: sa.Select[tuple[int]]) -> int:
     engine = sa.create_engine(pg_url)
     try:
         with engine.connect() as connection:
-            query = sa.select(sa.func.count()).select_from(results)
             count: int = connection.execute(query).scalar_one()
             return count
     finally:
         engine.dispose()
+
+
+def _results_stored(pg_url: str) -> int:
+    return _count(pg_url, sa.select(sa.func.count()).select_from(results))
 
 
 def _retried_jobs(pg_url: str) -> int:
     """Jobs that failed at least once (a failure counts an attempt; a success does not)."""
-    engine = sa.create_engine(pg_url)
-    try:
-        with engine.connect() as connection:
-            query = sa.select(sa.func.count()).select_from(jobs).where(jobs.c.attempts > 0)
-            count: int = connection.execute(query).scalar_one()
-            return count
-    finally:
-        engine.dispose()
+    return _count(pg_url, sa.select(sa.func.count()).select_from(jobs).where(jobs.c.attempts > 0))
 
 
 def _wait_for_results(pg_url: str, at_least: int, driver: subprocess.Popen[str]) -> None:

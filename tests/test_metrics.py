@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import urllib.request
 from pathlib import Path
 
@@ -11,16 +10,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from evidence.store import Store
 from pipelines import samples
 from pipelines.config import QarinaConfig
+from pipelines.local_cluster import free_port
 from pipelines.metrics import serve_metrics
 from tests import media
 from tests.flows import ingest_and_run
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def _scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -42,7 +35,7 @@ def test_metrics_report_queue_throughput_and_failures(
         samples.photo(folder / f"p{index}.jpg", size=(64, 48), seed=index)
     media.html_named_mp4(folder)
     ingest_and_run(store, config, folder)
-    port = _free_port()
+    port = free_port()
     server = serve_metrics(store, "127.0.0.1", port)
     try:
         metrics = _scrape(port)

@@ -355,24 +355,10 @@ class TranscriptStage(Stage[TranscriptConfig, TranscriptResult]):
         )
 
     def _model_call(self, window: np.ndarray, language: str) -> tuple[Iterator[Any], Any]:
-        options: dict[str, Any] = {
-            "language": None if language == "auto" else language,
-            "beam_size": self.config.beam_size,
-            "vad_filter": self.config.vad,
-            "vad_parameters": {
-                "threshold": self.config.vad_threshold,
-                "speech_pad_ms": self.config.vad_speech_pad_ms,
-            },
-            "condition_on_previous_text": self.config.condition_on_previous_text,
-        }
-        if self._pipeline is not None:
-            del options["condition_on_previous_text"]  # batches carry no context
-            result: tuple[Iterator[Any], Any] = self._pipeline.transcribe(
-                window, batch_size=self.config.batch_size, **options
-            )
-            return result
-        model_result: tuple[Iterator[Any], Any] = self._model.transcribe(window, **options)
-        return model_result
+        options = transcribe_options(self.config, language, batched=self._pipeline is not None)
+        engine = self._pipeline if self._pipeline is not None else self._model
+        result: tuple[Iterator[Any], Any] = engine.transcribe(window, **options)
+        return result
 
     def _segment(
         self, piece: Any, window: np.ndarray, offset: float, earlier: list[Segment]
@@ -398,6 +384,25 @@ class TranscriptStage(Stage[TranscriptConfig, TranscriptResult]):
             compression_ratio=round(ratio, 3),
             flags=flags,
         )
+
+
+def transcribe_options(config: TranscriptConfig, language: str, batched: bool) -> dict[str, Any]:
+    """faster-whisper's keyword arguments for these options: the one place they are spelled,
+    so the benchmark's direct call cannot drift from what the stage does."""
+    options: dict[str, Any] = {
+        "language": None if language == "auto" else language,
+        "beam_size": config.beam_size,
+        "vad_filter": config.vad,
+        "vad_parameters": {
+            "threshold": config.vad_threshold,
+            "speech_pad_ms": config.vad_speech_pad_ms,
+        },
+    }
+    if batched:
+        options["batch_size"] = config.batch_size
+    else:  # batches carry no context
+        options["condition_on_previous_text"] = config.condition_on_previous_text
+    return options
 
 
 def decode_audio(path: Path, target: Path, duration_s: float) -> np.ndarray:

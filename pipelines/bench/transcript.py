@@ -35,7 +35,13 @@ from pipelines.runner import SequentialExecutor, run_queue
 from pipelines.session import open_store
 from workers.base import Kind, StageEnvironment, StageInput
 from workers.tools import ToolLimits, package_version, run_tool
-from workers.transcript import SAMPLE_RATE, TranscriptConfig, TranscriptStage, decode_audio
+from workers.transcript import (
+    SAMPLE_RATE,
+    TranscriptConfig,
+    TranscriptStage,
+    decode_audio,
+    transcribe_options,
+)
 
 _PAUSE_S = 0.4
 
@@ -48,9 +54,9 @@ def _clips(corpus: Path) -> list[Path]:
 def build_recording(corpus: Path, minutes: float, folder: Path) -> Path:
     """The corpus clips joined with pauses, repeated to `minutes`, as Ogg/Opus 24 kbit/s."""
     pause = np.zeros(int(_PAUSE_S * SAMPLE_RATE), dtype=np.int16)
+    clips = [np.array(decode_audio(clip, folder / "clip.pcm", 10.0)) for clip in _clips(corpus)]
     pieces, total = [], 0
-    for number, clip in enumerate(itertools.cycle(_clips(corpus))):
-        samples = np.array(decode_audio(clip, folder / f"clip{number % 2}.pcm", 10.0))
+    for samples in itertools.cycle(clips):
         pieces += [samples, pause]
         total += len(samples) + len(pause)
         if total >= minutes * 60 * SAMPLE_RATE:
@@ -84,23 +90,9 @@ def _direct(
         cpu_threads=config.cpu_threads,
         local_files_only=True,
     )
-    options: dict[str, Any] = {
-        "language": config.language,
-        "beam_size": config.beam_size,
-        "vad_filter": config.vad,
-        "vad_parameters": {
-            "threshold": config.vad_threshold,
-            "speech_pad_ms": config.vad_speech_pad_ms,
-        },
-    }
-    if batched:
-        segments, _ = BatchedInferencePipeline(loaded).transcribe(
-            str(path), batch_size=config.batch_size, **options
-        )
-    else:
-        segments, _ = loaded.transcribe(
-            str(path), condition_on_previous_text=config.condition_on_previous_text, **options
-        )
+    engine = BatchedInferencePipeline(loaded) if batched else loaded
+    options = transcribe_options(config, config.language, batched)
+    segments, _ = engine.transcribe(str(path), **options)
     list(segments)
     return time.perf_counter() - started
 
