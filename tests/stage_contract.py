@@ -3,7 +3,8 @@
 python-threatexchange gives every signal type the same harness; ours gives every stage the
 same checks of the rules the runtime relies on: stable names and config hashes (they are
 storage keys), a stage that pickles before setup (Ray ships it to workers), classified
-outcomes on input it does not handle, JSON-serialisable results, and originals left alone.
+outcomes on input it does not handle, results that go to JSON and back unchanged, and
+originals left alone.
 """
 
 from __future__ import annotations
@@ -90,6 +91,10 @@ class StageContract:
         data = result_to_json(output.result)
         assert json.loads(json.dumps(data)) == data
         assert str(item.path) not in json.dumps(data), "results must not carry the store path"
+        # What a later stage reads back is the result it was given, and stores the same bytes.
+        again = type(output.result).from_json(json.loads(json.dumps(data)))
+        assert again == output.result
+        assert result_to_json(again) == data
 
     def test_never_writes_next_to_the_original(
         self, stage: Stage[Any, Any], tmp_path: Path

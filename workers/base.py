@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, Self, TypeVar
 
 
 class Kind(StrEnum):
@@ -43,10 +43,14 @@ class FailureReason(StrEnum):
     MODEL_ERROR = "model_error"
     STORE_ERROR = "store_error"
     INTEGRITY_ERROR = "integrity_error"
+    #: An exception in our own stage code: a bug, final (a retry runs the same code on the
+    #: same bytes) and counted apart, so that bugs show instead of hiding among crashes.
+    STAGE_ERROR = "stage_error"
 
     @property
     def retryable(self) -> bool:
-        """Whether another attempt could plausibly succeed on the same bytes."""
+        """Whether another attempt could plausibly succeed on the same bytes, by default:
+        a StageError may say otherwise (a bomb judged from its header is final)."""
         return self in _RETRYABLE
 
 
@@ -66,12 +70,17 @@ class StageError(Exception):
 
     `detail` is shown to operators and stored, so it must never contain a file name, GPS or
     transcript text: stages only ever see store paths, and tool stderr is trimmed.
+    `retryable` overrides the reason's default where the cause is known: a decompression bomb
+    judged from its header is a resource_limit that no retry can pass, unlike a memory kill.
     """
 
-    def __init__(self, reason: FailureReason, detail: str) -> None:
+    def __init__(
+        self, reason: FailureReason, detail: str, *, retryable: bool | None = None
+    ) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail[:500]
+        self.retryable = reason.retryable if retryable is None else retryable
 
 
 class StageSkipped(Exception):
@@ -130,13 +139,53 @@ class StageEnvironment:
     device: str = "auto"
 
 
+class JsonRecord:
+    """Base of a frozen dataclass stored as plain JSON data: a stage result, or a part of one.
+
+    Why typed records rather than `dataclasses.asdict` and look-ups in the stored dict: a stage
+    that reads `upstream["probe"]["duration_s"]` breaks at run time when the field is renamed,
+    one that reads `ProbeResult.from_json(...).duration_s` breaks in mypy. And the stored form is
+    evidence: results are hashed into the custody chain, so `to_json` must give the same bytes
+    for the same result forever, which a part that leaves out keys (a hash entry) ensures by
+    overriding it. The defaults suit records of JSON values and of nested records; a record
+    that nests records overrides `from_json` to rebuild them.
+    """
+
+    #: Set by @dataclass on every subclass; declared so that mypy sees a dataclass.
+    __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as plain JSON data (new containers: changing them leaves it alone)."""
+        return {entry.name: _plain(getattr(self, entry.name)) for entry in dataclasses.fields(self)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Self:
+        """The record from its JSON data; an unknown key, or a missing one that has no
+        default, raises."""
+        return cls(**data)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, JsonRecord):
+        return value.to_json()
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    return value
+
+
+J = TypeVar("J", bound=JsonRecord)
+
+
 @dataclass(frozen=True)
 class StageInput:
     """One item as a stage sees it: a read-only store path and what earlier stages found.
 
     `upstream` maps a required stage's name to its stored result (plain JSON data), so a stage
-    that needs the probe's streams does not probe again. `artifacts` maps the SHA-256 of each
-    file those stages derived (a keyframe) to its read-only store path.
+    that needs the probe's streams does not probe again; `upstream_result` reads one typed.
+    `artifacts` maps the SHA-256 of each file those stages derived (a keyframe) to its
+    read-only store path.
     """
 
     sha256: str
@@ -144,6 +193,12 @@ class StageInput:
     kind: Kind
     upstream: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     artifacts: Mapping[str, Path] = field(default_factory=dict)
+
+    def upstream_result(self, stage: str, result: type[J]) -> J | None:
+        """The result of the required `stage`, typed; None when the item came without it, as
+        at a Python prompt, so a stage says what it does without (never an empty mapping)."""
+        data = self.upstream.get(stage)
+        return None if data is None else result.from_json(data)
 
 
 @dataclass(frozen=True)
@@ -232,7 +287,7 @@ class Stage(ABC, Generic[C, R]):
 
 
 def result_to_json(result: object) -> dict[str, Any]:
-    """A stage result as plain JSON data (results are frozen dataclasses of primitives)."""
-    if not dataclasses.is_dataclass(result) or isinstance(result, type):
-        raise TypeError(f"stage results must be dataclass instances, got {type(result)!r}")
-    return dataclasses.asdict(result)
+    """A stage result as plain JSON data, as it is stored and hashed."""
+    if not isinstance(result, JsonRecord):
+        raise TypeError(f"stage results must be JsonRecord dataclasses, got {type(result)!r}")
+    return result.to_json()

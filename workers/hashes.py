@@ -28,13 +28,14 @@ ThreatExchange's layout (the first bit of PDQ's vector is the most significant).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 import av
 import imagehash
@@ -48,6 +49,7 @@ from PIL import Image
 from workers.base import (
     CPU_NODE,
     FailureReason,
+    JsonRecord,
     Kind,
     Resources,
     Stage,
@@ -58,6 +60,8 @@ from workers.base import (
     StageSkipped,
 )
 from workers.images import DEFAULT_MAX_PIXELS, decode_for_analysis, pixels
+from workers.keyframes import KeyframesResult
+from workers.probe import ProbeResult, duration_of
 from workers.tools import package_version
 from workers.video import (
     DecodeCounts,
@@ -113,23 +117,71 @@ class HashesConfig(StageConfig):
 
 
 @dataclass(frozen=True)
-class HashesResult:
-    """Every hash of the item, each with where it came from.
+class HashEntry(JsonRecord):
+    """One hash of one picture: which picture, which variant of it, and its hashes.
 
-    `hashes`: one entry per hashed picture and variant: `source` (photo | keyframe | sample),
-    `t` (seconds into the video, None for a photo), `artifact` (the keyframe's SHA-256),
-    `variant` (`full`, or `crop5` for a centre crop of 5% per side), `pdq` (64 hex digits),
-    `quality` (0-100; under 50 the hash says little and is never matched). `full` entries of
-    photos and keyframes also carry `phash` (16 hex digits), `dihedral` (the other seven PDQ
-    orientations, in DIHEDRAL order after r0) and `border` (fractions trimmed from left, top,
-    right, bottom); those of photos also `probes`: the crop probes' PDQ hashes, concatenated.
+    `source` (photo | keyframe | sample), `variant` (`full`, or `crop5` for a centre crop of
+    5% per side), `pdq` (64 hex digits), `quality` (0-100; under 50 the hash says little and
+    is never matched). `t`: seconds into the video (None for a photo); `artifact`: the
+    keyframe's SHA-256 (keyframes only). `full` entries of photos and keyframes also carry
+    `phash` (16 hex digits), `dihedral` (the other seven PDQ orientations, in DIHEDRAL order
+    after r0) and `border` (fractions trimmed from left, top, right, bottom); those of photos
+    also `probes`: the crop probes' PDQ hashes, concatenated.
+
+    What does not apply is None here and absent from the JSON (not null): stored results are
+    hashed into the custody chain, and a sample's entry must stay as small as it is, since a
+    video has thousands.
     """
 
-    hashes: list[dict[str, Any]]
+    source: str
+    variant: str
+    pdq: str
+    quality: int
+    t: float | None = None
+    artifact: str | None = None
+    phash: str | None = None
+    dihedral: tuple[str, ...] | None = None
+    border: tuple[float, float, float, float] | None = None
+    probes: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The entry as stored: keys in the order the stage first wrote them, None left out."""
+        optional = {
+            "phash": self.phash,
+            "dihedral": None if self.dihedral is None else list(self.dihedral),
+            "border": None if self.border is None else list(self.border),
+            "probes": self.probes,
+            "t": self.t,
+            "artifact": self.artifact,
+        }
+        data: dict[str, Any] = {
+            "source": self.source,
+            "variant": self.variant,
+            "pdq": self.pdq,
+            "quality": self.quality,
+        }
+        data.update((key, value) for key, value in optional.items() if value is not None)
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Self:
+        lists = {key: tuple(data[key]) for key in ("dihedral", "border") if key in data}
+        return cls(**{**data, **lists})
+
+
+@dataclass(frozen=True)
+class HashesResult(JsonRecord):
+    """Every hash of the item, each with where it came from (see `HashEntry`)."""
+
+    hashes: list[HashEntry]
     keyframes: int
     samples: int
     corrupt_frames: int
     flags: list[str]
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Self:
+        return cls(**{**data, "hashes": [HashEntry.from_json(entry) for entry in data["hashes"]]})
 
 
 def pdq_hex(bits: npt.NDArray[Any]) -> str:
@@ -206,7 +258,7 @@ def crop_probes(image: Image.Image, config: HashesConfig) -> str:
 
 def hash_picture(
     image: Image.Image, config: HashesConfig, *, source: str, full: bool, probes: bool = False
-) -> list[dict[str, Any]]:
+) -> list[HashEntry]:
     """PDQ of a picture after trimming its borders, and of its centre crops.
 
     `full` adds pHash, the dihedral PDQ hashes and the crops; sampled video frames, which
@@ -216,38 +268,30 @@ def hash_picture(
     content = image.crop(box) if box != (0, 0, *image.size) else image
     if not full:
         vector, quality = pdqhash.compute(pixels(content))
-        return [
-            {"source": source, "variant": "full", "pdq": pdq_hex(vector), "quality": int(quality)}
-        ]
+        return [HashEntry(source, "full", pdq_hex(vector), int(quality))]
     vectors, quality = pdqhash.compute_dihedral(pixels(content))
     width, height = image.size
-    entries: list[dict[str, Any]] = [
-        {
-            "source": source,
-            "variant": "full",
-            "pdq": pdq_hex(vectors[0]),
-            "quality": int(quality),
-            "phash": str(imagehash.phash(content)),
-            "dihedral": [pdq_hex(vector) for vector in vectors[1:]],
-            "border": [
+    entries = [
+        HashEntry(
+            source,
+            "full",
+            pdq_hex(vectors[0]),
+            int(quality),
+            phash=str(imagehash.phash(content)),
+            dihedral=tuple(pdq_hex(vector) for vector in vectors[1:]),
+            border=(
                 round(box[0] / width, 4),
                 round(box[1] / height, 4),
                 round(1 - box[2] / width, 4),
                 round(1 - box[3] / height, 4),
-            ],
-        }
+            ),
+            probes=crop_probes(content, config) if probes else None,
+        )
     ]
-    if probes:
-        entries[0]["probes"] = crop_probes(content, config)
     for fraction in config.crop_fractions:
         vector, crop_quality = pdqhash.compute(pixels(crop_sides(content, (fraction,) * 4)))
         entries.append(
-            {
-                "source": source,
-                "variant": _variant_name(fraction),
-                "pdq": pdq_hex(vector),
-                "quality": int(crop_quality),
-            }
+            HashEntry(source, _variant_name(fraction), pdq_hex(vector), int(crop_quality))
         )
     return entries
 
@@ -297,14 +341,15 @@ class HashesStage(Stage[HashesConfig, HashesResult]):
                 decoded.image, self.config, source="photo", full=True, probes=True
             )
             return StageOutput(HashesResult(entries, 0, 0, 0, decoded.flags))
-        keyframes = item.upstream.get("keyframes")
-        if not keyframes:
+        keyframes = item.upstream_result("keyframes", KeyframesResult)
+        if keyframes is None:
             raise StageSkipped("no_video")
         entries = self._keyframe_hashes(keyframes, item.artifacts)
-        duration = float(item.upstream.get("probe", {}).get("duration_s") or 0.0)
+        probe = item.upstream_result("probe", ProbeResult)
+        duration = duration_of(probe)
         config = self.config
         counts = budgeted_counts(duration, config.min_budget_s, config.budget_per_media_s)
-        samples = self._sample_hashes(item, duration, counts)
+        samples = self._sample_hashes(item.path, rotation_of(probe), duration, counts)
         flags = ["truncated"] if counts.truncated else []
         if counts.out_of_time:
             flags.append("time_budget_reached")
@@ -313,7 +358,7 @@ class HashesStage(Stage[HashesConfig, HashesResult]):
         return StageOutput(
             HashesResult(
                 entries + samples,
-                len(keyframes.get("frames", [])),
+                len(keyframes.frames),
                 len(samples),
                 counts.corrupt,
                 flags,
@@ -321,42 +366,41 @@ class HashesStage(Stage[HashesConfig, HashesResult]):
         )
 
     def _keyframe_hashes(
-        self, keyframes: Mapping[str, Any], artifacts: Mapping[str, Path]
-    ) -> list[dict[str, Any]]:
+        self, keyframes: KeyframesResult, artifacts: Mapping[str, Path]
+    ) -> list[HashEntry]:
         entries = []
-        for frame in keyframes.get("frames", []):
-            path = artifacts.get(frame["artifact"])
+        for frame in keyframes.frames:
+            path = artifacts.get(frame.artifact)
             if path is None:
                 raise StageError(
-                    FailureReason.STORE_ERROR, f"keyframe {frame['artifact'][:16]} is not stored"
+                    FailureReason.STORE_ERROR, f"keyframe {frame.artifact[:16]} is not stored"
                 )
             decoded = decode_for_analysis(
                 path, min_side=self.config.analysis_side, max_pixels=self.config.max_pixels
             )
             for entry in hash_picture(decoded.image, self.config, source="keyframe", full=True):
-                entries.append({**entry, "t": frame["t"], "artifact": frame["artifact"]})
+                entries.append(dataclasses.replace(entry, t=frame.t, artifact=frame.artifact))
         return entries
 
     def _sample_hashes(
-        self, item: StageInput, duration: float, counts: DecodeCounts
-    ) -> list[dict[str, Any]]:
+        self, path: Path, rotation: int, duration: float, counts: DecodeCounts
+    ) -> list[HashEntry]:
         """PDQ of one frame per interval, decoding B-frames and loop filter skipped (PDQ works
         at 64x64, where neither shows)."""
         config = self.config
         interval = max(config.sample_interval_s, duration / config.max_samples)
         entries = []
-        with open_container(item.path, None) as container:
+        with open_container(path, None) as container:
             stream = video_stream(container)
             stream.codec_context.options = {"skip_loop_filter": "all"}
             stream.codec_context.skip_frame = "BIDIR"
-            rotation = rotation_of(item.upstream.get("probe", {}))
             try:
                 for t, frame in _sampled(container, stream, counts, interval):
                     image = display_thumbnail(
                         frame, stream.sample_aspect_ratio, rotation, config.analysis_side
                     )
                     for entry in hash_picture(image, config, source="sample", full=False):
-                        entries.append({**entry, "t": round(t, 3)})
+                        entries.append(dataclasses.replace(entry, t=round(t, 3)))
             except StageError as error:
                 if error.reason is not FailureReason.TOOL_TIMEOUT or not entries:
                     raise

@@ -74,6 +74,7 @@ def check_pixel_limit(width: int, height: int, max_pixels: int) -> None:
         raise StageError(
             FailureReason.RESOURCE_LIMIT,
             f"decompression bomb: {width}x{height} pixels exceeds {max_pixels}",
+            retryable=False,
         )
 
 
@@ -147,7 +148,9 @@ def decode_for_analysis(path: Path, *, min_side: int, max_pixels: int) -> Decode
         upright = image.transpose(method) if method is not None else image
         rgb = _to_rgb(upright)
     except Image.DecompressionBombError as error:
-        raise StageError(FailureReason.RESOURCE_LIMIT, f"decompression bomb: {error}") from None
+        raise StageError(
+            FailureReason.RESOURCE_LIMIT, f"decompression bomb: {error}", retryable=False
+        ) from None
     except UNREADABLE as error:
         raise StageError(
             FailureReason.CORRUPT_MEDIA, f"image does not decode: {type(error).__name__}"

@@ -20,11 +20,10 @@ On 60 s of 1080p H.264 (lavfi shots, 11 cuts; 2 vCPU, loaded) this took 0.42-0.4
 time of `ffmpeg -threads 2 -i CLIP -f null -` both for x264 defaults and for a phone-like
 encoding (1 s GOP, no B-frames, no scene-cut keyframes), with every cut on its exact frame.
 
-Hard cuts are found like PySceneDetect's adaptive detector (a frame-to-frame difference far
-above the mean of its neighbours); gradual transitions (fades, dissolves) as a large change
-over half a second whose intermediate frames are a linear mix of its two ends, which camera
-motion is not. Memory stays bounded for any length: signatures are kept for a bounded
-window, and per frame only a few numbers.
+The shot detector itself (hard cuts, fades and dissolves) lives in `workers.shots`; this
+module decides what to decode, feeds it the signatures, and chooses the frames. Memory stays
+bounded for any length: the detector keeps signatures for a bounded window, and this module
+per frame only a few numbers.
 """
 
 from __future__ import annotations
@@ -39,7 +38,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import cache
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 import av
 import av.codec.hwaccel
@@ -50,6 +49,7 @@ from workers.base import (
     CPU_NODE,
     ArtifactFile,
     FailureReason,
+    JsonRecord,
     Kind,
     Resources,
     Stage,
@@ -57,6 +57,17 @@ from workers.base import (
     StageError,
     StageInput,
     StageOutput,
+)
+from workers.probe import ProbeResult, duration_of
+from workers.shots import (
+    SIGNATURE_H,
+    SIGNATURE_W,
+    Cut,
+    CutRules,
+    ShotDetector,
+    Signature,
+    difference,
+    merge_cuts,
 )
 from workers.video import (
     DecodeCounts,
@@ -72,27 +83,16 @@ from workers.video import (
 )
 
 U8 = npt.NDArray[np.uint8]
-F32 = npt.NDArray[np.float32]
 
-#: Signature size: 64x36 luma (16:9 blocks) plus 32x18 per chroma plane. Large enough that a
-#: cut between two shots of similar brightness still differs, small enough (3,456 bytes) to
-#: keep thousands in memory and to compare in microseconds.
-_SIG_W, _SIG_H = 64, 36
 #: Samples per signature block side: 4x4 = 16 samples averaged per block, which divides
 #: sensor and compression noise by 4 at almost no cost (no full-plane scaling).
 _SIG_SUB = 4
 #: Width of the grey image sharpness is measured on; full 4K would cost 40x more and rank
 #: frames the same way.
 _SHARP_W = 320
-#: Signatures kept before a refined stretch is analysed in pieces (about 14 MB), and the
-#: context kept on both sides of a piece so that transitions across its edges are whole.
-_CHUNK_FRAMES = 4096
-_CONTEXT_FRAMES = 150
 #: Extracting a frame that is no keyframe means decoding its GOP up to it again; it must be
 #: this much sharper than the shot's sharpest keyframe to be worth that.
 _NON_KEY_PENALTY = 1.5
-#: Luma level (0-255 signature scale) under which a frame counts as black, for fades.
-_BLACK_LUMA = 32.0
 
 
 @dataclass(frozen=True)
@@ -115,11 +115,9 @@ class KeyframesConfig(StageConfig):
     so often that the neighbours of a cut are cuts too.
     `max_blind_gap_s`: stretches longer than this are always decoded.
 
-    `cut_ratio`, `cut_window`, `min_cut_score`: the adaptive hard-cut rule (PySceneDetect's
-    adaptive defaults are 3.0, 2 and 15 on its HSV scale). `gradual_score`, `gradual_s`,
-    `gradual_residual`: a gradual transition changes the picture by at least `gradual_score`
-    over `gradual_s` seconds with intermediate frames within `gradual_residual` (relative) of
-    a linear mix of the ends. `min_shot_s`: cuts closer than this keep only the stronger one.
+    `cut_ratio` to `min_shot_s`: the shot detector's rules, explained at `CutRules`. They
+    are fields of this config, not one nested `CutRules`, because the config's fields are
+    hashed into every result's storage key.
     """
 
     interval_s: float = 30.0
@@ -131,38 +129,93 @@ class KeyframesConfig(StageConfig):
     keyframe_cut: float = 25.0
     packet_spike: float = 4.0
     max_blind_gap_s: float = 20.0
-    cut_ratio: float = 3.0
-    cut_window: int = 2
-    min_cut_score: float = 8.0
-    gradual_score: float = 12.0
-    gradual_s: float = 0.5
-    gradual_residual: float = 0.3
-    min_shot_s: float = 0.4
+    cut_ratio: float = CutRules.cut_ratio
+    cut_window: int = CutRules.cut_window
+    min_cut_score: float = CutRules.min_cut_score
+    gradual_score: float = CutRules.gradual_score
+    gradual_s: float = CutRules.gradual_s
+    gradual_residual: float = CutRules.gradual_residual
+    min_shot_s: float = CutRules.min_shot_s
     #: Time budget: at least `min_budget_s`, else `budget_per_media_s` seconds per second of
     #: video. Measured at about 11x real time on 1080p here, so 0.5 leaves a 5x margin.
     min_budget_s: float = 120.0
     budget_per_media_s: float = 0.5
 
+    def cut_rules(self) -> CutRules:
+        """The detector's share of these options."""
+        return CutRules(
+            cut_ratio=self.cut_ratio,
+            cut_window=self.cut_window,
+            min_cut_score=self.min_cut_score,
+            gradual_score=self.gradual_score,
+            gradual_s=self.gradual_s,
+            gradual_residual=self.gradual_residual,
+            min_shot_s=self.min_shot_s,
+        )
+
 
 @dataclass(frozen=True)
-class KeyframesResult:
+class Shot(JsonRecord):
+    """A shot's start and end, in seconds."""
+
+    start: float
+    end: float
+
+
+@dataclass(frozen=True)
+class Keyframe(JsonRecord):
+    """A shot's representative frame: its time, frame index and shot (index into `shots`),
+    `artifact` (the SHA-256 of its JPEG, the key the store files it under), the sharpness it
+    won with, and its size as a viewer sees it (rotation and aspect applied)."""
+
+    t: float
+    frame_index: int
+    shot: int
+    artifact: str
+    sharpness: float
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class CutPoint(JsonRecord):
+    """A cut between two shots: its time, its first frame of the new shot, and `kind`
+    (`hard`, or `gradual` for a fade or dissolve, placed at its middle)."""
+
+    t: float
+    frame_index: int
+    kind: str
+
+
+@dataclass(frozen=True)
+class KeyframesResult(JsonRecord):
     """Shots, their representative frames, and the cuts between them; times in seconds.
 
     Times are presentation times from the first frame of the video stream (what a player's
-    timeline shows), so they are right for variable frame rate. Each frame's `artifact` is the
-    SHA-256 of its JPEG, the key the store files it under. `frames_decoded` against
+    timeline shows), so they are right for variable frame rate. `frames_decoded` against
     `frames_total` shows how much decoding the keyframe-first passes saved.
     """
 
-    shots: list[dict[str, float]]
-    frames: list[dict[str, Any]]
-    cuts: list[dict[str, Any]]
+    shots: list[Shot]
+    frames: list[Keyframe]
+    cuts: list[CutPoint]
     duration_s: float
     frames_decoded: int
     frames_total: int
     corrupt_frames: int
     flags: list[str]
     decoder: str
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Self:
+        return cls(
+            **{
+                **data,
+                "shots": [Shot.from_json(shot) for shot in data["shots"]],
+                "frames": [Keyframe.from_json(frame) for frame in data["frames"]],
+                "cuts": [CutPoint.from_json(cut) for cut in data["cuts"]],
+            }
+        )
 
 
 @dataclass
@@ -220,7 +273,7 @@ def _laplacian_variance(grey: U8) -> float:
     return float(laplacian.var()) if laplacian.size else 0.0
 
 
-def _describe(frame: av.VideoFrame) -> tuple[U8, float]:
+def _describe(frame: av.VideoFrame) -> tuple[Signature, float]:
     """A frame's signature (Y 64x36, U and V 32x18) and its sharpness.
 
     8-bit 4:2:0 frames are sampled straight from their planes (no scaling pass over the full
@@ -242,234 +295,13 @@ def _describe(frame: av.VideoFrame) -> tuple[U8, float]:
         v = _plane(small, 2, width // 2, height // 2)
     signature = np.concatenate(
         [
-            _pool(luma, _SIG_W, _SIG_H).ravel(),
-            _pool(u, _SIG_W // 2, _SIG_H // 2).ravel(),
-            _pool(v, _SIG_W // 2, _SIG_H // 2).ravel(),
+            _pool(luma, SIGNATURE_W, SIGNATURE_H).ravel(),
+            _pool(u, SIGNATURE_W // 2, SIGNATURE_H // 2).ravel(),
+            _pool(v, SIGNATURE_W // 2, SIGNATURE_H // 2).ravel(),
         ]
     )
     step = max(1, luma.shape[1] // _SHARP_W)
     return signature, _laplacian_variance(luma[::step, ::step])
-
-
-def _difference(first: U8, second: U8) -> float:
-    return float(np.abs(first.astype(np.int16) - second.astype(np.int16)).mean())
-
-
-def _is_black(signature: U8 | F32) -> bool:
-    return float(signature[: _SIG_W * _SIG_H].mean()) < _BLACK_LUMA
-
-
-@dataclass(frozen=True)
-class _Cut:
-    """A cut at a frame (by pts in the detector, by index after); fades note black ends."""
-
-    index: int
-    kind: str
-    score: float
-    to_black: bool = False
-    from_black: bool = False
-    #: A gradual transition's first and last frame; for a hard cut, the decoded frame before
-    #: it (pass 2 skips B-frames, so the cut may lie anywhere after it) and the cut frame.
-    first: int = 0
-    last: int = 0
-
-
-@dataclass
-class _Detector:
-    """Finds cuts in runs of consecutive decoded frames, in bounded memory.
-
-    Frames arrive in presentation order with their index; `end_run()` says the next frame does
-    not follow on (a stretch the keyframes showed to be unchanged lies between). A run is
-    analysed in pieces of `_CHUNK_FRAMES` with `_CONTEXT_FRAMES` of overlap, so a 10-hour
-    stretch of fast motion needs no more memory than a minute of it.
-    """
-
-    config: KeyframesConfig
-    fps: float
-    #: Timestamp ticks per frame: with B-frames skipped, decoded frames are sparser than the
-    #: video's, and the gradual window must still span `gradual_s`.
-    frame_ticks: float
-    cuts: list[_Cut] = field(default_factory=list)
-    _indices: list[int] = field(default_factory=list)
-    _signatures: list[U8] = field(default_factory=list)
-    _accept_from: int = 0
-
-    def add(self, pts: int, signature: U8) -> None:
-        self._indices.append(pts)
-        self._signatures.append(signature)
-        if len(self._indices) >= _CHUNK_FRAMES + _CONTEXT_FRAMES:
-            self._analyse(final=False)
-
-    def end_run(self) -> None:
-        if self._indices:
-            self._analyse(final=True)
-        self._indices, self._signatures, self._accept_from = [], [], 0
-
-    def _analyse(self, *, final: bool) -> None:
-        count = len(self._indices)
-        accept_to = count if final else count - _CONTEXT_FRAMES
-        signatures = np.stack(self._signatures).astype(np.float32)
-        for cut in self._find(signatures):
-            if self._accept_from <= cut.index < accept_to:
-                self.cuts.append(
-                    _Cut(
-                        self._indices[cut.index],
-                        cut.kind,
-                        cut.score,
-                        cut.to_black,
-                        cut.from_black,
-                        self._indices[cut.first],
-                        self._indices[cut.last],
-                    )
-                )
-        if not final:
-            keep_from = accept_to - _CONTEXT_FRAMES
-            self._indices = self._indices[keep_from:]
-            self._signatures = self._signatures[keep_from:]
-            self._accept_from = _CONTEXT_FRAMES
-
-    def _find(self, signatures: F32) -> list[_Cut]:
-        """Cuts by position in `signatures`: hard cuts first, then gradual ones between them."""
-        steps = np.zeros(len(signatures), dtype=np.float32)
-        if len(signatures) > 1:
-            steps[1:] = np.abs(np.diff(signatures, axis=0)).mean(axis=1)
-        hard = self._hard_cuts(steps)
-        # Frames between neighbours, to measure a gradual change per frame, not per step.
-        pts = np.asarray(self._indices, dtype=np.float64)
-        gaps = np.ones(len(signatures), dtype=np.float32)
-        gaps[1:] = np.maximum(np.diff(pts) / self.frame_ticks, 1.0)
-        return hard + self._gradual_cuts(signatures, steps, gaps, {cut.index for cut in hard})
-
-    def _hard_cuts(self, steps: F32) -> list[_Cut]:
-        config, cuts = self.config, []
-        window = config.cut_window
-        for position in range(1, len(steps)):
-            score = float(steps[position])
-            if score < config.min_cut_score:
-                continue
-            neighbours = [
-                float(steps[other])
-                for other in range(
-                    max(1, position - window), min(len(steps), position + window + 1)
-                )
-                if other != position
-            ]
-            mean = sum(neighbours) / len(neighbours) if neighbours else 0.0
-            if not neighbours or score >= config.cut_ratio * max(mean, 1e-3):
-                cuts.append(_Cut(position, "hard", score, first=position - 1, last=position))
-        return cuts
-
-    def _gradual_cuts(self, signatures: F32, steps: F32, gaps: F32, hard: set[int]) -> list[_Cut]:
-        """Fades and dissolves: a big change over `span` frames that is a linear mix.
-
-        For each candidate end `b` with start `a = b - span`, the frames between are projected
-        onto the line from `a` to `b`: a dissolve or fade moves along it (position rising from
-        0 to 1, small residual), camera motion and action leave it. The transition is placed
-        where the mix crosses half way.
-        """
-        config = self.config
-        ticks = (self._indices[-1] - self._indices[0]) / max(len(self._indices) - 1, 1)
-        span = max(3, round(config.gradual_s / max(ticks / self.frame_ticks, 1.0) * self.fps))
-        if len(signatures) <= span:
-            return []
-        change = np.abs(signatures[span:] - signatures[:-span]).mean(axis=1)
-        hard_prefix = np.concatenate([[0], np.cumsum([i in hard for i in range(len(steps))])])
-        cuts: list[_Cut] = []
-        order = np.argsort(-change)
-        taken = np.zeros(len(signatures), dtype=bool)
-        for offset in order:
-            score = float(change[offset])
-            if score < config.gradual_score:
-                break
-            start, end = int(offset), int(offset) + span
-            if taken[start + 1 : end].any() or hard_prefix[end + 1] - hard_prefix[start + 1]:
-                continue
-            if not self._linear_mix(signatures[start : end + 1]):
-                continue
-            start, end = _extent(steps / gaps, start, end, span, hard)
-            # Only the inside is taken: a fade in may start on the frame a fade out ended on.
-            taken[start + 1 : end] = True
-            cuts.append(
-                _Cut(
-                    start + _half_way(signatures[start : end + 1]),
-                    "gradual",
-                    score,
-                    to_black=_is_black(signatures[end]),
-                    from_black=_is_black(signatures[start]),
-                    first=start,
-                    last=end,
-                )
-            )
-        return cuts
-
-    def _linear_mix(self, frames: F32) -> bool:
-        """Whether the frames move steadily along the line from the first to the last."""
-        first, last = frames[0], frames[-1]
-        direction = last - first
-        norm = float(direction @ direction)
-        if norm <= 0:
-            return False
-        offsets = frames - first
-        alpha = offsets @ direction / norm
-        residual = np.linalg.norm(offsets - np.outer(alpha, direction), axis=1) / math.sqrt(norm)
-        rising = bool(np.all(np.diff(alpha) > -0.15))
-        return rising and float(np.median(residual[1:-1])) <= self.config.gradual_residual
-
-
-def _half_way(frames: F32) -> int:
-    """The first frame at least half way from the first frame to the last (the mix's middle)."""
-    direction = frames[-1] - frames[0]
-    alpha = (frames - frames[0]) @ direction / max(float(direction @ direction), 1e-6)
-    return int(np.argmax(alpha >= 0.5))
-
-
-def _extent(steps: F32, start: int, end: int, span: int, hard: set[int]) -> tuple[int, int]:
-    """A transition window grown to where the picture stops changing (at most 4 spans).
-
-    The window that changed most is any stretch inside a longer dissolve; growing it while
-    frames still change at half its pace finds the whole transition, whose middle is the cut.
-    """
-    pace = float(steps[start + 1 : end + 1].mean()) / 2
-    limit = 4 * span
-    while start > 0 and end - start < limit and steps[start] > pace and start not in hard:
-        start -= 1
-    while (
-        end + 1 < len(steps)
-        and end - start < limit
-        and steps[end + 1] > pace
-        and end + 1 not in hard
-    ):
-        end += 1
-    return start, end
-
-
-def _merge_cuts(cuts: list[_Cut], index: _Index, config: KeyframesConfig) -> list[_Cut]:
-    """Sorted cuts with near neighbours merged: a fade out and back in is one transition.
-
-    Two cuts closer than `min_shot_s` keep the stronger, except that a gradual pair around a
-    stretch of black (fade to black, then from black) becomes one gradual cut in the middle.
-    """
-    merged: list[_Cut] = []
-    for cut in sorted(cuts, key=lambda c: c.index):
-        if merged:
-            previous = merged[-1]
-            gap_s = index.seconds(cut.index) - index.seconds(previous.index)
-            if previous.to_black and cut.from_black and gap_s <= config.gradual_s * 6:
-                middle = (previous.first + cut.last) // 2
-                merged[-1] = _Cut(
-                    middle,
-                    "gradual",
-                    max(previous.score, cut.score),
-                    first=previous.first,
-                    last=cut.last,
-                )
-                continue
-            if gap_s < config.min_shot_s:
-                if cut.score > previous.score:
-                    merged[-1] = cut
-                continue
-        merged.append(cut)
-    return merged
 
 
 @dataclass
@@ -561,18 +393,19 @@ class KeyframesStage(Stage[KeyframesConfig, KeyframesResult]):
         """
         config = self.config
         hwaccel = hwaccel_for(config.hwaccel)
-        duration = item.upstream.get("probe", {}).get("duration_s") or 0.0
-        counts = budgeted_counts(float(duration), config.min_budget_s, config.budget_per_media_s)
+        probe = item.upstream_result("probe", ProbeResult)
+        duration = duration_of(probe)
+        counts = budgeted_counts(duration, config.min_budget_s, config.budget_per_media_s)
         decoded = _Decoded()
         with open_container(item.path, hwaccel) as container:
             stream = video_stream(container)
             intra = stream.codec_context.codec.intra_only
             fps = float(stream.guessed_rate or stream.average_rate or 25)
             time_base = stream.time_base or Fraction(1, 90000)
-            detector = _Detector(config, fps, float(1 / (fps * time_base)))
+            detector = ShotDetector(config.cut_rules(), fps, float(1 / (fps * time_base)))
             index, key_changes = self._scan(container, stream, counts, decoded, detector, intra)
             decoder = "nvdec" if stream.codec_context.is_hwaccel else "cpu"
-        trusted: list[_Cut] = []
+        trusted: list[Cut] = []
         if not intra:
             spans, trusted = self._spans(index, key_changes)
             if spans:
@@ -582,7 +415,7 @@ class KeyframesStage(Stage[KeyframesConfig, KeyframesResult]):
         if counts.decoded == 0:
             raise StageError(FailureReason.DECODE_ERROR, "not one video frame decodes")
         found = [
-            _Cut(
+            Cut(
                 position,
                 cut.kind,
                 cut.score,
@@ -599,12 +432,12 @@ class KeyframesStage(Stage[KeyframesConfig, KeyframesResult]):
             with open_container(item.path, hwaccel) as container:
                 stream = video_stream(container)
                 found = self._place_exactly(container, stream, index, found, counts)
-        cuts = _merge_cuts(found, index, config)
+        cuts = merge_cuts(found, index.seconds, config.cut_rules())
         boundaries = [0, *[cut.index for cut in cuts], len(index.pts)]
         choices, limited = self._choose(index, boundaries, decoded)
         with open_container(item.path, hwaccel) as container:
             stream = video_stream(container)
-            rotation = rotation_of(item.upstream.get("probe", {}))
+            rotation = rotation_of(probe)
             frames, artifacts = self._extract(
                 container, stream, index, choices, rotation, workdir, counts
             )
@@ -616,16 +449,12 @@ class KeyframesStage(Stage[KeyframesConfig, KeyframesResult]):
         return StageOutput(
             KeyframesResult(
                 shots=[
-                    {"start": round(index.seconds(start), 6), "end": round(_end(index, end), 6)}
+                    Shot(round(index.seconds(start), 6), round(_end(index, end), 6))
                     for start, end in itertools.pairwise(boundaries)
                 ],
                 frames=frames,
                 cuts=[
-                    {
-                        "t": round(index.seconds(cut.index), 6),
-                        "frame_index": cut.index,
-                        "kind": cut.kind,
-                    }
+                    CutPoint(round(index.seconds(cut.index), 6), cut.index, cut.kind)
                     for cut in cuts
                 ],
                 duration_s=round(_end(index, len(index.pts)), 6),
@@ -644,7 +473,7 @@ class KeyframesStage(Stage[KeyframesConfig, KeyframesResult]):
         stream: av.VideoStream,
         counts: DecodeCounts,
         decoded: _Decoded,
-        detector: _Detector,
+        detector: ShotDetector,
         intra: bool,
     ) -> tuple[_Index, dict[int, float]]:
         """Pass 1: every packet's pts and size, and keyframes decoded to signatures.
@@ -654,14 +483,14 @@ class KeyframesStage(Stage[KeyframesConfig, KeyframesResult]):
         """
         builder = _IndexBuilder(intra)
         changes: dict[int, float] = {}
-        previous: U8 | None = None
+        previous: Signature | None = None
         for pts, frame in frames_of(container, stream, counts, builder.take):
             signature, sharpness = _describe(frame)
             decoded.add(pts, sharpness)
             if intra:
                 detector.add(pts, signature)
             elif previous is not None:
-                changes[pts] = _difference(previous, signature)
+                changes[pts] = difference(previous, signature)
             previous = signature
         detector.end_run()
         index = builder.build(stream.time_base or Fraction(1, 90000))
@@ -671,7 +500,7 @@ class KeyframesStage(Stage[KeyframesConfig, KeyframesResult]):
 
     def _spans(
         self, index: _Index, changes: Mapping[int, float]
-    ) -> tuple[list[tuple[int, int]], list[_Cut]]:
+    ) -> tuple[list[tuple[int, int]], list[Cut]]:
         """Pts ranges (inclusive) to decode, and cuts the keyframes alone establish.
 
         A stretch between keyframes is decoded when the keyframes differ, when one did not
@@ -698,7 +527,7 @@ class KeyframesStage(Stage[KeyframesConfig, KeyframesResult]):
             starts.insert(0, 0)
         scheduled = _scheduled_intervals([b - a for a, b in itertools.pairwise(starts)])
         spans: list[tuple[int, int]] = []
-        trusted: list[_Cut] = []
+        trusted: list[Cut] = []
         for number, start in enumerate(starts):
             end = starts[number + 1] if number + 1 < len(starts) else last
             if end <= start and number + 1 < len(starts):
@@ -722,7 +551,7 @@ class KeyframesStage(Stage[KeyframesConfig, KeyframesResult]):
                 early = end - start not in scheduled
                 sure = change is not None and change >= config.min_cut_score
                 if early and sure and not (long_gap or spike):
-                    trusted.append(_Cut(end, "hard", change or 0.0, first=end - 1, last=end))
+                    trusted.append(Cut(end, "hard", change or 0.0, first=end - 1, last=end))
                     continue
             else:
                 doubt = end > start
@@ -742,7 +571,7 @@ class KeyframesStage(Stage[KeyframesConfig, KeyframesResult]):
         spans: list[tuple[int, int]],
         counts: DecodeCounts,
         decoded: _Decoded,
-        detector: _Detector,
+        detector: ShotDetector,
     ) -> None:
         """Pass 2: decode the doubtful ranges fully, at signature size, into the detector.
 
@@ -782,9 +611,9 @@ class KeyframesStage(Stage[KeyframesConfig, KeyframesResult]):
         container: av.container.InputContainer,
         stream: av.VideoStream,
         index: _Index,
-        cuts: list[_Cut],
+        cuts: list[Cut],
         counts: DecodeCounts,
-    ) -> list[_Cut]:
+    ) -> list[Cut]:
         """Hard cuts found between two decoded frames with skipped B-frames between them,
         moved to the exact frame: their GOP is decoded again, this time whole, up to the cut.
         """
@@ -796,19 +625,19 @@ class KeyframesStage(Stage[KeyframesConfig, KeyframesResult]):
                 continue
             key_at = int(np.searchsorted(index.keys, cut.first, side="right")) - 1
             container.seek(int(index.pts[int(index.keys[max(key_at, 0)])]), stream=stream)
-            signatures: dict[int, U8] = {}
+            signatures: dict[int, Signature] = {}
             for position, frame in _positioned_frames(container, stream, index, counts):
                 if position >= cut.first:
                     signatures[position] = _describe(frame)[0]
                 if position >= cut.index:
                     break
             steps = [
-                (_difference(signatures[position - 1], signatures[position]), position)
+                (difference(signatures[position - 1], signatures[position]), position)
                 for position in range(cut.first + 1, cut.index + 1)
                 if position in signatures and position - 1 in signatures
             ]
             exact = max(steps)[1] if steps else cut.index
-            placed.append(_Cut(exact, "hard", cut.score, first=exact - 1, last=exact))
+            placed.append(Cut(exact, "hard", cut.score, first=exact - 1, last=exact))
         return placed
 
     def _choose(
@@ -887,13 +716,13 @@ class KeyframesStage(Stage[KeyframesConfig, KeyframesResult]):
         rotation: int,
         workdir: Path,
         counts: DecodeCounts,
-    ) -> tuple[list[dict[str, Any]], list[ArtifactFile]]:
+    ) -> tuple[list[Keyframe], list[ArtifactFile]]:
         """Pass 3: decode each chosen frame at full resolution and write it as a JPEG.
 
         Each frame is reached by seeking to the keyframe before it and decoding forward;
         frames of one stretch share the decoding. Frames that no longer decode are left out.
         """
-        frames: list[dict[str, Any]] = []
+        frames: list[Keyframe] = []
         artifacts: list[ArtifactFile] = []
         sink = DecodeCounts()
         # Every candidate is a keyframe or was decoded with B-frames skipped, so no chosen
@@ -922,15 +751,15 @@ class KeyframesStage(Stage[KeyframesConfig, KeyframesResult]):
             digest = hashlib.sha256(path.read_bytes()).hexdigest()
             t = round(index.seconds(choice.index), 6)
             frames.append(
-                {
-                    "t": t,
-                    "frame_index": choice.index,
-                    "shot": choice.shot,
-                    "artifact": digest,
-                    "sharpness": round(choice.sharpness, 3),
-                    "width": image.width,
-                    "height": image.height,
-                }
+                Keyframe(
+                    t=t,
+                    frame_index=choice.index,
+                    shot=choice.shot,
+                    artifact=digest,
+                    sharpness=round(choice.sharpness, 3),
+                    width=image.width,
+                    height=image.height,
+                )
             )
             artifacts.append(
                 ArtifactFile(path, "image/jpeg", "keyframe", {"t": t, "frame_index": choice.index})

@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 
 from workers.base import (
     FailureReason,
+    JsonRecord,
     Kind,
     Resources,
     Stage,
@@ -32,6 +33,7 @@ from workers.base import (
     StageOutput,
     StageSkipped,
 )
+from workers.probe import ProbeResult
 from workers.tools import ExiftoolSession, ToolLimits, tool_version
 
 #: `-G` prefixes each tag with its family-0 group (EXIF, XMP, QuickTime, Composite, ...) so a
@@ -142,7 +144,7 @@ class MetadataConfig(StageConfig):
 
 
 @dataclass(frozen=True)
-class MetadataResult:
+class MetadataResult(JsonRecord):
     """Normalised capture metadata, plus exiftool's full record in `raw`.
 
     `captured_at` is ISO 8601, with its UTC offset when the file says it (naive otherwise:
@@ -371,10 +373,9 @@ def _orientation(value: Any) -> int | None:
     return int(number)
 
 
-def _size(record: Mapping[str, Any], probe: Mapping[str, Any]) -> tuple[int | None, int | None]:
-    width, height = probe.get("width"), probe.get("height")
-    if isinstance(width, int) and isinstance(height, int):
-        return width, height
+def _size(record: Mapping[str, Any], probe: ProbeResult | None) -> tuple[int | None, int | None]:
+    if probe is not None and probe.width is not None and probe.height is not None:
+        return probe.width, probe.height
     image_size = record.get("Composite:ImageSize")
     if isinstance(image_size, str):
         parts = image_size.replace("x", " ").split()
@@ -383,9 +384,9 @@ def _size(record: Mapping[str, Any], probe: Mapping[str, Any]) -> tuple[int | No
     return None, None
 
 
-def _codecs(probe: Mapping[str, Any]) -> list[str]:
-    described = probe.get("ffprobe")
-    if not isinstance(described, Mapping):
+def _codecs(probe: ProbeResult | None) -> list[str]:
+    described = probe.ffprobe if probe is not None else None
+    if described is None:
         return []
     codecs: list[str] = []
     for stream in described.get("streams", []):
@@ -471,17 +472,18 @@ class MetadataStage(Stage[MetadataConfig, MetadataResult]):
             raise StageError(FailureReason.UNSUPPORTED_TYPE, "not a regular file")
         session = self._session or self._started_session()
         record = session.query(item.path)
-        probe = item.upstream.get("probe", {})
+        probe = item.upstream_result("probe", ProbeResult)
         return StageOutput(self.normalise(record, probe, item.kind, datetime.now(UTC)))
 
     def normalise(
         self,
         record: Mapping[str, Any],
-        probe: Mapping[str, Any],
+        probe: ProbeResult | None,
         kind: Kind,
         now: datetime,
     ) -> MetadataResult:
-        """Turn one exiftool record (and the probe's result) into a MetadataResult.
+        """Turn one exiftool record (and the probe's result, when there is one) into a
+        MetadataResult.
 
         Public so the rules can be exercised on a recorded exiftool record without a file.
         """
@@ -498,7 +500,7 @@ class MetadataStage(Stage[MetadataConfig, MetadataResult]):
         ):
             flags.add("date_in_future")
 
-        duration = _number(probe.get("duration_s"))
+        duration = probe.duration_s if probe is not None else None
         if duration is None:
             duration = _number(record.get("QuickTime:Duration"))
         tolerance = timedelta(seconds=self.config.dates_tolerance_s + (duration or 0.0))
@@ -517,8 +519,7 @@ class MetadataStage(Stage[MetadataConfig, MetadataResult]):
             if orientation is None:
                 orientation = _orientation(record.get("XMP:Orientation"))
         elif kind is Kind.VIDEO:
-            probe_rotation = probe.get("rotation")
-            rotation = probe_rotation if isinstance(probe_rotation, int) else None
+            rotation = probe.rotation if probe is not None else None
             exiftool_rotation = _number(record.get("Composite:Rotation"))
             if rotation is None and exiftool_rotation is not None:
                 rotation = round(exiftool_rotation) % 360

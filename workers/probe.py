@@ -23,6 +23,7 @@ from PIL import Image
 
 from workers.base import (
     FailureReason,
+    JsonRecord,
     Kind,
     Resources,
     Stage,
@@ -230,7 +231,7 @@ class ProbeConfig(StageConfig):
 
 
 @dataclass(frozen=True)
-class ProbeResult:
+class ProbeResult(JsonRecord):
     """What the item is. `kind` is read by the pipeline to decide which stages follow.
 
     `ffprobe` keeps ffprobe's own description (minus the store path) because analysts and
@@ -250,6 +251,12 @@ class ProbeResult:
     rotation: int | None
     flags: list[str]
     ffprobe: dict[str, Any] | None
+
+
+def duration_of(probe: ProbeResult | None) -> float:
+    """Seconds of audio or video the probe measured; 0 when it could not tell, or when a stage
+    runs without a probe result (at a prompt): time budgets then grant their minimum."""
+    return float(probe.duration_s or 0.0) if probe is not None else 0.0
 
 
 def _open_regular(path: Path) -> int:
@@ -299,7 +306,9 @@ def _pillow_header(path: Path, max_pixels: int) -> tuple[int, int, str]:
             width, height = image.size
             image_format = image.format or "unknown"
     except Image.DecompressionBombError as error:
-        raise StageError(FailureReason.RESOURCE_LIMIT, f"decompression bomb: {error}") from None
+        raise StageError(
+            FailureReason.RESOURCE_LIMIT, f"decompression bomb: {error}", retryable=False
+        ) from None
     except UNREADABLE as error:
         raise StageError(
             FailureReason.CORRUPT_MEDIA, f"image header unreadable: {type(error).__name__}"

@@ -19,10 +19,10 @@ import math
 import re
 import time
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
@@ -31,6 +31,7 @@ from workers.arabic import normalise
 from workers.base import (
     ArtifactFile,
     FailureReason,
+    JsonRecord,
     Kind,
     Resources,
     Stage,
@@ -41,6 +42,7 @@ from workers.base import (
     StageOutput,
     StageSkipped,
 )
+from workers.probe import ProbeResult, duration_of
 from workers.tools import ToolLimits, ffmpeg_input, package_version, run_tool, tool_version
 
 SAMPLE_RATE = 16_000
@@ -100,7 +102,7 @@ class TranscriptConfig(StageConfig):
 
 
 @dataclass(frozen=True)
-class ModelRef:
+class ModelRef(JsonRecord):
     """Which weights made a transcript: a name for people, the SHA-256 for proof."""
 
     name: str
@@ -108,7 +110,10 @@ class ModelRef:
 
 
 @dataclass(frozen=True)
-class Segment:
+class Segment(JsonRecord):
+    """A stretch of speech: seconds from the start of the audio, the text as transcribed, the
+    model's own figures for it, and why it is doubtful (empty when nothing marks it)."""
+
     start: float
     end: float
     text: str
@@ -119,7 +124,7 @@ class Segment:
 
 
 @dataclass(frozen=True)
-class TranscriptResult:
+class TranscriptResult(JsonRecord):
     """A transcript with its provenance: `text` holds only segments without flags.
 
     `language_probability` is None when the language was forced rather than detected.
@@ -137,6 +142,16 @@ class TranscriptResult:
     text: str
     flagged_segments: int
     flags: list[str]
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Self:
+        return cls(
+            **{
+                **data,
+                "model": ModelRef.from_json(data["model"]),
+                "segments": [Segment.from_json(segment) for segment in data["segments"]],
+            }
+        )
 
 
 def compression_ratio(text: str) -> float:
@@ -295,13 +310,12 @@ class TranscriptStage(Stage[TranscriptConfig, TranscriptResult]):
             StageError: model_error when no model could be loaded, corrupt_media when the
                 audio does not decode, tool_timeout past the time budget.
         """
-        probe = item.upstream.get("probe", {})
-        if item.kind is Kind.VIDEO and not probe.get("has_audio", True):
+        probe = item.upstream_result("probe", ProbeResult)
+        if item.kind is Kind.VIDEO and probe is not None and not probe.has_audio:
             raise StageSkipped("no_audio")
         if self._model is None or self._model_ref is None:
             raise StageError(FailureReason.MODEL_ERROR, self._setup_error or "model not loaded")
-        duration = float(probe.get("duration_s") or 0.0)
-        samples = decode_audio(item.path, workdir / "audio.pcm", duration)
+        samples = decode_audio(item.path, workdir / "audio.pcm", duration_of(probe))
         budget = 300.0 + self.config.budget_per_audio_s * len(samples) / SAMPLE_RATE
         result = self._transcribe(samples, time.monotonic() + budget)
         vtt, srt = workdir / "transcript.vtt", workdir / "transcript.srt"

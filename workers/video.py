@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -22,6 +22,7 @@ import av.codec.hwaccel
 from PIL import Image
 
 from workers.base import FailureReason, StageError, StageSkipped
+from workers.probe import ProbeResult
 from workers.tools import ffmpeg_input
 
 
@@ -185,9 +186,11 @@ def flush(stream: av.VideoStream, counts: DecodeCounts) -> list[av.VideoFrame]:
     return good
 
 
-def rotation_of(probe: Mapping[str, Any]) -> int:
-    rotation = probe.get("rotation")
-    return int(rotation) % 360 if isinstance(rotation, int | float) else 0
+def rotation_of(probe: ProbeResult | None) -> int:
+    """The clockwise rotation a player applies to the video, 0 when the probe found none or
+    a stage runs without a probe result (at a prompt)."""
+    rotation = probe.rotation if probe is not None else None
+    return rotation % 360 if rotation is not None else 0
 
 
 #: Clockwise display rotation -> the PIL transpose that applies it (PIL turns anticlockwise).

@@ -1,0 +1,102 @@
+"""The shot detector's streaming interface, on signatures fed by hand (no video, no decoder)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from workers.keyframes import KeyframesConfig
+from workers.shots import LUMA_BLOCKS, Cut, CutRules, ShotDetector, Signature, merge_cuts
+
+#: Luma blocks and two chroma planes of a quarter of that each.
+_LENGTH = LUMA_BLOCKS * 3 // 2
+FPS = 25.0
+#: Timestamp ticks per frame: a 1/12,800 s time base at 25 fps, as FFmpeg writes MP4.
+TICKS = 512
+
+
+def _picture(seed: int) -> Signature:
+    """A textured picture of mid brightness (not black)."""
+    return np.random.default_rng(seed).integers(60, 200, _LENGTH, dtype=np.uint8)
+
+
+def _shot(picture: Signature, frames: int, seed: int) -> list[Signature]:
+    """A still shot with a little sensor noise on every frame, as real frames have."""
+    noise = np.random.default_rng(seed).integers(-2, 3, (frames, _LENGTH))
+    return list(np.clip(picture.astype(np.int16) + noise, 0, 255).astype(np.uint8))
+
+
+def _detector() -> ShotDetector:
+    return ShotDetector(CutRules(), FPS, TICKS)
+
+
+def _feed(detector: ShotDetector, frames: list[Signature], first: int = 0) -> None:
+    for number, signature in enumerate(frames, start=first):
+        detector.add(number * TICKS, signature)
+
+
+def test_a_hard_cut_is_found_on_its_frame() -> None:
+    detector = _detector()
+    _feed(detector, _shot(_picture(1), 30, 10) + _shot(_picture(2), 30, 11))
+    assert detector.cuts == [], "nothing is analysed before the run ends"
+    detector.end_run()
+    [cut] = detector.cuts
+    assert cut.kind == "hard"
+    assert (cut.first, cut.index, cut.last) == (29 * TICKS, 30 * TICKS, 30 * TICKS)
+    assert cut.score > 30
+
+
+def test_a_linear_fade_to_black_is_one_gradual_cut_in_its_middle() -> None:
+    picture = _picture(3).astype(np.float32)
+    fade = [(picture * (1 - step / 20)).round().astype(np.uint8) for step in range(1, 21)]
+    black = [np.zeros(_LENGTH, dtype=np.uint8)] * 30
+    detector = _detector()
+    _feed(detector, _shot(_picture(3), 30, 12) + fade + black)
+    detector.end_run()
+    [cut] = detector.cuts
+    assert cut.kind == "gradual"
+    assert (cut.to_black, cut.from_black) == (True, False)
+    # Each step of the fade is too small for a hard cut; the fade runs over frames 30-49.
+    assert abs(cut.index - 40 * TICKS) <= 2 * TICKS
+    assert cut.first <= 31 * TICKS and cut.last >= 48 * TICKS
+
+
+def test_a_run_ended_between_two_pictures_gives_no_cut() -> None:
+    """Frames the keyframes showed unchanged lie between runs: the change is not a cut."""
+    detector = _detector()
+    _feed(detector, _shot(_picture(4), 20, 13))
+    detector.end_run()
+    _feed(detector, _shot(_picture(5), 20, 14), first=500)
+    detector.end_run()
+    assert detector.cuts == []
+
+
+def test_cuts_near_the_edge_of_an_analysed_piece_are_found_once() -> None:
+    """A run longer than one piece (4,096 frames and 150 of context) is analysed in
+    overlapping pieces, in bounded memory: 4000 falls in the first, 4100 in the overlap."""
+    detector = _detector()
+    frames = _shot(_picture(6), 4000, 15) + _shot(_picture(7), 100, 16)
+    frames += _shot(_picture(8), 200, 17)
+    _feed(detector, frames)
+    detector.end_run()
+    assert [(cut.index // TICKS, cut.kind) for cut in detector.cuts] == [
+        (4000, "hard"),
+        (4100, "hard"),
+    ]
+
+
+def test_merging_joins_a_fade_out_and_in_and_keeps_the_stronger_of_near_cuts() -> None:
+    def seconds(index: int) -> float:
+        return index / FPS
+
+    out = Cut(40, "gradual", 30.0, to_black=True, first=30, last=49)
+    back = Cut(60, "gradual", 40.0, from_black=True, first=52, last=70)
+    weak, strong = Cut(100, "hard", 20.0, first=99, last=100), Cut(105, "hard", 50.0)
+    merged = merge_cuts([strong, back, weak, out], seconds, CutRules())
+    assert merged == [Cut(50, "gradual", 40.0, first=30, last=70), strong]
+
+
+def test_the_keyframes_options_carry_the_rules_and_keep_their_storage_key() -> None:
+    assert KeyframesConfig().cut_rules() == CutRules()
+    assert KeyframesConfig(min_shot_s=1.0).cut_rules().min_shot_s == 1.0
+    # The options' hash is part of every stored keyframes result's key: it must not move.
+    assert KeyframesConfig().config_hash() == "4a99759a2910c073"
