@@ -11,18 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.bench.keyframes import (
-    DEFAULT_CORPUS,
-    TrueCut,
-    bench_keyframes,
-    match_cuts,
-    plan_shots,
-)
+from pipelines.bench.keyframes import DEFAULT_CORPUS, bench_keyframes, match_cuts
 from pipelines.config import QarinaConfig
+from pipelines.samples import phone_clips
 
 
 def test_match_cuts_is_one_to_one_within_tolerance() -> None:
-    truth = [TrueCut(30, "hard", (30, 30)), TrueCut(100, "dissolve", (93, 107))]
+    truth = [
+        phone_clips.TrueCut(30, "hard", (30, 30)),
+        phone_clips.TrueCut(100, "dissolve", (93, 107)),
+    ]
     # 32 is within 2 frames of the hard cut, 34 is not; 92 and 106 both lie in the dissolve's
     # span +- 2, but only one of them may claim it.
     scores = match_cuts([32, 34, 92, 106], truth)
@@ -35,12 +33,12 @@ def test_match_cuts_is_one_to_one_within_tolerance() -> None:
 
 
 def test_plan_has_hard_and_gradual_cuts_and_is_long_enough() -> None:
-    shots = plan_shots(60)
+    shots = phone_clips.plan_shots(60)
     transitions = [shot.transition for shot in shots[1:]]
     assert 30 <= len(shots) <= 40
     assert {"hard", "dissolve", "fade"} == set(transitions)
     assert transitions.count("hard") > 4 * (len(transitions) - transitions.count("hard"))
-    assert plan_shots(60) == shots
+    assert phone_clips.plan_shots(60) == shots
 
 
 @pytest.mark.slow

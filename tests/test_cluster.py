@@ -23,11 +23,10 @@ import sqlalchemy as sa
 
 from evidence.schema import jobs, results
 from evidence.store import Store
-from pipelines import samples
 from pipelines.bench.cluster import TOPOLOGIES, bench_cluster
 from pipelines.config import QarinaConfig
 from pipelines.local_cluster import LocalCluster, local_cluster
-from tests import media
+from pipelines.samples import audio, photos, videos
 from tests.conftest import _reset_postgres
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -68,10 +67,9 @@ def pg_url(request: pytest.FixtureRequest) -> str:
 def _backlog(folder: Path) -> Path:
     folder.mkdir(parents=True)
     for index in range(PHOTOS):
-        samples.photo(folder / f"p{index:03d}.jpg", size=(320, 240), seed=index)
-    speech = samples.speech_wav(folder.parent / "speech.wav")
-    media.video_with_speech(folder / "clip.mp4", speech)
-    media.speech(folder / "note.opus", samples.GREETING, voice_format="ogg-opus")
+        photos.photo(folder / f"p{index:03d}.jpg", size=(320, 240), seed=index)
+    videos.video_with_speech(folder / "clip.mp4", audio.speech(folder.parent / "speech.wav"))
+    audio.speech(folder / "note.opus", voice_format="ogg-opus")
     return folder
 
 

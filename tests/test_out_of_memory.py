@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 
 from evidence.schema import jobs
-from pipelines import samples
+from pipelines.samples import photos
 
 pytestmark = pytest.mark.slow
 
@@ -37,7 +37,7 @@ def test_a_stage_that_always_runs_out_of_memory_ends_dead_with_resource_limit(
     used, total = _memory_in_use_fraction()
     # Ray's monitor fires once the node passes this share of its memory: 1 GiB above now.
     threshold = min(0.95, used + 1024**3 / total)
-    photo = samples.photo(tmp_path / "p.jpg", size=(64, 48), seed=1)
+    photo = photos.photo(tmp_path / "p.jpg", size=(64, 48), seed=1)
     data = tmp_path / "data"
     data.mkdir()
     env = {

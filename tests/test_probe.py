@@ -8,7 +8,7 @@ from typing import ClassVar
 
 import pytest
 
-from tests import media
+from pipelines.samples import audio, hostile, photos, videos
 from tests.stage_contract import StageContract
 from workers.base import FailureReason, Kind, StageError, StageInput, result_to_json
 from workers.probe import ProbeConfig, ProbeResult, ProbeStage
@@ -38,21 +38,22 @@ class TestProbeContract(StageContract):
     expected_name = "probe"
 
     def supported_item(self, tmp_path: Path) -> StageInput:
-        return _item(media.jpeg_with_exif(tmp_path / "item", size=(64, 48)))
+        return _item(photos.striped(tmp_path / "item", size=(64, 48), exif=photos.exif_bytes()))
 
     def unsupported_item(self, tmp_path: Path) -> StageInput:
-        return _item(media.html_named_mp4(tmp_path))
+        return _item(hostile.html_page(tmp_path / "clip.mp4"))
 
 
 def test_jpeg_named_png_is_a_jpeg_photo(probe: ProbeStage, tmp_path: Path) -> None:
-    result = _run(probe, media.jpeg_bytes_named_png(tmp_path), tmp_path)
+    result = _run(probe, hostile.jpeg_bytes_named_png(tmp_path), tmp_path)
     assert (result.kind, result.mime, result.format) == ("photo", "image/jpeg", "jpeg")
     assert (result.width, result.height) == (64, 48)
     assert result.flags == []
 
 
 def test_png_is_a_photo(probe: ProbeStage, tmp_path: Path) -> None:
-    result = _run(probe, media.png(tmp_path / "item"), tmp_path)
+    png = photos.striped(tmp_path / "item", size=(64, 48), image_format="PNG")
+    result = _run(probe, png, tmp_path)
     assert (result.kind, result.format) == ("photo", "png")
 
 
@@ -60,7 +61,7 @@ def test_html_named_mp4_is_unsupported_and_says_what_it_is(
     probe: ProbeStage, tmp_path: Path
 ) -> None:
     with pytest.raises(StageError) as caught:
-        _run(probe, media.html_named_mp4(tmp_path), tmp_path)
+        _run(probe, hostile.html_page(tmp_path / "clip.mp4"), tmp_path)
     assert caught.value.reason is FailureReason.UNSUPPORTED_TYPE
     assert caught.value.detail == "html document"
     assert "clip" not in caught.value.detail
@@ -82,7 +83,7 @@ def test_other_content_is_unsupported(
 
 
 def test_video_with_audio(probe: ProbeStage, tmp_path: Path) -> None:
-    result = _run(probe, media.video_with_cuts(tmp_path / "item.jpg"), tmp_path)
+    result = _run(probe, videos.video_with_cuts(tmp_path / "item.jpg"), tmp_path)
     assert (result.kind, result.format, result.mime) == ("video", "mp4", "video/mp4")
     assert result.has_video and result.has_audio
     assert (result.width, result.height) == (96, 64)
@@ -92,34 +93,35 @@ def test_video_with_audio(probe: ProbeStage, tmp_path: Path) -> None:
 
 
 def test_silent_video_has_no_audio(probe: ProbeStage, tmp_path: Path) -> None:
-    result = _run(probe, media.video_with_cuts(tmp_path / "item", with_audio=False), tmp_path)
+    result = _run(probe, videos.video_with_cuts(tmp_path / "item", audio=None), tmp_path)
     assert result.kind == "video"
     assert not result.has_audio
 
 
 def test_rotation_is_clockwise_degrees(probe: ProbeStage, tmp_path: Path) -> None:
-    result = _run(probe, media.rotated_video(tmp_path / "item", 90), tmp_path)
+    result = _run(probe, videos.rotated_video(tmp_path / "item", 90), tmp_path)
     assert result.rotation == 90
 
 
 def test_wav_is_audio(probe: ProbeStage, tmp_path: Path) -> None:
-    result = _run(probe, media.audio_wav(tmp_path / "item.mp4"), tmp_path)
+    result = _run(probe, audio.tone(tmp_path / "item.mp4"), tmp_path)
     assert (result.kind, result.format, result.has_video) == ("audio", "wav", False)
 
 
 def test_ogg_opus_voice_note_is_audio(probe: ProbeStage, tmp_path: Path) -> None:
-    result = _run(probe, media.audio_ogg_opus(tmp_path / "item"), tmp_path)
+    note = audio.speech(tmp_path / "item", "مرحبا بكم", voice_format="ogg-opus")
+    result = _run(probe, note, tmp_path)
     assert (result.kind, result.format, result.mime) == ("audio", "ogg", "audio/ogg")
 
 
 def test_truncated_jpeg_is_flagged(probe: ProbeStage, tmp_path: Path) -> None:
-    result = _run(probe, media.truncated_jpeg(tmp_path / "item"), tmp_path)
+    result = _run(probe, hostile.truncated_jpeg(tmp_path / "item"), tmp_path)
     assert result.kind == "photo"
     assert result.flags == ["truncated"]
 
 
 def test_decompression_bomb_is_a_resource_limit(probe: ProbeStage, tmp_path: Path) -> None:
-    path = media.png_bomb(tmp_path / "item")
+    path = hostile.png_bomb(tmp_path / "item")
     assert path.stat().st_size < 200
     with pytest.raises(StageError) as caught:
         _run(probe, path, tmp_path)
@@ -129,13 +131,13 @@ def test_decompression_bomb_is_a_resource_limit(probe: ProbeStage, tmp_path: Pat
 def test_pixel_limit_comes_from_config(tmp_path: Path) -> None:
     stage = ProbeStage(ProbeConfig(max_image_pixels=1000))
     with pytest.raises(StageError) as caught:
-        _run(stage, media.png(tmp_path / "item", size=(64, 48)), tmp_path)
+        _run(stage, photos.striped(tmp_path / "item", size=(64, 48), image_format="PNG"), tmp_path)
     assert caught.value.reason is FailureReason.RESOURCE_LIMIT
 
 
 def test_corrupt_video_is_corrupt_media(probe: ProbeStage, tmp_path: Path) -> None:
     with pytest.raises(StageError) as caught:
-        _run(probe, media.corrupt_video(tmp_path / "item"), tmp_path)
+        _run(probe, hostile.corrupt_video(tmp_path / "item"), tmp_path)
     assert caught.value.reason is FailureReason.CORRUPT_MEDIA
 
 
@@ -150,12 +152,12 @@ def test_unreadable_image_header_is_corrupt_media(probe: ProbeStage, tmp_path: P
 @pytest.mark.timeout(10)
 def test_fifo_is_refused_without_blocking(probe: ProbeStage, tmp_path: Path) -> None:
     with pytest.raises(StageError) as caught:
-        _run(probe, media.fifo(tmp_path / "item"), tmp_path)
+        _run(probe, hostile.fifo(tmp_path / "item"), tmp_path)
     assert caught.value.reason is FailureReason.UNSUPPORTED_TYPE
 
 
 def test_result_is_json_serialisable(probe: ProbeStage, tmp_path: Path) -> None:
-    result = _run(probe, media.video_with_cuts(tmp_path / "item"), tmp_path)
+    result = _run(probe, videos.video_with_cuts(tmp_path / "item"), tmp_path)
     data = result_to_json(result)
     assert json.loads(json.dumps(data))["kind"] == "video"
 

@@ -14,9 +14,8 @@ import pytest
 import sqlalchemy as sa
 from typer.testing import CliRunner
 
-from pipelines import samples
 from pipelines.cli import app
-from tests import media
+from pipelines.samples import photos, videos
 
 QARINA = str(Path(sys.executable).parent / "qarina")
 
@@ -33,9 +32,9 @@ def _qarina(data: Path, *args: str, timeout: float = 300) -> subprocess.Complete
 
 def _photos(folder: Path, count: int) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    exif = samples.exif_bytes(gps=(33.5138, 36.2765, 680.0))
+    exif = photos.exif_bytes(gps=(33.5138, 36.2765, 680.0))
     for index in range(count):
-        samples.photo(folder / f"p{index:04d}.jpg", size=(96, 72), seed=index, exif=exif)
+        photos.photo(folder / f"p{index:04d}.jpg", size=(96, 72), seed=index, exif=exif)
     return folder
 
 
@@ -79,7 +78,7 @@ def test_kill_9_of_the_driver_loses_nothing(tmp_path: Path) -> None:
     folder = _photos(tmp_path / "in", 160)
     (folder / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     # A video brings the keyframes and hashes pools in too: more first actors than CPUs.
-    media.video_with_cuts(folder / "clip.mp4")
+    videos.video_with_cuts(folder / "clip.mp4")
     assert _qarina(data, "ingest", str(folder), "--source", "crash").returncode == 0
     engine = sa.create_engine(f"sqlite:///{data / 'qarina.sqlite3'}")
 

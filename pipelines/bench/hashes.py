@@ -25,9 +25,9 @@ import numpy as np
 import pdqhash
 from PIL import Image, ImageOps
 
-from pipelines import samples
 from pipelines.bench.report import finish, machine_info, median, scratch_folder, timed
 from pipelines.config import QarinaConfig
+from pipelines.samples import photos
 from workers.base import Kind, StageError, StageInput
 from workers.hashes import HashesConfig, HashesStage, crop_probes, hex_distance, pdq_hex
 from workers.images import decode_for_analysis, pixels
@@ -80,11 +80,10 @@ def _timing_photos(corpus: Path, scratch: Path, count: int) -> tuple[list[Path],
     real = [path for path in _corpus_images(corpus) if _pixels_of(path) >= _TWELVE_MP]
     if real:
         return real[:count], f"{min(count, len(real))} real JPEGs of 12 MP or more from {corpus}"
-    made = []
-    for seed in range(count):
-        path = scratch / f"photo-{seed}.jpg"
-        samples.scene(seed, (4000, 3000)).save(path, "JPEG", quality=90)
-        made.append(path)
+    made = [
+        photos.scene_jpeg(scratch / f"photo-{seed}.jpg", seed, (4000, 3000), quality=90)
+        for seed in range(count)
+    ]
     return made, f"{count} rendered 4000x3000 JPEGs (no 12 MP photos in the corpus)"
 
 

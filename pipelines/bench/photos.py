@@ -16,13 +16,13 @@ import sqlalchemy as sa
 from evidence import jobs as jobq
 from evidence.schema import results as results_table
 from evidence.store import Store
-from pipelines import samples
 from pipelines.bench.report import finish, machine_info, median, scratch_folder, timed
 from pipelines.config import QarinaConfig
 from pipelines.ingest import ingest_paths
 from pipelines.plan import Plan
 from pipelines.ray_runtime import RayExecutor, start_ray
 from pipelines.runner import Executor, SequentialExecutor, run_queue
+from pipelines.samples import photos
 
 #: 12 MP, the size of a typical phone photo.
 PHOTO_SIZE = (4000, 3000)
@@ -38,7 +38,7 @@ def _unique_exif(index: int) -> bytes:
     make, model = _DEVICES[index % len(_DEVICES)]
     taken = dt.datetime(2024, 3, 12, 8, 0, tzinfo=_DAMASCUS) + dt.timedelta(seconds=37 * index)
     gps = (36.2021 + index * 1e-4, 37.1343 - index * 1e-4, 390.0 + index % 50)
-    exif = piexif.load(samples.exif_bytes(make=make, model=model, datetime_original=taken, gps=gps))
+    exif = piexif.load(photos.exif_bytes(make=make, model=model, datetime_original=taken, gps=gps))
     exif["0th"][piexif.ImageIFD.ImageDescription] = f"qarina bench photo {index:06d}".encode()
     return bytes(piexif.dump(exif))
 
@@ -54,7 +54,7 @@ def make_photos(folder: Path, count: int, size: tuple[int, int] = PHOTO_SIZE) ->
     bases_dir.mkdir(exist_ok=True)
     started = time.perf_counter()
     bases = [
-        samples.photo(bases_dir / f"base-{seed}.jpg", size=size, seed=seed).read_bytes()
+        photos.photo(bases_dir / f"base-{seed}.jpg", size=size, seed=seed).read_bytes()
         for seed in range(min(count, _PHOTO_BASES))
     ]
     shutil.rmtree(bases_dir)

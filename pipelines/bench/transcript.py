@@ -2,7 +2,8 @@
 
 The recording is real Arabic speech: every clip of the corpus's `audio_ar` folder, joined with
 short pauses and repeated until it lasts `minutes`, stored as a voice note (Opus in Ogg, as
-messengers send them). On it, in each round and in alternating order:
+messengers send them) by `pipelines.samples.corpus_speech`. On it, in each round and in
+alternating order:
 - **direct**: `WhisperModel(...)` loaded, then `transcribe(path, ...)` consumed, with exactly
   the stage's settings (language, beam, VAD, context, threads, compute type);
 - **pipeline**: the sequential runner on a fresh store holding only the recording: probe, then
@@ -16,7 +17,6 @@ first tenth.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import itertools
 import tempfile
@@ -24,17 +24,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from models import whisper
 from pipelines.bench.report import finish, machine_info, median
 from pipelines.config import QarinaConfig
 from pipelines.ingest import ingest_paths
 from pipelines.plan import Plan
 from pipelines.runner import SequentialExecutor, run_queue
+from pipelines.samples import corpus_speech
 from pipelines.session import open_store
 from workers.base import Kind, StageEnvironment, StageInput
-from workers.tools import ToolLimits, package_version, run_tool
+from workers.tools import package_version
 from workers.transcript import (
     SAMPLE_RATE,
     TranscriptConfig,
@@ -42,38 +41,6 @@ from workers.transcript import (
     decode_audio,
     transcribe_options,
 )
-
-_PAUSE_S = 0.4
-
-
-def _clips(corpus: Path) -> list[Path]:
-    with (corpus / "transcripts.tsv").open(encoding="utf-8", newline="") as handle:
-        return [corpus / row["file"] for row in csv.DictReader(handle, delimiter="\t")]
-
-
-def build_recording(corpus: Path, minutes: float, folder: Path) -> Path:
-    """The corpus clips joined with pauses, repeated to `minutes`, as Ogg/Opus 24 kbit/s."""
-    pause = np.zeros(int(_PAUSE_S * SAMPLE_RATE), dtype=np.int16)
-    clips = [np.array(decode_audio(clip, folder / "clip.pcm", 10.0)) for clip in _clips(corpus)]
-    pieces, total = [], 0
-    for samples in itertools.cycle(clips):
-        pieces += [samples, pause]
-        total += len(samples) + len(pause)
-        if total >= minutes * 60 * SAMPLE_RATE:
-            break
-    raw = folder / "recording.pcm"
-    np.concatenate(pieces).tofile(raw)
-    recording = folder / "recording.ogg"
-    encoded = run_tool(
-        ["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", "-f", "s16le", "-ar",
-         str(SAMPLE_RATE), "-ac", "1", "-i", str(raw), "-c:a", "libopus", "-b:a", "24k",
-         str(recording)],
-        ToolLimits(timeout_s=600),
-    )  # fmt: skip
-    if encoded.returncode:
-        raise RuntimeError(f"ffmpeg could not encode the recording: {encoded.stderr_summary()}")
-    raw.unlink()
-    return recording
 
 
 def _direct(
@@ -117,7 +84,7 @@ def _pipeline(
         finally:
             executor.close()
         elapsed = time.perf_counter() - started
-        shown = store.show(sha256) or {}
+        shown = store.show(sha256, plan.current_keys()) or {}
     finally:
         store.close()
     result = shown.get("results", {}).get("transcript", {})
@@ -144,12 +111,12 @@ def _memory(corpus: Path, folder: Path, models_dir: Path, files: int) -> dict[st
     after_setup = _resident_mib()
     readings = []
     try:
-        for number, clip in zip(range(files), itertools.cycle(_clips(corpus)), strict=False):
+        for number, clip in zip(
+            range(files), itertools.cycle(corpus_speech.speech_clips(corpus)), strict=False
+        ):
             workdir = folder / f"memory-{number}"
             workdir.mkdir()
-            stage.run(
-                StageInput("0" * 64, clip, Kind.AUDIO, {"probe": {"duration_s": 10}}), workdir
-            )
+            stage.run(StageInput("0" * 64, clip, Kind.AUDIO), workdir)
             readings.append(_resident_mib())
     finally:
         stage.teardown()
@@ -180,7 +147,7 @@ def bench_transcript(
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bench-transcript-", dir=settings.data_dir) as scratch:
         folder = Path(scratch)
-        recording = build_recording(corpus, minutes, folder)
+        recording = corpus_speech.build_recording(corpus, minutes, folder)
         probe_samples = decode_audio(recording, folder / "length.pcm", minutes * 60)
         audio_s = len(probe_samples) / SAMPLE_RATE
         timings: dict[str, list[float]] = {}

@@ -1,22 +1,15 @@
-"""Generated media for the demo and the benchmarks: photos with EXIF and GPS, video, speech.
-
-Everything is made on the spot (Pillow + piexif, ffmpeg lavfi, espeak-ng), so the demo needs no
-data files and shows what real material looks like to the pipeline.
-"""
+"""Photos: EXIF as phones write it, camera-like and photo-like pictures, and people's copies."""
 
 from __future__ import annotations
 
 import datetime as dt
-import shutil
-import subprocess
 from fractions import Fraction
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import piexif
 from PIL import Image, ImageDraw
-
-_TOOL_TIMEOUT_S = 120
 
 
 def _rational(value: float, denominator: int = 1_000_000) -> tuple[int, int]:
@@ -84,6 +77,27 @@ def exif_bytes(
     return bytes(piexif.dump({"0th": zeroth, "Exif": exif, "GPS": gps_ifd}))
 
 
+def striped(
+    path: Path,
+    *,
+    size: tuple[int, int] = (640, 480),
+    exif: bytes | None = None,
+    image_format: Literal["JPEG", "PNG"] = "JPEG",
+    quality: int = 70,
+) -> Path:
+    """Yellow stripes on blue: quick to make, for stages that read headers, not pictures.
+
+    Without `exif` it is a JPEG as messaging apps send it after stripping metadata; a PNG
+    ignores `quality`.
+    """
+    width, height = size
+    image = Image.new("RGB", size, (40, 90, 160))
+    for x in range(0, width, 16):
+        image.paste((220, 200, 40), (x, 0, min(x + 8, width), height))
+    image.save(path, image_format, quality=quality, exif=exif or b"")
+    return path
+
+
 def photo(
     path: Path,
     *,
@@ -103,10 +117,7 @@ def photo(
     ]
     pixels = np.stack(channels, axis=-1) + rng.normal(0, 12, (height, width, 3))
     image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
-    options: dict[str, object] = {"quality": quality}
-    if exif is not None:
-        options["exif"] = exif
-    image.save(path, "JPEG", **options)
+    image.save(path, "JPEG", quality=quality, exif=exif or b"")
     return path
 
 
@@ -137,86 +148,30 @@ def scene(seed: int, size: tuple[int, int] = (1024, 768)) -> Image.Image:
     return image
 
 
-def _run(argv: list[str]) -> None:
-    subprocess.run(argv, check=True, capture_output=True, timeout=_TOOL_TIMEOUT_S)
-
-
-#: A greeting Whisper base hears correctly in espeak-ng's Arabic voice; most phrases come out
-#: as inventions it flags, which is honest but makes a poor demonstration.
-GREETING = "السلام عليكم"
-
-
-def speech_wav(path: Path, text: str = GREETING, voice: str = "ar") -> Path:
-    """Arabic speech from espeak-ng, written as WAV."""
-    _run(["espeak-ng", "-v", voice, "-w", str(path), "--", text])
-    return path
-
-
-def video_with_cuts(
-    path: Path,
-    *,
-    speech: Path | None,
-    seconds_per_shot: int = 2,
-    tags: dict[str, str] | None = None,
+def scene_jpeg(
+    path: Path, seed: int, size: tuple[int, int] = (640, 480), quality: int = 90
 ) -> Path:
-    """An H.264 MP4 of three visibly different shots (hard cuts), with speech or without audio.
-
-    `tags` become container metadata, as a phone writes them: `creation_time` (UTC) and
-    `location` (ISO 6709, which ffmpeg stores as a 3GPP location box).
-    """
-    shots = ["testsrc2", "smptebars", "mandelbrot"]
-    argv = ["ffmpeg", "-hide_banner", "-y"]
-    for source in shots:
-        argv += ["-f", "lavfi", "-t", str(seconds_per_shot), "-i", f"{source}=size=320x240:rate=25"]
-    if speech is not None:
-        argv += ["-i", str(speech)]
-    concat = "".join(f"[{i}:v]" for i in range(len(shots))) + f"concat=n={len(shots)}:v=1:a=0[v]"
-    argv += ["-filter_complex", concat, "-map", "[v]"]
-    if speech is not None:
-        argv += ["-map", f"{len(shots)}:a", "-c:a", "aac", "-shortest"]
-    for key, value in (tags or {}).items():
-        argv += ["-metadata", f"{key}={value}"]
-    argv += ["-c:v", "libx264", "-pix_fmt", "yuv420p", "-preset", "veryfast", str(path)]
-    _run(argv)
+    """A photo-like picture (see `scene`): unrelated for different seeds."""
+    scene(seed, size).save(path, "JPEG", quality=quality)
     return path
 
 
-def voice_note(path: Path, speech: Path) -> Path:
-    """A WhatsApp-style voice note: Opus in Ogg, 16 kHz mono."""
-    _run(
-        [
-            "ffmpeg",
-            "-hide_banner",
-            "-y",
-            "-i",
-            str(speech),
-            "-ac",
-            "1",
-            "-ar",
-            "16000",
-            "-c:a",
-            "libopus",
-            "-b:a",
-            "24k",
-            str(path),
-        ]
-    )
+def cropped(source: Path, path: Path, sides: tuple[float, float, float, float]) -> Path:
+    """A copy with fractions cut from the left, top, right and bottom, recompressed."""
+    with Image.open(source) as image:
+        width, height = image.size
+        left, top, right, bottom = sides
+        box = (round(width * left), round(height * top),
+               width - round(width * right), height - round(height * bottom))  # fmt: skip
+        image.crop(box).save(path, "JPEG", quality=80)
     return path
 
 
-def truncated_copy(source: Path, path: Path, keep: float = 0.5) -> Path:
-    """The first part of a file only: what a broken transfer leaves."""
-    data = source.read_bytes()
-    path.write_bytes(data[: max(1, int(len(data) * keep))])
-    return path
-
-
-def html_page(path: Path) -> Path:
-    """A web page saved under a media extension, as browsers' 'save as' often does."""
-    path.write_text("<!DOCTYPE html><html><head><title>video</title></head><body>x</body></html>\n")
-    return path
-
-
-def copy(source: Path, path: Path) -> Path:
-    shutil.copyfile(source, path)
+def letterboxed(source: Path, path: Path, bar_fraction: float = 0.15) -> Path:
+    """The picture on a black canvas with bars above and below (a re-posted screenshot)."""
+    with Image.open(source) as image:
+        bar = round(image.height * bar_fraction)
+        canvas = Image.new("RGB", (image.width, image.height + 2 * bar), (0, 0, 0))
+        canvas.paste(image.convert("RGB"), (0, bar))
+        canvas.save(path, "JPEG", quality=85)
     return path
