@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import sqlalchemy as sa
@@ -19,10 +19,13 @@ import sqlalchemy as sa
 from evidence import custody
 from evidence.custody import CustodyEntry, canonical_json
 from evidence.db import Database, utc_now
-from evidence.records import Failure, JobSpec, LeasedJob, Outcome, Success
-from evidence.schema import artifacts, items, jobs, results
+from evidence.records import Failure, JobSpec, LeasedJob, Outcome, ResultKey, Success
+from evidence.schema import artifacts, items, jobs, results, under_keys
 
 QUEUED, LEASED, DONE, FAILED, DEAD = "queued", "leased", "done", "failed", "dead"
+#: A queued job an operator replaced by one under the current key (`qarina reprocess`):
+#: final, never leased, kept so the job table still shows what was once asked for.
+SUPERSEDED = "superseded"
 #: States in which a job still has work ahead of it.
 OPEN_STATES = (QUEUED, LEASED)
 
@@ -45,7 +48,7 @@ def enqueue(
     """Queue jobs for an item inside the caller's transaction; existing jobs are kept once."""
     now = utc_now()
     for spec in specs:
-        if spec.requires and not _results_exist(connection, sha256, spec.requires):
+        if spec.requires and not results_exist(connection, sha256, spec.requires):
             continue
         statement = (
             database.insert(jobs)
@@ -86,13 +89,16 @@ def raise_priority(connection: sa.Connection, sha256: str, priority: int) -> Non
         )
 
 
-def _results_exist(connection: sa.Connection, sha256: str, stages: Sequence[str]) -> bool:
+def results_exist(
+    connection: sa.Connection, sha256: str, keys: Sequence[ResultKey]
+) -> bool:
+    """Whether the item holds a successful result under each of these keys."""
     found = connection.execute(
-        sa.select(sa.func.count(sa.distinct(results.c.stage))).where(
-            results.c.sha256 == sha256, results.c.stage.in_(stages), results.c.status == "ok"
+        sa.select(sa.func.count()).where(
+            results.c.sha256 == sha256, under_keys(results, keys), results.c.status == "ok"
         )
     ).scalar_one()
-    return int(found) == len(set(stages))
+    return int(found) == len(set(keys))
 
 
 def release_expired(database: Database) -> int:
@@ -126,38 +132,34 @@ def lease_owners(database: Database) -> list[str]:
         )
 
 
-def _of_spec(spec: JobSpec) -> sa.ColumnElement[bool]:
-    return sa.and_(
-        jobs.c.stage == spec.stage,
-        jobs.c.stage_version == spec.stage_version,
-        jobs.c.config_hash == spec.config_hash,
-    )
-
-
-def _any_queued(database: Database, spec: JobSpec) -> bool:
+def _any_queued(database: Database, keys: Collection[ResultKey]) -> bool:
     """A read-only look first: an empty poll must not take SQLite's write lock and fsync."""
     with database.reader.connect() as connection:
         found = connection.execute(
-            sa.select(jobs.c.id).where(jobs.c.state == QUEUED, _of_spec(spec)).limit(1)
+            sa.select(jobs.c.id).where(jobs.c.state == QUEUED, under_keys(jobs, keys)).limit(1)
         ).first()
     return found is not None
 
 
 def lease(
-    database: Database, owner: str, spec: JobSpec, limit: int, ttl: dt.timedelta
+    database: Database,
+    owner: str,
+    keys: Collection[ResultKey],
+    limit: int,
+    ttl: dt.timedelta,
 ) -> list[LeasedJob]:
-    """Lease up to `limit` queued jobs of one stage, highest priority first, oldest first.
+    """Lease up to `limit` queued jobs under these keys, highest priority first, oldest first.
 
-    Only jobs of exactly this stage version and options: a driver running newer code never
-    stores its output under an older version's key.
+    Only jobs of exactly the keys the driver's plan names: a driver running newer code or
+    other options never stores its output under another key.
     """
-    if limit <= 0 or not _any_queued(database, spec):
+    if limit <= 0 or not keys or not _any_queued(database, keys):
         return []
     now = utc_now()
     with database.writer.begin() as connection:
         candidates = (
             sa.select(jobs.c.id)
-            .where(jobs.c.state == QUEUED, _of_spec(spec))
+            .where(jobs.c.state == QUEUED, under_keys(jobs, keys))
             .order_by(jobs.c.priority.desc(), jobs.c.id)
             .limit(limit)
         )
@@ -209,46 +211,58 @@ def renew(database: Database, owner: str, job_ids: Sequence[int], ttl: dt.timede
         )
 
 
+@dataclass(frozen=True)
+class StoredResult:
+    """One successful result as a later stage reads it: its data, the hash that proves which
+    result it was, and the SHA-256s of the files it derived (its own artifacts only)."""
+
+    key: ResultKey
+    data: dict[str, Any]
+    data_sha256: str
+    artifacts: tuple[str, ...] = ()
+
+
 def upstream_results(
-    database: Database, pairs: Iterable[tuple[str, str]]
-) -> dict[tuple[str, str], dict[str, Any]]:
-    """Stored data of (sha256, stage) pairs that later stages read instead of recomputing."""
-    wanted = set(pairs)
-    if not wanted:
+    database: Database, wanted: Iterable[tuple[str, ResultKey]]
+) -> dict[tuple[str, ResultKey], StoredResult]:
+    """Successful results of (sha256, key) pairs that later stages read instead of
+    recomputing; each with the artifacts of that result, never those of another key's."""
+    pairs = set(wanted)
+    if not pairs:
         return {}
-    found: dict[tuple[str, str], dict[str, Any]] = {}
+    found: dict[tuple[str, ResultKey], StoredResult] = {}
+    by_id: dict[int, tuple[str, ResultKey]] = {}
     with database.reader.connect() as connection:
         rows = connection.execute(
-            sa.select(results.c.sha256, results.c.stage, results.c.data).where(
-                results.c.sha256.in_({sha for sha, _ in wanted}),
-                results.c.stage.in_({stage for _, stage in wanted}),
+            sa.select(
+                results.c.id,
+                results.c.sha256,
+                results.c.stage,
+                results.c.stage_version,
+                results.c.config_hash,
+                results.c.data,
+                results.c.data_sha256,
+            ).where(
+                results.c.sha256.in_({sha for sha, _ in pairs}),
+                under_keys(results, {key for _, key in pairs}),
                 results.c.status == "ok",
             )
         )
-        for sha256, stage, data in rows:
-            if (sha256, stage) in wanted:
-                found[(sha256, stage)] = data
-    return found
-
-
-def upstream_artifacts(
-    database: Database, pairs: Iterable[tuple[str, str]]
-) -> dict[tuple[str, str], list[str]]:
-    """SHA-256s of the files that stages derived from items, keyed by (sha256, stage)."""
-    wanted = set(pairs)
-    found: dict[tuple[str, str], list[str]] = {}
-    if not wanted:
-        return found
-    with database.reader.connect() as connection:
-        rows = connection.execute(
-            sa.select(artifacts.c.parent_sha256, artifacts.c.stage, artifacts.c.sha256).where(
-                artifacts.c.parent_sha256.in_({sha for sha, _ in wanted}),
-                artifacts.c.stage.in_({stage for _, stage in wanted}),
-            )
-        )
-        for parent, stage, sha256 in rows:
-            if (parent, stage) in wanted:
-                found.setdefault((parent, stage), []).append(sha256)
+        for row in rows:
+            pair = (row.sha256, ResultKey(row.stage, row.stage_version, row.config_hash))
+            if pair in pairs:
+                found[pair] = StoredResult(pair[1], row.data, row.data_sha256)
+                by_id[row.id] = pair
+        derived: dict[int, list[str]] = {}
+        if by_id:
+            for result_id, sha256 in connection.execute(
+                sa.select(artifacts.c.result_id, artifacts.c.sha256)
+                .where(artifacts.c.result_id.in_(by_id))
+                .order_by(artifacts.c.id)
+            ):
+                derived.setdefault(result_id, []).append(sha256)
+    for result_id, pair in by_id.items():
+        found[pair] = replace(found[pair], artifacts=tuple(derived.get(result_id, ())))
     return found
 
 
@@ -402,13 +416,13 @@ def _commit_failure(
     )
 
 
-def open_jobs(database: Database, specs: Sequence[JobSpec]) -> int:
-    """Jobs of these stages not yet ended (queued, or leased by anyone)."""
+def open_jobs(database: Database, keys: Iterable[ResultKey]) -> int:
+    """Jobs under these keys not yet ended (queued, or leased by anyone)."""
     with database.reader.connect() as connection:
         return int(
             connection.execute(
                 sa.select(sa.func.count())
                 .select_from(jobs)
-                .where(jobs.c.state.in_(OPEN_STATES), sa.or_(*(_of_spec(spec) for spec in specs)))
+                .where(jobs.c.state.in_(OPEN_STATES), under_keys(jobs, keys))
             ).scalar_one()
         )

@@ -1,14 +1,14 @@
 """Links between items that show the same picture: stored once per pair, never deleting either.
 
-The matcher in `pipelines` decides what matches; this module only reads the hashes it needs,
-in pages so a rebuild over millions of results never holds them all, and records links with a
-custody event each, in the same transaction: a link shown in court must say when and by
-whom (which matcher, which threshold) it was made.
+The matcher in `pipelines` decides what matches and what a stage's results mean; this module
+only reads the results it needs as stored, in pages so a rebuild over millions of results
+never holds them all, and records links with a custody event each, in the same transaction:
+a link shown in court must say when and by whom (which matcher, which threshold) it was made.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,16 +17,16 @@ import sqlalchemy as sa
 from evidence import custody
 from evidence.custody import CustodyEntry
 from evidence.db import Database, utc_now
-from evidence.schema import acquisitions, artifacts, items, matches, results
+from evidence.records import ResultKey
+from evidence.schema import acquisitions, items, matches, results, under_keys
 
 
 @dataclass(frozen=True)
 class StoredHashes:
-    """One stored result of the hashing stage, with the kind of its item."""
+    """One stored result of the hashing stage, as stored."""
 
     result_id: int
     sha256: str
-    kind: str | None
     data: dict[str, Any]
 
 
@@ -44,42 +44,35 @@ class Link:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-def _current(key: tuple[str, str, str]) -> sa.ColumnElement[bool]:
-    """Successful results of one (stage, version, config hash)."""
-    stage, version, config_hash = key
-    return sa.and_(
-        results.c.stage == stage,
-        results.c.stage_version == version,
-        results.c.config_hash == config_hash,
-        results.c.status == "ok",
-    )
+def _current(keys: Collection[ResultKey]) -> sa.ColumnElement[bool]:
+    """Successful results under any of these keys."""
+    return sa.and_(under_keys(results, keys), results.c.status == "ok")
 
 
 def hashes_after(
     database: Database,
-    key: tuple[str, str, str],
+    keys: Collection[ResultKey],
     after_id: int,
     page: int = 200,
 ) -> Iterator[list[StoredHashes]]:
-    """Successful results of one (stage, version, config hash) with ids above `after_id`,
-    oldest first, a page at a time (a long video's result alone holds thousands of hashes).
+    """Successful results under the current keys with ids above `after_id`, oldest first, a
+    page at a time (a long video's result alone holds thousands of hashes).
 
-    Only the current key is read: after a change of version or options an item has two
+    Only the current keys are read: after a change of version or options an item has two
     results, and indexing both would count its frames twice.
     """
     last = after_id
     while True:
         with database.reader.connect() as connection:
             rows = connection.execute(
-                sa.select(results.c.id, results.c.sha256, items.c.kind, results.c.data)
-                .join(items, items.c.sha256 == results.c.sha256)
-                .where(_current(key), results.c.id > last)
+                sa.select(results.c.id, results.c.sha256, results.c.data)
+                .where(_current(keys), results.c.id > last)
                 .order_by(results.c.id)
                 .limit(page)
             ).all()
         if not rows:
             return
-        yield [StoredHashes(row.id, row.sha256, row.kind, row.data) for row in rows]
+        yield [StoredHashes(row.id, row.sha256, row.data) for row in rows]
         last = rows[-1].id
 
 
@@ -139,39 +132,19 @@ def record(database: Database, links: Sequence[Link], actor: str) -> int:
     return new
 
 
-def keyframe_at(database: Database, sha256: str, t: float | None) -> str | None:
-    """The SHA-256 of an item's keyframe image at `t` seconds, if one was stored."""
-    if t is None:
-        return None
+def results_data(
+    database: Database, keys: Collection[ResultKey], shas: Sequence[str]
+) -> dict[str, dict[str, Any]]:
+    """Per item among `shas`: the data of its successful result under the current `keys` (a
+    plan names one key per kind, so an item has one), as stored: what it means is for the
+    stage's own result type to say, not the store."""
     with database.reader.connect() as connection:
         rows = connection.execute(
-            sa.select(artifacts.c.sha256, artifacts.c.meta).where(
-                artifacts.c.parent_sha256 == sha256, artifacts.c.role == "keyframe"
-            )
+            sa.select(results.c.sha256, results.c.data)
+            .where(results.c.sha256.in_(set(shas)), _current(keys))
+            .order_by(results.c.id)
         )
-        for artifact, meta in rows:
-            if abs(float(meta.get("t", -1.0)) - t) < 1e-3:
-                return str(artifact)
-    return None
-
-
-def whole_picture_hashes(
-    database: Database, key: tuple[str, str, str], shas: Sequence[str]
-) -> dict[str, list[str]]:
-    """Per photo among `shas`: the PDQ of its whole picture, then its seven other turns, from
-    the results of `key` (stage, version, config hash)."""
-    found: dict[str, list[str]] = {}
-    with database.reader.connect() as connection:
-        rows = connection.execute(
-            sa.select(results.c.sha256, results.c.data).where(
-                results.c.sha256.in_(set(shas)), _current(key)
-            )
-        )
-        for sha256, data in rows:
-            for entry in data.get("hashes", []):
-                if entry.get("source") == "photo" and entry.get("variant") == "full":
-                    found[sha256] = [entry["pdq"], *entry.get("dihedral", [])]
-    return found
+        return {sha256: data for sha256, data in rows}
 
 
 def _link(row: sa.Row[Any]) -> Link:

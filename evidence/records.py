@@ -11,6 +11,32 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+@dataclass(frozen=True, order=True)
+class ResultKey:
+    """What made a result: the stage, its code version, and the hash of its options together
+    with the keys of the results it read. With the item's SHA-256 it is the idempotency key
+    of a job and of its result, so two configurations of a stage never share a result, and a
+    stage fed by a newer upstream result never passes off the older one's output as its own.
+    """
+
+    stage: str
+    stage_version: str
+    config_hash: str
+
+    def as_json(self) -> dict[str, str]:
+        return {
+            "stage": self.stage,
+            "stage_version": self.stage_version,
+            "config_hash": self.config_hash,
+        }
+
+
+#: Per stage, the keys the current plan names (one per kind of item where the stage reads
+#: different upstream results for different kinds): what readers call "current". Results
+#: under other keys are superseded; they stay, and are shown apart.
+CurrentKeys = Mapping[str, frozenset[ResultKey]]
+
+
 @dataclass(frozen=True)
 class JobSpec:
     """Which stage, at which version and options, should run on an item."""
@@ -18,8 +44,12 @@ class JobSpec:
     stage: str
     stage_version: str
     config_hash: str
-    #: Stages whose results must exist before this one may be queued.
-    requires: tuple[str, ...] = ()
+    #: Results (by key) that must exist before this job may be queued, and that it reads.
+    requires: tuple[ResultKey, ...] = ()
+
+    @property
+    def key(self) -> ResultKey:
+        return ResultKey(self.stage, self.stage_version, self.config_hash)
 
 
 @dataclass(frozen=True)
@@ -34,6 +64,10 @@ class LeasedJob:
     priority: int
     attempts: int
     max_attempts: int
+
+    @property
+    def key(self) -> ResultKey:
+        return ResultKey(self.stage, self.stage_version, self.config_hash)
 
 
 @dataclass(frozen=True)

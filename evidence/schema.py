@@ -6,7 +6,11 @@ migrated database with this metadata so the two cannot drift apart.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import sqlalchemy as sa
+
+from evidence.records import ResultKey
 
 metadata = sa.MetaData(
     naming_convention={
@@ -58,6 +62,21 @@ def _stage_key() -> list[sa.Column[object]]:
         sa.Column("stage_version", sa.String(32), nullable=False),
         sa.Column("config_hash", sa.String(32), nullable=False),
     ]
+
+
+def under_keys(table: sa.FromClause, keys: Iterable[ResultKey]) -> sa.ColumnElement[bool]:
+    """Rows of `table` (jobs or results, or an alias of one) under any of these keys."""
+    return sa.or_(
+        sa.false(),
+        *(
+            sa.and_(
+                table.c.stage == key.stage,
+                table.c.stage_version == key.stage_version,
+                table.c.config_hash == key.config_hash,
+            )
+            for key in keys
+        ),
+    )
 
 
 jobs = sa.Table(

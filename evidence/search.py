@@ -8,14 +8,15 @@ Arabic rules live with the workers); this module only stores and matches words.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 
 from evidence.db import Database
-from evidence.schema import results, transcript_segments, transcripts_indexed
+from evidence.records import ResultKey
+from evidence.schema import results, transcript_segments, transcripts_indexed, under_keys
 
 
 @dataclass(frozen=True)
@@ -45,14 +46,16 @@ class SegmentHit:
     flags: list[str]
 
 
-def pending_results(database: Database, stage: str, page: int = 200) -> list[PendingResult]:
-    """Successful results of `stage` whose segments are not indexed yet, oldest first."""
+def pending_results(
+    database: Database, keys: Collection[ResultKey], page: int = 200
+) -> list[PendingResult]:
+    """Successful results under `keys` whose segments are not indexed yet, oldest first."""
     indexed = sa.select(transcripts_indexed.c.result_id).where(
         transcripts_indexed.c.result_id == results.c.id
     )
     query = (
         sa.select(results.c.id, results.c.sha256, results.c.data)
-        .where(results.c.stage == stage, results.c.status == "ok", ~sa.exists(indexed))
+        .where(under_keys(results, keys), results.c.status == "ok", ~sa.exists(indexed))
         .order_by(results.c.id)
         .limit(page)
     )
@@ -86,8 +89,11 @@ def index_result(
         connection.execute(sa.insert(transcripts_indexed).values(result_id=result.result_id))
 
 
-def search(database: Database, normalised_query: str, limit: int = 100) -> list[SegmentHit]:
-    """Segments containing the query's words as a phrase, in item and time order."""
+def search(
+    database: Database, normalised_query: str, keys: Collection[ResultKey], limit: int = 100
+) -> list[SegmentHit]:
+    """Segments of results under `keys` containing the query's words as a phrase, in item
+    and time order: a transcript made by a superseded model is not what search shows."""
     if not normalised_query.strip():
         return []
     if database.is_sqlite:
@@ -108,7 +114,8 @@ def search(database: Database, normalised_query: str, limit: int = 100) -> list[
             transcript_segments.c.text,
             transcript_segments.c.flags,
         )
-        .where(matching)
+        .join(results, results.c.id == transcript_segments.c.result_id)
+        .where(matching, under_keys(results, keys))
         .order_by(transcript_segments.c.sha256, transcript_segments.c.start_s)
         .limit(limit)
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +16,10 @@ from evidence import matches as match_links
 from evidence.blobs import BlobStore, StoredBlob
 from evidence.custody import CustodyEntry
 from evidence.db import Database, as_utc, connect, migrate, utc_now
-from evidence.schema import acquisitions, artifacts, items, results
+from evidence.records import CurrentKeys
+from evidence.schema import acquisitions, artifacts, items, results, under_keys
 from evidence.schema import jobs as jobs_table
+from evidence.status import StatusReport, status_report
 
 
 @dataclass(frozen=True)
@@ -38,28 +40,6 @@ class Registered:
     sha256: str
     new_item: bool
     acquisition_id: int
-
-
-@dataclass(frozen=True)
-class StageCounts:
-    stage: str
-    counts: dict[str, int]
-
-
-@dataclass(frozen=True)
-class StatusReport:
-    stages: list[StageCounts]
-    items: int
-    #: Jobs ended per second over the recent window; None before anything finished in it.
-    throughput_per_s: float | None
-    open_jobs: int
-    eta_s: float | None
-    window_s: int
-    failures_by_reason: dict[str, int] = field(default_factory=dict)
-    #: Jobs ended per second over the window, per stage (stages that ended none are absent).
-    throughput_by_stage: dict[str, float] = field(default_factory=dict)
-    #: Failed and dead jobs per (stage, reason).
-    failures_by_stage: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -184,81 +164,24 @@ class Store:
             )
         )
 
-    def status(self, request_ref: str | None = None, window_s: int = 300) -> StatusReport:
-        """Counts per stage and state, recent throughput and an ETA, in a few indexed queries."""
-        scope: sa.ColumnElement[bool] = sa.true()
-        if request_ref is not None:
-            scope = jobs_table.c.sha256.in_(
-                sa.select(acquisitions.c.sha256).where(acquisitions.c.request_ref == request_ref)
-            )
-        since = utc_now() - dt.timedelta(seconds=window_s)
-        with self.database.reader.connect() as connection:
-            per_stage: dict[str, dict[str, int]] = {}
-            for stage, state, count in connection.execute(
-                sa.select(jobs_table.c.stage, jobs_table.c.state, sa.func.count())
-                .where(scope)
-                .group_by(jobs_table.c.stage, jobs_table.c.state)
-            ):
-                per_stage.setdefault(stage, {})[state] = count
-            recent_by_stage = connection.execute(
-                sa.select(
-                    jobs_table.c.stage, sa.func.count(), sa.func.min(jobs_table.c.finished_at)
-                )
-                .where(scope, jobs_table.c.finished_at >= since)
-                .group_by(jobs_table.c.stage)
-            ).all()
-            failures_by_stage = {
-                (str(stage), str(reason)): int(count)
-                for stage, reason, count in connection.execute(
-                    sa.select(jobs_table.c.stage, jobs_table.c.error_reason, sa.func.count())
-                    .where(scope, jobs_table.c.state.in_((jobs.FAILED, jobs.DEAD)))
-                    .group_by(jobs_table.c.stage, jobs_table.c.error_reason)
-                )
-            }
-            item_scope = (
-                sa.true()
-                if request_ref is None
-                else items.c.sha256.in_(
-                    sa.select(acquisitions.c.sha256).where(
-                        acquisitions.c.request_ref == request_ref
-                    )
-                )
-            )
-            item_count = connection.execute(
-                sa.select(sa.func.count()).select_from(items).where(item_scope)
-            ).scalar_one()
-        open_count = sum(
-            counts.get(state, 0) for counts in per_stage.values() for state in jobs.OPEN_STATES
-        )
-        now = utc_now()
-        by_stage = {
-            str(stage): count / max((now - as_utc(oldest)).total_seconds(), 1.0)
-            for stage, count, oldest in recent_by_stage
-            if count and oldest is not None
-        }
-        throughput = None
-        if recent_by_stage:
-            finished_recently = sum(count for _, count, _ in recent_by_stage)
-            oldest = min(as_utc(first) for _, _, first in recent_by_stage if first is not None)
-            throughput = finished_recently / max((now - oldest).total_seconds(), 1.0)
-        failures: dict[str, int] = {}
-        for (_, reason), count in failures_by_stage.items():
-            failures[reason] = failures.get(reason, 0) + count
-        eta = open_count / throughput if throughput else None
-        return StatusReport(
-            stages=[StageCounts(stage, per_stage[stage]) for stage in sorted(per_stage)],
-            items=int(item_count),
-            throughput_per_s=throughput,
-            open_jobs=open_count,
-            eta_s=eta,
-            window_s=window_s,
-            failures_by_reason=failures,
-            throughput_by_stage=by_stage,
-            failures_by_stage=failures_by_stage,
-        )
+    def status(
+        self,
+        request_ref: str | None = None,
+        window_s: int = 300,
+        current: CurrentKeys | None = None,
+    ) -> StatusReport:
+        """See `evidence.status.status_report`."""
+        return status_report(self.database, request_ref, window_s, current)
 
-    def show(self, sha256: str) -> dict[str, Any] | None:
-        """Everything known about one item, as plain JSON data (for `qarina show --json`)."""
+    def show(self, sha256: str, current: CurrentKeys) -> dict[str, Any] | None:
+        """Everything known about one item, as plain JSON data (for `qarina show --json`).
+
+        `results` holds, per stage, the result under a key `current` names; results under
+        other keys (an older stage version, another model) are listed apart, in
+        `superseded`, each with its key and artifacts. Failures and pending jobs are those
+        of the current keys; a stage's failure under an older key is history in custody.
+        """
+        planned = {key for keys in current.values() for key in keys}
         with self.database.reader.connect() as connection:
             item = connection.execute(sa.select(items).where(items.c.sha256 == sha256)).first()
             if item is None:
@@ -271,44 +194,30 @@ class Store:
             stage_results = connection.execute(
                 sa.select(results).where(results.c.sha256 == sha256).order_by(results.c.id)
             ).all()
-            failed = connection.execute(
+            item_jobs = connection.execute(
                 sa.select(jobs_table)
-                .where(
-                    jobs_table.c.sha256 == sha256,
-                    jobs_table.c.state.in_((jobs.FAILED, jobs.DEAD)),
-                )
+                .where(jobs_table.c.sha256 == sha256, under_keys(jobs_table, planned))
                 .order_by(jobs_table.c.id)
             ).all()
-            derived = connection.execute(
+            derived: dict[int, list[dict[str, Any]]] = {}
+            for row in connection.execute(
                 sa.select(artifacts)
                 .where(artifacts.c.parent_sha256 == sha256)
                 .order_by(artifacts.c.id)
-            ).all()
-            open_stages = sorted(
-                connection.execute(
-                    sa.select(jobs_table.c.stage).where(
-                        jobs_table.c.sha256 == sha256, jobs_table.c.state.in_(jobs.OPEN_STATES)
-                    )
-                ).scalars()
-            )
+            ):
+                derived.setdefault(row.result_id, []).append(_artifact_json(row))
+        shown = [
+            (_key_of(row) in planned, _result_json(row, derived.get(row.id, [])))
+            for row in stage_results
+        ]
         return {
             "sha256": item.sha256,
             "kind": item.kind,
             "size_bytes": item.size_bytes,
             "blob_path": str(self.blobs.path_for(item.sha256)),
             "acquisitions": [_acquisition_json(row) for row in arrivals],
-            "results": {
-                row.stage: {
-                    "status": row.status,
-                    "skip_reason": row.skip_reason,
-                    "stage_version": row.stage_version,
-                    "config_hash": row.config_hash,
-                    "data": row.data,
-                    "data_sha256": row.data_sha256,
-                    "provenance": row.provenance,
-                }
-                for row in stage_results
-            },
+            "results": {result["stage"]: result for is_current, result in shown if is_current},
+            "superseded": [result for is_current, result in shown if not is_current],
             "failures": [
                 {
                     "stage": row.stage,
@@ -317,19 +226,15 @@ class Store:
                     "state": row.state,
                     "attempts": row.attempts,
                 }
-                for row in failed
+                for row in item_jobs
+                if row.state in (jobs.FAILED, jobs.DEAD)
             ],
-            "pending": open_stages,
+            "pending": sorted(row.stage for row in item_jobs if row.state in jobs.OPEN_STATES),
             "artifacts": [
-                {
-                    "sha256": row.sha256,
-                    "stage": row.stage,
-                    "role": row.role,
-                    "media_type": row.media_type,
-                    "size_bytes": row.size_bytes,
-                    "meta": row.meta,
-                }
-                for row in derived
+                artifact
+                for is_current, result in shown
+                if is_current
+                for artifact in result["artifacts"]
             ],
             "matches": [
                 match_links.as_seen_from(link, sha256)
@@ -378,6 +283,36 @@ class Store:
         if self.blobs.rehash(sha256) != sha256:
             return FixityProblem(sha256, "content changed")
         return None
+
+
+def _key_of(row: sa.Row[Any]) -> records.ResultKey:
+    return records.ResultKey(row.stage, row.stage_version, row.config_hash)
+
+
+def _result_json(row: sa.Row[Any], derived: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "stage": row.stage,
+        "stage_version": row.stage_version,
+        "config_hash": row.config_hash,
+        "status": row.status,
+        "skip_reason": row.skip_reason,
+        "data": row.data,
+        "data_sha256": row.data_sha256,
+        "provenance": row.provenance,
+        "created_at": as_utc(row.created_at).isoformat(),
+        "artifacts": derived,
+    }
+
+
+def _artifact_json(row: sa.Row[Any]) -> dict[str, Any]:
+    return {
+        "sha256": row.sha256,
+        "stage": row.stage,
+        "role": row.role,
+        "media_type": row.media_type,
+        "size_bytes": row.size_bytes,
+        "meta": row.meta,
+    }
 
 
 def _display_bytes(raw: bytes) -> str:

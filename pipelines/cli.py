@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import json
 import logging
 import sys
@@ -14,14 +16,14 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
-from evidence.store import StatusReport
+from evidence.status import StatusReport
 from models import whisper
 from pipelines.config import QarinaConfig
-from pipelines.dupes import dupes_report, hash_outside_store, similar_report
+from pipelines.dedup.reports import dupes_report, hash_outside_store, similar_report
 from pipelines.ingest import ingest_paths
 from pipelines.plan import Plan
-from pipelines.session import hashes_key, open_matcher, open_store, process_queue
-from workers.base import StageError, StageSkipped
+from pipelines.session import open_matcher, open_store, process_queue
+from workers.base import Kind, StageError, StageSkipped
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks for sizing hardware.")
@@ -44,11 +46,24 @@ def _config(ctx: typer.Context) -> QarinaConfig:
     return config
 
 
+#: The speech language is part of the transcript key, so every command that names current
+#: keys (status, show, search, reprocess) must see the one `run` uses: `qarina --language`
+#: sets it for all of them, `qarina run --language` for a run.
+_LANGUAGE = typer.Option(
+    "--language", help="Speech language (ISO code), or `auto` to detect it (QARINA_LANGUAGE)."
+)
+
+
+def _with_language(config: QarinaConfig, language: str | None) -> QarinaConfig:
+    return config.with_overrides(transcript_language=language) if language else config
+
+
 @app.callback()
 def main(
     ctx: typer.Context,
     data: Annotated[Path | None, typer.Option("--data", help="Data folder (QARINA_DATA).")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log per item.")] = False,
+    language: Annotated[str | None, _LANGUAGE] = None,
 ) -> None:
     """Qarina: media processing for an evidence repository."""
     logging.basicConfig(
@@ -56,7 +71,7 @@ def main(
         format="%(message)s",
         handlers=[RichHandler(console=console, show_path=False)],
     )
-    ctx.obj = QarinaConfig.from_env(data)
+    ctx.obj = _with_language(QarinaConfig.from_env(data), language)
 
 
 @app.command()
@@ -89,21 +104,16 @@ def run(
         str | None, typer.Option("--address", help="Ray cluster to join (RAY_ADDRESS).")
     ] = None,
     sequential: Annotated[bool, typer.Option(help="Run in this process, without Ray.")] = False,
-    language: Annotated[
-        str | None,
-        typer.Option(help="Speech language (ISO code), or `auto` to detect it (QARINA_LANGUAGE)."),
-    ] = None,
+    language: Annotated[str | None, _LANGUAGE] = None,
 ) -> None:
     """Process the queue until it is empty."""
-    config = _config(ctx)
+    config = _with_language(_config(ctx), language)
     if address:
         config = config.with_overrides(ray_address=address)
-    if language:
-        config = config.with_overrides(transcript_language=language)
     store = open_store(config)
     try:
         summary = process_queue(config, store, sequential, console)
-        status = store.status()
+        status = store.status(current=Plan.default(settings=config).current_keys())
     except whisper.ModelMissing as error:
         console.print(f"no speech model: {error}")
         raise typer.Exit(2) from None
@@ -114,13 +124,90 @@ def run(
         f" in {summary.wall_s:.1f} s;"
         f" {status.open_jobs} jobs open"
     )
+    if status.superseded_items:
+        out.print(
+            f"items holding only results under older keys: {status.superseded_items}"
+            " (`qarina reprocess --stage S` queues them)"
+        )
+
+
+@app.command()
+def reprocess(
+    ctx: typer.Context,
+    stage: Annotated[str, typer.Option("--stage", help="The stage to bring up to its key.")],
+    request: Annotated[
+        str | None, typer.Option("--request", help="Only items of this request.")
+    ] = None,
+    kind: Annotated[
+        str | None, typer.Option("--kind", help="Only items of this kind (photo, video, ...).")
+    ] = None,
+    since: Annotated[
+        dt.datetime | None,
+        typer.Option(
+            "--since",
+            help="Only items acquired at or after this date or time (UTC unless an offset"
+            " is given).",
+            formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%S%z"],
+        ),
+    ] = None,
+    priority: Annotated[
+        int | None,
+        typer.Option(help="Priority of the new jobs (default: the item's highest arrival)."),
+    ] = None,
+    reason: Annotated[
+        str, typer.Option(help="Why, in the operator's words; kept in each item's custody.")
+    ] = "results made under a key the current plan no longer names",
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only count.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Queue STAGE under its current key for items whose work on it was done under another
+    (a new model or version); old results stay, superseded, and what reads STAGE follows."""
+    from evidence.reprocess import Request, Selection
+    from pipelines.reprocess import reprocess_stage
+
+    config = _config(ctx)
+    plan = Plan.default(settings=config)
+    if stage not in plan.stages:
+        console.print(f"no stage {stage}; stages: {', '.join(plan.stages)}")
+        raise typer.Exit(2)
+    if kind is not None and kind not in {k.value for k in Kind}:
+        console.print(f"no kind {kind}; kinds: {', '.join(k.value for k in Kind)}")
+        raise typer.Exit(2)
+    selection = Selection(
+        request, kind, since.replace(tzinfo=since.tzinfo or dt.UTC) if since else None
+    )
+    job_request = Request(
+        selection, priority, config.max_attempts, f"qarina-reprocess@{config.operator}", reason
+    )
+    store = open_store(config)
+    try:
+        report = reprocess_stage(store, plan, stage, job_request, dry_run)
+    finally:
+        store.close()
+    if as_json:
+        write_json(dataclasses.asdict(report) | {"dry_run": dry_run, "stage": stage})
+        return
+    verb = "would queue" if dry_run else "queued"
+    out.print(
+        f"{verb} {stage} for {report.queued} items;"
+        f" {report.retired} queued jobs under older keys retired"
+    )
+    for upstream, count in sorted(report.waiting_for_upstream.items()):
+        out.print(
+            f"{count} items lack a {upstream} result under its current key:"
+            f" reprocess --stage {upstream} first"
+        )
 
 
 def _status_table(report: StatusReport) -> Table:
     states = ["queued", "leased", "done", "failed", "dead"]
-    table = Table("stage", *states, title=f"{report.items} items")
+    table = Table("stage", *states, "superseded items", title=f"{report.items} items")
     for stage in report.stages:
-        table.add_row(stage.stage, *(str(stage.counts.get(state, 0)) for state in states))
+        table.add_row(
+            stage.stage,
+            *(str(stage.counts.get(state, 0)) for state in states),
+            str(report.superseded_items.get(stage.stage, 0)),
+        )
     return table
 
 
@@ -130,10 +217,11 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
     request: Annotated[str | None, typer.Option("--request", help="Only this request.")] = None,
 ) -> None:
-    """Counts per stage and state, throughput and ETA."""
-    store = open_store(_config(ctx))
+    """Counts per stage and state under the current keys, throughput, ETA, superseded items."""
+    config = _config(ctx)
+    store = open_store(config)
     try:
-        report = store.status(request)
+        report = store.status(request, current=Plan.default(settings=config).current_keys())
     finally:
         store.close()
     if as_json:
@@ -145,6 +233,8 @@ def status(
                 "throughput_per_s": report.throughput_per_s,
                 "eta_s": report.eta_s,
                 "failures_by_reason": report.failures_by_reason,
+                "stage_errors": report.stage_errors,
+                "superseded_items": report.superseded_items,
             }
         )
         return
@@ -154,6 +244,15 @@ def status(
     out.print(f"{report.open_jobs} open jobs; {rate} over the last {report.window_s} s{eta}")
     if report.failures_by_reason:
         out.print(f"failures: {report.failures_by_reason}")
+    if report.stage_errors:
+        out.print(
+            f"bugs (stage_error, see `qarina show` for fingerprints): {report.stage_errors}"
+        )
+    if report.superseded_items:
+        out.print(
+            "items holding only superseded results (`qarina reprocess --stage S` queues"
+            f" them): {report.superseded_items}"
+        )
 
 
 @app.command()
@@ -165,8 +264,9 @@ def metrics(
     """Serve Prometheus metrics (queue depth, jobs/s per stage, failures) until stopped."""
     from pipelines.metrics import serve_metrics
 
-    store = open_store(_config(ctx))
-    server = serve_metrics(store, host, port)
+    config = _config(ctx)
+    store = open_store(config)
+    server = serve_metrics(store, Plan.default(settings=config).current_keys(), host, port)
     console.print(f"metrics on http://{host}:{port}/metrics (Ctrl-C stops)")
     try:
         while True:
@@ -185,9 +285,10 @@ def show(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Everything known about one item."""
-    store = open_store(_config(ctx))
+    config = _config(ctx)
+    store = open_store(config)
     try:
-        record = store.show(sha256.lower())
+        record = store.show(sha256.lower(), Plan.default(settings=config).current_keys())
     finally:
         store.close()
     if record is None:
@@ -211,8 +312,9 @@ def dupes(
     config = _config(ctx)
     store = open_store(config)
     try:
-        open_matcher(config, store).update(f"qarina-match@{config.operator}", rebuild=rebuild)
-        report = dupes_report(store, hashes_key())
+        plan = Plan.default(settings=config)
+        open_matcher(config, store, plan).update(f"qarina-match@{config.operator}", rebuild=rebuild)
+        report = dupes_report(store, plan.keys("hashes"))
     finally:
         store.close()
     if as_json:
@@ -248,14 +350,15 @@ def similar(
     if not path.is_file():
         console.print("not a regular file")
         raise typer.Exit(2)
+    plan = Plan.default(settings=config)
     try:
-        kind, entries = hash_outside_store(path)
+        kind, entries = hash_outside_store(path, plan)
     except (StageError, StageSkipped) as error:
         console.print(f"cannot hash this file: {error}")
         raise typer.Exit(2) from None
     store = open_store(config)
     try:
-        matcher = open_matcher(config, store)
+        matcher = open_matcher(config, store, plan)
         report = similar_report(
             store, matcher, path, (kind, entries), f"qarina-similar@{config.operator}"
         )
@@ -289,9 +392,10 @@ def search(
     """Items whose transcripts contain the words, with segment times; doubtful ones marked."""
     from pipelines.search import search_transcripts
 
-    store = open_store(_config(ctx))
+    config = _config(ctx)
+    store = open_store(config)
     try:
-        hits = search_transcripts(store, text, limit)
+        hits = search_transcripts(store, Plan.default(settings=config), text, limit)
     finally:
         store.close()
     if as_json:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -11,13 +12,15 @@ from rich.console import Console
 from rich.table import Table
 
 from evidence.store import Store
-from pipelines import samples
 from pipelines.config import QarinaConfig
-from pipelines.dupes import dupes_report
+from pipelines.dedup.reports import dupes_report
 from pipelines.ingest import ingest_paths
 from pipelines.plan import Plan
+from pipelines.samples import audio, hostile, photos, videos
 from pipelines.search import search_transcripts
-from pipelines.session import hashes_key, open_store, process_queue
+from pipelines.session import open_store, process_queue
+from workers.metadata import MetadataResult
+from workers.transcript import TranscriptResult
 
 _DAMASCUS = dt.timezone(dt.timedelta(hours=3))
 
@@ -27,20 +30,20 @@ def make_demo_set(folder: Path) -> tuple[Path, Path]:
     phone, drive = folder / "source-a-phone", folder / "source-b-drive"
     phone.mkdir()
     drive.mkdir()
-    shared_photo = samples.photo(
+    shared_photo = photos.photo(
         phone / "IMG_20240312_101500.jpg",
         seed=1,
-        exif=samples.exif_bytes(
+        exif=photos.exif_bytes(
             make="Samsung",
             model="SM-A515F",
             datetime_original=dt.datetime(2024, 3, 12, 10, 15, tzinfo=_DAMASCUS),
             gps=(36.2021, 37.1343, 390.0),
         ),
     )
-    samples.photo(
+    photos.photo(
         phone / "IMG_20240312_101730.jpg",
         seed=2,
-        exif=samples.exif_bytes(
+        exif=photos.exif_bytes(
             make="Apple",
             model="iPhone 11",
             datetime_original=dt.datetime(2024, 3, 12, 10, 17, 30, tzinfo=_DAMASCUS),
@@ -48,26 +51,30 @@ def make_demo_set(folder: Path) -> tuple[Path, Path]:
             orientation=6,
         ),
     )
-    samples.photo(phone / "forwarded.jpg", seed=3)  # messaging apps strip EXIF
+    photos.photo(phone / "forwarded.jpg", seed=3)  # messaging apps strip EXIF
     # A scene photographed once and passed on: resized and recompressed by a messaging app,
     # mirrored by one re-poster and trimmed by another. Linked as copies, never merged.
-    scene = samples.scene(4, (1600, 1200))
+    scene = photos.scene(4, (1600, 1200))
     scene.save(phone / "IMG_20240312_102200.jpg", quality=92)
     scene.resize((800, 600)).save(drive / "IMG-20240313-WA0007.jpg", quality=60)
     scene.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(drive / "mirrored.jpg", quality=80)
     width, height = scene.size
     scene.crop((64, 24, width - 40, height - 60)).save(drive / "trimmed.jpg", quality=80)
-    samples.copy(shared_photo, drive / "copy of evidence.jpg")
-    samples.copy(phone / "forwarded.jpg", drive / "looks-like-a.png")
-    speech = samples.speech_wav(folder / "speech.wav")
-    video = samples.video_with_cuts(
+    shutil.copyfile(shared_photo, drive / "copy of evidence.jpg")
+    shutil.copyfile(phone / "forwarded.jpg", drive / "looks-like-a.png")
+    video = videos.video_with_cuts(
         drive / "VID_0001.mp4",
-        speech=speech,
+        shots=3,
+        seconds_per_shot=2,
+        size="320x240",
+        rate=25,
+        audio=audio.speech(folder / "speech.wav"),
         tags={"creation_time": "2024-03-12T07:20:00Z", "location": "+36.2030+037.1360/"},
+        preset="veryfast",
     )
-    samples.voice_note(phone / "PTT-20240312-WA0004.opus", speech)
-    samples.truncated_copy(video, drive / "VID_0002_partial.mp4", keep=0.02)
-    samples.html_page(drive / "saved-video.mp4")
+    audio.speech(phone / "PTT-20240312-WA0004.opus", voice_format="whatsapp-opus")
+    hostile.truncated_copy(video, drive / "VID_0002_partial.mp4", keep=0.02)
+    hostile.html_page(drive / "saved-video.mp4")
     return phone, drive
 
 
@@ -94,9 +101,9 @@ def run_demo(config: QarinaConfig, sequential: bool, out: Console) -> None:
         )
         summary = process_queue(config, store, sequential, out)
         out.print(f"processed {summary.committed} jobs in {summary.wall_s:.1f} s")
-        _print_items(store, sorted(set(first.sha256s + second.sha256s)), out)
-        _print_dupes(store, out)
-        _print_transcripts(store, sorted(set(first.sha256s + second.sha256s)), out)
+        _print_items(store, plan, sorted(set(first.sha256s + second.sha256s)), out)
+        _print_dupes(store, plan, out)
+        _print_transcripts(store, plan, sorted(set(first.sha256s + second.sha256s)), out)
         report = store.verify(fixity=True, actor=f"qarina-demo@{config.operator}")
         verdict = "intact" if report.ok else "BROKEN"
         out.print(
@@ -108,51 +115,52 @@ def run_demo(config: QarinaConfig, sequential: bool, out: Console) -> None:
         store.close()
 
 
-def _print_items(store: Store, shas: list[str], out: Console) -> None:
+def _print_items(store: Store, plan: Plan, shas: list[str], out: Console) -> None:
     table = Table("item", "kind", "arrivals", "captured", "gps", "device", "flags / failure")
     for sha in shas:
-        record = store.show(sha)
+        record = store.show(sha, plan.current_keys())
         if record is None:
             continue
-        metadata = record["results"].get("metadata", {}).get("data", {})
-        gps = metadata.get("gps")
-        device = metadata.get("device") or {}
+        stored = record["results"].get("metadata")
+        metadata = MetadataResult.from_json(stored["data"]) if stored else None
+        gps = metadata.gps if metadata else None
+        device = (metadata.device if metadata else None) or {}
         failures = [f"{failure['stage']}: {failure['reason']}" for failure in record["failures"]]
         table.add_row(
             sha[:12],
             record["kind"] or "?",
             str(len(record["acquisitions"])),
-            metadata.get("captured_at") or "",
+            (metadata.captured_at if metadata else None) or "",
             f"{gps['lat']:.4f},{gps['lon']:.4f}" if gps else "",
             " ".join(filter(None, [device.get("make"), device.get("model")])),
-            ", ".join(metadata.get("flags", []) + failures),
+            ", ".join((metadata.flags if metadata else []) + failures),
         )
     out.print(table)
 
 
-def _print_transcripts(store: Store, shas: list[str], out: Console) -> None:
+def _print_transcripts(store: Store, plan: Plan, shas: list[str], out: Console) -> None:
     for sha in shas:
-        record = store.show(sha) or {}
+        record = store.show(sha, plan.current_keys()) or {}
         transcript = record.get("results", {}).get("transcript")
         if not transcript or transcript["status"] != "ok":
             continue
-        data = transcript["data"]
+        data = TranscriptResult.from_json(transcript["data"])
         segments = "; ".join(
-            f"{segment['start']:.1f}-{segment['end']:.1f} s «{segment['text']}»"
-            + (f" doubtful: {', '.join(segment['flags'])}" if segment["flags"] else "")
-            for segment in data["segments"]
+            f"{segment.start:.1f}-{segment.end:.1f} s «{segment.text}»"
+            + (f" doubtful: {', '.join(segment.flags)}" if segment.flags else "")
+            for segment in data.segments
         )
         out.print(
-            f"transcript {sha[:12]} ({data['language']}, {data['model']['sha256'][:12]}):"
+            f"transcript {sha[:12]} ({data.language}, {data.model.sha256[:12]}):"
             f" {segments or 'no speech'}"
         )
-    hits = search_transcripts(store, samples.GREETING)
+    hits = search_transcripts(store, plan, audio.GREETING)
     found = sorted({hit["sha256"][:12] for hit in hits})
-    out.print(f"search «{samples.GREETING}»: {len(hits)} segments in {found}")
+    out.print(f"search «{audio.GREETING}»: {len(hits)} segments in {found}")
 
 
-def _print_dupes(store: Store, out: Console) -> None:
-    report = dupes_report(store, hashes_key())
+def _print_dupes(store: Store, plan: Plan, out: Console) -> None:
+    report = dupes_report(store, plan.keys("hashes"))
     for number, cluster in enumerate(report["clusters"], 1):
         links = ", ".join(
             f"{link['a_sha256'][:12]}~{link['b_sha256'][:12]} {link['kind']} {link['distance']:g}"

@@ -21,7 +21,7 @@ from PIL import Image, ImageOps
 
 from evidence import matches
 from pipelines.config import QarinaConfig
-from pipelines.dupes import clusters
+from pipelines.dedup.reports import clusters
 from pipelines.ingest import ingest_paths
 from pipelines.plan import Plan
 from pipelines.runner import SequentialExecutor, run_queue
@@ -162,7 +162,7 @@ def evaluate_dupes(corpus: Path, threshold: int = 31) -> DupesEvaluation:
                 run_queue(store, plan, executor, config)
             finally:
                 executor.close()
-            open_matcher(config, store).update("qarina-eval")
+            open_matcher(config, store, plan).update("qarina-eval")
             links = matches.all_links(store.database)
         finally:
             store.close()

@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
 import logging
 import os
 import platform
 import socket
+import sysconfig
 import tempfile
 import time
+import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata as importlib_metadata
 from pathlib import Path
+from types import CodeType
 from typing import Any
 
 from evidence.blobs import BlobStore
@@ -41,12 +45,73 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Task:
-    """One leased job plus what the stage needs to read: a blob path and upstream results."""
+    """One leased job plus what the stage needs to read: a blob path and upstream results.
+
+    `reads` names, per upstream stage, the key and data hash of the result read: the new
+    result's provenance carries it, so it says which upstream result it was made from.
+    """
 
     job: LeasedJob
     path: str
     upstream: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     artifacts: Mapping[str, str] = field(default_factory=dict)
+    reads: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+
+
+def classify(error: Exception, job: LeasedJob) -> tuple[FailureReason, str, bool]:
+    """The failure class of an exception a stage raised: reason, detail, retryable."""
+    if isinstance(error, StageError):
+        log.info("item %s stage %s failed: %s", job.sha256[:16], job.stage, error.reason)
+        return error.reason, error.detail, error.retryable
+    if isinstance(error, MemoryError):
+        # The actor's own allocation failed; a retry may land on a less loaded node.
+        log.warning("item %s stage %s ran out of memory", job.sha256[:16], job.stage)
+        return FailureReason.RESOURCE_LIMIT, "stage ran out of memory", True
+    if isinstance(error, OSError):
+        # Reading the shared root or writing scratch failed: the disk or the mount, not the
+        # item, so a later attempt (maybe on another node) may pass.
+        log.warning("item %s stage %s: I/O error %s", job.sha256[:16], job.stage, error.errno)
+        return FailureReason.STORE_ERROR, f"I/O error {error.errno} ({type(error).__name__})", True
+    # Our own code failed: the same code on the same bytes fails again, so the job ends at
+    # once, named by a fingerprint that groups one bug's failures.
+    bug = bug_report(error)
+    log.error("item %s stage %s: %s", job.sha256[:16], job.stage, bug)
+    return FailureReason.STAGE_ERROR, bug, False
+
+
+def bug_report(error: BaseException) -> str:
+    """An exception as a stage_error detail: its type, where our code raised it, and a
+    fingerprint of the traceback that is the same for every item the same bug hits.
+
+    Only code locations enter it (module, function, line), never the message: a message
+    may quote a file name, a tag value or a transcript.
+    """
+    frames = [
+        (str(frame.f_globals.get("__name__", "?")), frame.f_code, line)
+        for frame, line in traceback.walk_tb(error.__traceback__)
+    ]
+    fingerprint = hashlib.sha256(
+        "\n".join(
+            [type(error).__qualname__, *(f"{m}:{code.co_name}:{line}" for m, code, line in frames)]
+        ).encode()
+    ).hexdigest()[:16]
+    ours = [f"{module}:{code.co_name}" for module, code, _ in frames if _is_ours(module, code)]
+    where = ours[-1] if ours else "a library"
+    return f"{type(error).__name__} in {where} (fingerprint {fingerprint})"
+
+
+#: Where the standard library and installed packages live: their frames are not our code,
+#: unless they are our own packages installed there.
+_LIBRARY_ROOTS = tuple(
+    sorted({sysconfig.get_paths()[name] for name in ("stdlib", "platstdlib", "purelib", "platlib")})
+)
+_OUR_PACKAGES = frozenset({"workers", "models", "evidence", "pipelines"})
+
+
+def _is_ours(module: str, code: CodeType) -> bool:
+    if module.partition(".")[0] in _OUR_PACKAGES:
+        return True
+    return not code.co_filename.startswith(_LIBRARY_ROOTS)
 
 
 def _qarina_version() -> str:
@@ -75,7 +140,8 @@ class StageHost:
         self._static_provenance = {
             "stage": stage.name,
             "stage_version": stage.version,
-            "config_hash": stage.config.config_hash(),
+            # The key's config hash also covers what the stage read; this is its options' alone.
+            "options_hash": stage.config.config_hash(),
             "params": dataclasses.asdict(stage.config),
             "tools": stage.tool_versions(),
             "qarina": _qarina_version(),
@@ -97,44 +163,38 @@ class StageHost:
         kind = Kind(job.kind) if job.kind else Kind.OTHER
         artifacts = {sha256: Path(path) for sha256, path in task.artifacts.items()}
         item = StageInput(job.sha256, Path(task.path), kind, task.upstream, artifacts)
+        planned = self.plan.spec(job.stage, Kind(job.kind) if job.kind else None).requires
+        missing = sorted(key.stage for key in planned if key.stage not in task.reads)
+        if missing:
+            # The job was queued because these results existed: one has gone missing.
+            return Failure(
+                FailureReason.INTEGRITY_ERROR.value,
+                f"upstream result of {', '.join(missing)} at the planned key is not stored",
+                False,
+                self._provenance(started, clock, task),
+            )
         with tempfile.TemporaryDirectory(prefix=f"qarina-{self.stage.name}-") as scratch:
             try:
                 output = self.stage.run(item, Path(scratch))
                 data = result_to_json(output.result)
                 stored = [self._store_artifact(artifact) for artifact in output.artifacts]
             except StageSkipped as skip:
-                return Success({}, self._provenance(started, clock), skip_reason=skip.reason)
-            except StageError as error:
-                log.info("item %s stage %s failed: %s", job.sha256[:16], job.stage, error.reason)
+                return Success({}, self._provenance(started, clock, task), skip_reason=skip.reason)
+            except Exception as error:  # every exception becomes a classified failure
+                reason, detail, retryable = classify(error, job)
+                # An item whose kind cannot be decided is `other` (a later success says more).
                 return Failure(
-                    error.reason.value,
-                    error.detail,
-                    error.reason.retryable,
-                    self._provenance(started, clock),
+                    reason.value,
+                    detail,
+                    retryable,
+                    self._provenance(started, clock, task),
                     item_kind=Kind.OTHER.value if self.stage.decides_kind else None,
-                )
-            except MemoryError:
-                # The actor's own allocation failed; a retry may land on a less loaded node.
-                log.warning("item %s stage %s ran out of memory", job.sha256[:16], job.stage)
-                return Failure(
-                    FailureReason.RESOURCE_LIMIT.value,
-                    "stage ran out of memory",
-                    True,
-                    self._provenance(started, clock),
-                )
-            except Exception as error:
-                log.exception("item %s stage %s crashed", job.sha256[:16], job.stage)
-                return Failure(
-                    FailureReason.TOOL_CRASH.value,
-                    f"unexpected {type(error).__name__} in stage",
-                    True,
-                    self._provenance(started, clock),
                 )
         item_kind = data.get("kind") if self.stage.decides_kind else None
         follow_ups = self.plan.follow_ups(job.stage, item_kind or job.kind)
         return Success(
             data,
-            self._provenance(started, clock),
+            self._provenance(started, clock, task),
             artifacts=stored,
             item_kind=item_kind,
             follow_ups=follow_ups,
@@ -146,9 +206,11 @@ class StageHost:
             blob.sha256, artifact.role, artifact.media_type, blob.size_bytes, artifact.meta
         )
 
-    def _provenance(self, started: dt.datetime, clock: float) -> dict[str, Any]:
+    def _provenance(self, started: dt.datetime, clock: float, task: Task) -> dict[str, Any]:
         return {
             **self._static_provenance,
+            "config_hash": task.job.config_hash,
+            "reads": dict(task.reads),
             "worker_pid": os.getpid(),
             "started_at": started.isoformat(),
             "finished_at": dt.datetime.now(dt.UTC).isoformat(),

@@ -22,6 +22,7 @@ from evidence.store import Store
 from pipelines.config import QarinaConfig
 from pipelines.execute import StageHost, Task
 from pipelines.plan import Plan
+from workers.base import Kind
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,8 @@ def run_queue(
     actor = f"qarina-run@{owner}"
     release_dead_local_owners(store)
     jobs.release_expired(store.database)
-    specs = {name: plan.spec(name) for name in plan.stages}
+    keys = {name: plan.keys(name) for name in plan.stages}
+    every_key = [key for stage_keys in keys.values() for key in stage_keys]
     in_flight: dict[int, records.LeasedJob] = {}
     summary = RunSummary()
     renew_every = config.lease_ttl.total_seconds() / 3
@@ -107,14 +109,14 @@ def run_queue(
         for name, stage in plan.stages.items():
             while executor.free_slots(name) > 0:
                 leased = jobs.lease(
-                    store.database, owner, specs[name], stage.batch_size, config.lease_ttl
+                    store.database, owner, keys[name], stage.batch_size, config.lease_ttl
                 )
                 if not leased:
                     break
                 in_flight.update((job.id, job) for job in leased)
-                executor.submit(name, _tasks(store, stage.requires, leased))
+                executor.submit(name, _tasks(store, plan, leased))
         if not in_flight:
-            if jobs.open_jobs(store.database, list(specs.values())) == 0:
+            if jobs.open_jobs(store.database, every_key) == 0:
                 break
             # Others hold the rest; wait for them, or for their leases to expire.
             time.sleep(1.0)
@@ -141,27 +143,40 @@ def run_queue(
     return summary
 
 
-def _tasks(store: Store, requires: tuple[str, ...], leased: list[records.LeasedJob]) -> list[Task]:
-    pairs = [(job.sha256, stage) for job in leased for stage in requires]
-    upstream = jobs.upstream_results(store.database, pairs)
-    derived = jobs.upstream_artifacts(store.database, pairs)
-    return [
-        Task(
-            job,
-            str(store.blobs.path_for(job.sha256)),
-            {
-                stage: upstream[(job.sha256, stage)]
-                for stage in requires
-                if (job.sha256, stage) in upstream
-            },
-            {
-                sha256: str(store.blobs.path_for(sha256))
-                for stage in requires
-                for sha256 in derived.get((job.sha256, stage), ())
-            },
-        )
+def _tasks(store: Store, plan: Plan, leased: list[records.LeasedJob]) -> list[Task]:
+    """Each job with the upstream results its plan names for the item's kind: exactly those
+    keys, so an item holding results of two versions of a stage gives the one planned."""
+    needs = {
+        job.id: plan.spec(job.stage, Kind(job.kind) if job.kind else None).requires
         for job in leased
-    ]
+    }
+    found = jobs.upstream_results(
+        store.database, [(job.sha256, key) for job in leased for key in needs[job.id]]
+    )
+    tasks = []
+    for job in leased:
+        read = [found[(job.sha256, key)] for key in needs[job.id] if (job.sha256, key) in found]
+        tasks.append(
+            Task(
+                job,
+                str(store.blobs.path_for(job.sha256)),
+                upstream={result.key.stage: result.data for result in read},
+                artifacts={
+                    sha256: str(store.blobs.path_for(sha256))
+                    for result in read
+                    for sha256 in result.artifacts
+                },
+                reads={
+                    result.key.stage: {
+                        "stage_version": result.key.stage_version,
+                        "config_hash": result.key.config_hash,
+                        "result_sha256": result.data_sha256,
+                    }
+                    for result in read
+                },
+            )
+        )
+    return tasks
 
 
 class SequentialExecutor:

@@ -11,36 +11,40 @@ from typing import Any
 
 from evidence import search
 from evidence.store import Store
+from pipelines.plan import Plan
 from workers.arabic import normalise
-from workers.transcript import TranscriptStage
+from workers.transcript import TranscriptResult, TranscriptStage
 
 
-def update_search_index(store: Store) -> int:
-    """Index every transcript result not indexed yet; how many results were added."""
+def update_search_index(store: Store, plan: Plan) -> int:
+    """Index every transcript result under the plan's keys not indexed yet; how many results
+    were added."""
     added = 0
-    while pending := search.pending_results(store.database, TranscriptStage.name):
+    keys = plan.keys(TranscriptStage.name)
+    while pending := search.pending_results(store.database, keys):
         for result in pending:
             segments = [
                 search.IndexedSegment(
-                    float(segment["start"]),
-                    float(segment["end"]),
-                    segment["text"],
-                    normalise(segment["text"]),
-                    list(segment.get("flags", [])),
+                    segment.start,
+                    segment.end,
+                    segment.text,
+                    normalise(segment.text),
+                    list(segment.flags),
                 )
-                for segment in result.data.get("segments", [])
+                for segment in TranscriptResult.from_json(result.data).segments
             ]
             search.index_result(store.database, result, segments)
         added += len(pending)
     return added
 
 
-def search_transcripts(store: Store, query: str, limit: int = 100) -> list[dict[str, Any]]:
-    """Segments whose words contain the query's words in order, as plain JSON data.
-
-    The same words in two results of one item (say, Arabic forced and detected) are shown once.
-    """
-    update_search_index(store)
-    hits = search.search(store.database, normalise(query), limit)
-    unique = {(hit.sha256, hit.start_s, hit.end_s, hit.text): hit for hit in hits}
-    return [asdict(hit) for hit in unique.values()]
+def search_transcripts(
+    store: Store, plan: Plan, query: str, limit: int = 100
+) -> list[dict[str, Any]]:
+    """Segments of the transcripts the plan names whose words contain the query's words in
+    order, as plain JSON data."""
+    update_search_index(store, plan)
+    hits = search.search(
+        store.database, normalise(query), plan.keys(TranscriptStage.name), limit
+    )
+    return [asdict(hit) for hit in hits]

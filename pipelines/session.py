@@ -11,10 +11,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from evidence.store import Store
 from models import whisper
 from pipelines.config import QarinaConfig
+from pipelines.dedup.config import MatchConfig
+from pipelines.dedup.matcher import Matcher
 from pipelines.plan import Plan
 from pipelines.runner import RunSummary, SequentialExecutor, run_queue
 from pipelines.search import update_search_index
-from pipelines.similarity import MatchConfig, Matcher
 
 #: Seconds between index updates while a run goes on: links appear as items arrive, and the
 #: driver spends little of its time on them.
@@ -26,17 +27,12 @@ def open_store(config: QarinaConfig) -> Store:
     return Store.open(config.db_url, config.blob_root)
 
 
-def hashes_key() -> tuple[str, str, str]:
-    """(stage, version, config hash) of the hashes results this code makes and matches."""
-    spec = Plan.default(["hashes"]).spec("hashes")
-    return spec.stage, spec.stage_version, spec.config_hash
-
-
-def open_matcher(config: QarinaConfig, store: Store) -> Matcher:
+def open_matcher(config: QarinaConfig, store: Store, plan: Plan) -> Matcher:
+    """The matcher over the hashes results under the keys `plan` names."""
     return Matcher(
         store,
         config.index_dir,
-        hashes_key(),
+        plan.keys("hashes"),
         MatchConfig(threshold=config.match_threshold, min_quality=config.match_min_quality),
     )
 
@@ -60,7 +56,7 @@ def process_queue(
 
         start_ray(config.ray_address)
         executor = RayExecutor(plan, config)
-    total = store.status().open_jobs
+    total = store.status(current=plan.current_keys()).open_jobs
     progress = Progress(
         TextColumn("[bold]processing"),
         BarColumn(),
@@ -77,7 +73,7 @@ def process_queue(
             # Follow-up stages appear as their predecessors finish: the total grows.
             progress.update(task, completed=completed, total=max(total, completed + in_flight))
 
-        matcher = open_matcher(config, store)
+        matcher = open_matcher(config, store, plan)
         actor = f"qarina-match@{config.operator}"
         last_match = time.monotonic()
 
@@ -92,5 +88,5 @@ def process_queue(
         finally:
             executor.close()
         matcher.update(actor)
-        update_search_index(store)
+        update_search_index(store, plan)
         return summary

@@ -28,7 +28,7 @@ from pipelines.plan import Plan
 from pipelines.runner import SequentialExecutor, run_queue
 from pipelines.session import open_store
 from workers.arabic import normalise
-from workers.transcript import TranscriptConfig
+from workers.transcript import TranscriptConfig, TranscriptResult
 
 
 @dataclass(frozen=True)
@@ -121,12 +121,12 @@ def _pipeline_texts(
         executor.close()
     texts = {}
     for path, sha256 in sha_of.items():
-        shown = store.show(sha256) or {}
-        result = shown.get("results", {}).get("transcript", {}).get("data") or {}
-        segments = result.get("segments", [])
+        shown = store.show(sha256, plan.current_keys()) or {}
+        stored = shown.get("results", {}).get("transcript", {}).get("data")
+        segments = TranscriptResult.from_json(stored).segments if stored else []
         texts[path] = Transcribed(
-            " ".join(segment["text"] for segment in segments),
-            any("sampled" in segment["flags"] for segment in segments),
+            " ".join(segment.text for segment in segments),
+            any("sampled" in segment.flags for segment in segments),
         )
     return texts
 

@@ -3,12 +3,33 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 from evidence.store import Store
 from pipelines.config import QarinaConfig
 from pipelines.ingest import ingest_paths
 from pipelines.plan import Plan
 from pipelines.runner import SequentialExecutor, run_queue
+from workers.keyframes import KeyframesStage
+
+#: The keys the default plan names: what `show` and `status` call current in tests that run
+#: with the default options.
+DEFAULT_KEYS = Plan.default().current_keys()
+
+
+class KeyframesV2(KeyframesStage):
+    """The keyframes stage as a newer version would be: the same name, another version."""
+
+    version: ClassVar[str] = "2"
+
+
+def run_plan(store: Store, plan: Plan, config: QarinaConfig) -> None:
+    """Process every open job of `plan` with the sequential runner."""
+    executor = SequentialExecutor(plan, config)
+    try:
+        run_queue(store, plan, executor, config)
+    finally:
+        executor.close()
 
 
 def ingest_and_run(
@@ -17,9 +38,5 @@ def ingest_and_run(
     """Ingest `folder` and process every job with the sequential runner; the items' hashes."""
     plan = Plan.default(settings=config)
     summary = ingest_paths(store, plan, config, [folder], source=source, priority=priority)
-    executor = SequentialExecutor(plan, config)
-    try:
-        run_queue(store, plan, executor, config)
-    finally:
-        executor.close()
+    run_plan(store, plan, config)
     return summary.sha256s

@@ -16,7 +16,7 @@ from typing import ClassVar
 import numpy as np
 from ray import cloudpickle
 
-from workers.base import Kind, Resources, Stage, StageConfig, StageInput, StageOutput
+from workers.base import JsonRecord, Kind, Resources, Stage, StageConfig, StageInput, StageOutput
 
 _CHUNK = 64 * 1024 * 1024
 #: Never more than this, whatever happens: a hog that is not stopped must not stop the machine.
@@ -29,7 +29,7 @@ class HogConfig(StageConfig):
 
 
 @dataclass(frozen=True)
-class HogResult:
+class HogResult(JsonRecord):
     allocated_bytes: int
 
 

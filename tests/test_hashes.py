@@ -12,25 +12,26 @@ import pillow_heif
 import pytest
 from PIL import Image
 
-from pipelines import samples
 from pipelines.plan import Plan
-from tests import media
+from pipelines.samples import hostile, photos, videos
 from tests.stage_contract import StageContract
 from workers.base import FailureReason, Kind, StageError, StageInput, StageSkipped
 from workers.hashes import DIHEDRAL, HashesConfig, HashesStage, hex_distance
 from workers.images import decode_for_analysis
 from workers.keyframes import KeyframesStage
+from workers.probe import ProbeStage
 
 
 def _photo(path: Path) -> StageInput:
-    return StageInput("0" * 64, path, Kind.PHOTO, {"probe": {}})
+    return StageInput("0" * 64, path, Kind.PHOTO)
 
 
 def _hash(path: Path, tmp_path: Path, config: HashesConfig | None = None) -> dict[str, Any]:
     workdir = tmp_path / f"work-{path.name}"
     workdir.mkdir()
     entries = HashesStage(config).run(_photo(path), workdir).result.hashes
-    return {entry["variant"]: entry for entry in entries}
+    # As stored: the checks below hold for the JSON that matching reads.
+    return {entry.variant: entry.to_json() for entry in entries}
 
 
 def _full_decode_pdq(path: Path) -> str:
@@ -45,14 +46,14 @@ class TestHashesContract(StageContract):
     expected_name = "hashes"
 
     def supported_item(self, tmp_path: Path) -> StageInput:
-        return _photo(media.scene_jpeg(tmp_path / "item", seed=1))
+        return _photo(photos.scene_jpeg(tmp_path / "item", seed=1))
 
     def unsupported_item(self, tmp_path: Path) -> StageInput:
-        return _photo(media.html_named_mp4(tmp_path))
+        return _photo(hostile.html_page(tmp_path / "clip.mp4"))
 
 
 def test_pdq_hex_is_threatexchange_layout(tmp_path: Path) -> None:
-    path = media.scene_jpeg(tmp_path / "a.jpg", seed=2, size=(400, 300))
+    path = photos.scene_jpeg(tmp_path / "a.jpg", seed=2, size=(400, 300))
     ours = _hash(path, tmp_path)["full"]
     with Image.open(path) as image:
         vector, quality = pdqhash.compute(np.asarray(image.convert("RGB")))
@@ -63,18 +64,18 @@ def test_pdq_hex_is_threatexchange_layout(tmp_path: Path) -> None:
 
 
 def test_large_jpeg_is_decoded_reduced_and_stays_close(tmp_path: Path) -> None:
-    path = media.scene_jpeg(tmp_path / "big.jpg", seed=3, size=(4000, 3000), quality=92)
+    path = photos.scene_jpeg(tmp_path / "big.jpg", seed=3, size=(4000, 3000), quality=92)
     decoded = decode_for_analysis(path, min_side=512, max_pixels=10**9)
     assert 512 <= min(decoded.image.size) < 1000, "draft mode decodes at a fraction of the size"
     assert hex_distance(_hash(path, tmp_path)["full"]["pdq"], _full_decode_pdq(path)) <= 8
 
 
 def test_exif_orientation_is_applied_once(tmp_path: Path) -> None:
-    upright = samples.scene(4, (480, 360))
+    upright = photos.scene(4, (480, 360))
     upright.save(tmp_path / "upright.jpg", quality=92)
     # Stored turned a quarter anticlockwise, with Orientation 6 telling viewers to turn it back.
     stored = upright.transpose(Image.Transpose.ROTATE_90)
-    stored.save(tmp_path / "tagged.jpg", quality=92, exif=samples.exif_bytes(orientation=6))
+    stored.save(tmp_path / "tagged.jpg", quality=92, exif=photos.exif_bytes(orientation=6))
     first = _hash(tmp_path / "upright.jpg", tmp_path)["full"]["pdq"]
     second = _hash(tmp_path / "tagged.jpg", tmp_path)["full"]["pdq"]
     assert hex_distance(first, second) <= 10
@@ -83,8 +84,8 @@ def test_exif_orientation_is_applied_once(tmp_path: Path) -> None:
 
 
 def test_letterbox_bars_are_trimmed(tmp_path: Path) -> None:
-    original = media.scene_jpeg(tmp_path / "a.jpg", seed=5)
-    boxed = media.letterboxed(original, tmp_path / "boxed.jpg", bar_fraction=0.15)
+    original = photos.scene_jpeg(tmp_path / "a.jpg", seed=5)
+    boxed = photos.letterboxed(original, tmp_path / "boxed.jpg", bar_fraction=0.15)
     plain, trimmed = _hash(original, tmp_path)["full"], _hash(boxed, tmp_path)["full"]
     assert plain["border"] == [0, 0, 0, 0]
     assert trimmed["border"][1] == pytest.approx(0.115, abs=0.01)
@@ -92,14 +93,14 @@ def test_letterbox_bars_are_trimmed(tmp_path: Path) -> None:
 
 
 def test_crop_variant_and_probes_are_hashed(tmp_path: Path) -> None:
-    path = media.scene_jpeg(tmp_path / "a.jpg", seed=6)
+    path = photos.scene_jpeg(tmp_path / "a.jpg", seed=6)
     hashed = _hash(path, tmp_path)
     assert set(hashed) == {"full", "crop5"}
     assert len(hashed["full"]["probes"]) == 80 * 64
 
 
 def test_mirrored_copy_matches_a_dihedral_hash(tmp_path: Path) -> None:
-    original = media.scene_jpeg(tmp_path / "a.jpg", seed=7)
+    original = photos.scene_jpeg(tmp_path / "a.jpg", seed=7)
     with Image.open(original) as image:
         image.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(tmp_path / "m.jpg", quality=90)
     plain, mirrored = _hash(original, tmp_path)["full"], _hash(tmp_path / "m.jpg", tmp_path)["full"]
@@ -113,7 +114,7 @@ def test_flat_picture_has_low_quality(tmp_path: Path) -> None:
 
 
 def test_sixteen_bit_picture_is_scaled_not_clipped(tmp_path: Path) -> None:
-    grey = np.asarray(samples.scene(8, (320, 240)).convert("L"), dtype=np.uint16) * 257
+    grey = np.asarray(photos.scene(8, (320, 240)).convert("L"), dtype=np.uint16) * 257
     Image.fromarray(grey).save(tmp_path / "deep.png")
     Image.fromarray((grey // 257).astype(np.uint8)).save(tmp_path / "eight.png")
     deep, eight = _hash(tmp_path / "deep.png", tmp_path), _hash(tmp_path / "eight.png", tmp_path)
@@ -122,14 +123,14 @@ def test_sixteen_bit_picture_is_scaled_not_clipped(tmp_path: Path) -> None:
 
 
 def test_decompression_bomb_is_a_resource_limit(tmp_path: Path) -> None:
-    bomb = media.png_bomb(tmp_path / "bomb.png")
+    bomb = hostile.png_bomb(tmp_path / "bomb.png")
     with pytest.raises(StageError) as raised:
         HashesStage().run(_photo(bomb), tmp_path)
     assert raised.value.reason is FailureReason.RESOURCE_LIMIT
 
 
 def test_heic_decodes_in_the_stage_and_a_cut_one_is_corrupt_media(tmp_path: Path) -> None:
-    pillow_heif.from_pillow(samples.scene(9, (128, 96))).save(tmp_path / "whole.heic")
+    pillow_heif.from_pillow(photos.scene(9, (128, 96))).save(tmp_path / "whole.heic")
     whole = (tmp_path / "whole.heic").read_bytes()
     (tmp_path / "cut.heic").write_bytes(whole[: len(whole) // 2])
     assert HashesStage().run(_photo(tmp_path / "whole.heic"), tmp_path).result.hashes
@@ -139,17 +140,17 @@ def test_heic_decodes_in_the_stage_and_a_cut_one_is_corrupt_media(tmp_path: Path
 
 
 def test_truncated_photo_is_hashed_and_flagged(tmp_path: Path) -> None:
-    path = media.truncated_jpeg(tmp_path / "cut.jpg")
+    path = hostile.truncated_jpeg(tmp_path / "cut.jpg")
     output = HashesStage().run(_photo(path), tmp_path)
     assert output.result.flags == ["truncated"]
-    assert output.result.hashes[0]["pdq"]
+    assert output.result.hashes[0].pdq
 
 
 def _video_input(path: Path, tmp_path: Path) -> StageInput:
     """A video as the runtime hands it over: probe and keyframes results, keyframe files."""
     frames = tmp_path / "keyframes"
     frames.mkdir()
-    probe = {"duration_s": 12.0, "rotation": None}
+    probe = ProbeStage().run(StageInput("1" * 64, path, Kind.OTHER), frames).result.to_json()
     keyframes = KeyframesStage().run(
         StageInput("1" * 64, path, Kind.VIDEO, {"probe": probe}), frames
     )
@@ -157,34 +158,34 @@ def _video_input(path: Path, tmp_path: Path) -> StageInput:
         hashlib.sha256(artifact.path.read_bytes()).hexdigest(): artifact.path
         for artifact in keyframes.artifacts
     }
-    upstream = {"probe": probe, "keyframes": {"frames": keyframes.result.frames}}
+    upstream = {"probe": probe, "keyframes": keyframes.result.to_json()}
     return StageInput("1" * 64, path, Kind.VIDEO, upstream, artifacts)
 
 
 def test_video_gets_keyframe_hashes_and_a_sample_per_second(tmp_path: Path) -> None:
-    video = media.video_of_scenes(tmp_path / "v.mp4", list(range(20, 26)))
+    video = videos.video_of_scenes(tmp_path / "v.mp4", list(range(20, 26)))
     result = HashesStage().run(_video_input(video, tmp_path), tmp_path).result
-    samples_t = [entry["t"] for entry in result.hashes if entry["source"] == "sample"]
-    keyframes = [entry for entry in result.hashes if entry["source"] == "keyframe"]
+    samples_t = [entry.t for entry in result.hashes if entry.source == "sample"]
+    keyframes = [entry for entry in result.hashes if entry.source == "keyframe"]
     assert samples_t == pytest.approx([0, 1, 2, 3, 4, 5], abs=0.05)
-    assert result.samples == 6 and result.keyframes == len({e["t"] for e in keyframes}) >= 5
-    assert all(entry["artifact"] and entry["quality"] >= 50 for entry in keyframes)
+    assert result.samples == 6 and result.keyframes == len({e.t for e in keyframes}) >= 5
+    assert all(entry.artifact and entry.quality >= 50 for entry in keyframes)
     # Every sampled second is a different scene: the hashes differ accordingly.
-    pdqs = [entry["pdq"] for entry in result.hashes if entry["source"] == "sample"]
+    pdqs = [entry.pdq for entry in result.hashes if entry.source == "sample"]
     assert min(hex_distance(a, b) for a in pdqs for b in pdqs if a != b) > 60
 
 
 def test_video_without_keyframes_is_skipped(tmp_path: Path) -> None:
-    video = media.video_with_cuts(tmp_path / "v.mp4")
+    video = videos.video_with_cuts(tmp_path / "v.mp4")
     with pytest.raises(StageSkipped):
-        HashesStage().run(StageInput("1" * 64, video, Kind.VIDEO, {"probe": {}}), tmp_path)
+        HashesStage().run(StageInput("1" * 64, video, Kind.VIDEO), tmp_path)
 
 
 def test_photos_wait_for_the_probe_and_videos_for_keyframes() -> None:
     plan = Plan.default()
     [photo] = [spec for spec in plan.follow_ups("probe", "photo") if spec.stage == "hashes"]
-    assert photo.requires == ("probe",)
+    assert [key.stage for key in photo.requires] == ["probe"]
     # A video's hashes job is only queued once every required result exists (jobs.enqueue).
     for finished in ("probe", "keyframes"):
         [video] = [spec for spec in plan.follow_ups(finished, "video") if spec.stage == "hashes"]
-        assert video.requires == ("probe", "keyframes")
+        assert [key.stage for key in video.requires] == ["probe", "keyframes"]

@@ -8,12 +8,11 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from evidence.store import Store
-from pipelines import samples
 from pipelines.config import QarinaConfig
 from pipelines.local_cluster import free_port
 from pipelines.metrics import serve_metrics
-from tests import media
-from tests.flows import ingest_and_run
+from pipelines.samples import hostile, photos
+from tests.flows import DEFAULT_KEYS, ingest_and_run
 
 
 def _scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -32,11 +31,11 @@ def test_metrics_report_queue_throughput_and_failures(
     folder = tmp_path / "in"
     folder.mkdir()
     for index in range(3):
-        samples.photo(folder / f"p{index}.jpg", size=(64, 48), seed=index)
-    media.html_named_mp4(folder)
+        photos.photo(folder / f"p{index}.jpg", size=(64, 48), seed=index)
+    hostile.html_page(folder / "clip.mp4")
     ingest_and_run(store, config, folder)
     port = free_port()
-    server = serve_metrics(store, "127.0.0.1", port)
+    server = serve_metrics(store, DEFAULT_KEYS, "127.0.0.1", port)
     try:
         metrics = _scrape(port)
     finally:

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from evidence.store import Store
-from pipelines import samples
 from pipelines.config import QarinaConfig
 from pipelines.ingest import ingest_paths
 from pipelines.plan import Plan
-from tests.flows import ingest_and_run
+from pipelines.samples import audio, hostile, photos, videos
+from tests.flows import DEFAULT_KEYS, ingest_and_run
 
 SECRET_NAME = "witness-abu-karim-statement"
 LATITUDE, LONGITUDE = 36.2021, 37.1343
@@ -25,16 +25,23 @@ def mixed_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Photos with and without EXIF, a video with speech, a voice note, and broken inputs."""
     folder = tmp_path_factory.mktemp("intake")
     taken = dt.datetime(2024, 3, 12, 10, 15, tzinfo=dt.timezone(dt.timedelta(hours=3)))
-    samples.photo(
+    photos.photo(
         folder / f"{SECRET_NAME}.jpg",
         size=(320, 240),
-        exif=samples.exif_bytes(datetime_original=taken, gps=(LATITUDE, LONGITUDE, 390.0)),
+        exif=photos.exif_bytes(datetime_original=taken, gps=(LATITUDE, LONGITUDE, 390.0)),
     )
-    samples.photo(folder / "stripped.png", size=(320, 240), seed=2)  # JPEG bytes, wrong extension
-    speech = samples.speech_wav(folder / "speech.wav")
-    video = samples.video_with_cuts(folder / "clip.mp4", speech=speech, seconds_per_shot=1)
-    samples.truncated_copy(video, folder / "broken.mp4", keep=0.02)
-    samples.html_page(folder / "page.mp4")
+    photos.photo(folder / "stripped.png", size=(320, 240), seed=2)  # JPEG bytes, wrong extension
+    speech = audio.speech(folder / "speech.wav")
+    video = videos.video_with_cuts(
+        folder / "clip.mp4",
+        shots=3,
+        size="320x240",
+        rate=25,
+        audio=speech,
+        preset="veryfast",
+    )
+    hostile.truncated_copy(video, folder / "broken.mp4", keep=0.02)
+    hostile.html_page(folder / "page.mp4")
     (folder / "empty.jpg").write_bytes(b"")
     return folder
 
@@ -44,7 +51,7 @@ def test_every_input_ends_with_a_record(
 ) -> None:
     shas = ingest_and_run(store, config, mixed_folder)
     assert len(shas) == 7
-    records = {sha: store.show(sha) for sha in shas}
+    records = {sha: store.show(sha, DEFAULT_KEYS) for sha in shas}
     kinds = sorted(str(record["kind"]) for record in records.values() if record)
     assert kinds == ["audio", "other", "other", "other", "photo", "photo", "video"]
     for sha, record in records.items():
@@ -69,7 +76,7 @@ def test_result_json_shape_and_provenance(
     photo = next(
         record
         for sha in _all_items(store)
-        if (record := store.show(sha))
+        if (record := store.show(sha, DEFAULT_KEYS))
         and record["acquisitions"][0]["original_name"].startswith(SECRET_NAME)
     )
     metadata = photo["results"]["metadata"]
@@ -110,7 +117,7 @@ def test_rerunning_a_finished_queue_stores_nothing_new(
     shas = ingest_and_run(store, config, mixed_folder)
     after = store.status()
     assert after.open_jobs == 0 and after.items == len(shas)
-    record = store.show(shas[0])
+    record = store.show(shas[0], DEFAULT_KEYS)
     assert record is not None and len(record["acquisitions"]) == 2
     # The first verify's own event, then 7 ingest events; no result was committed again.
     assert store.verify(fixity=False, actor="test").chain.events == before + 1 + 7

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -17,13 +17,16 @@ from evidence.matches import Link
 from evidence.store import Store
 from pipelines.cli import app
 from pipelines.config import QarinaConfig
-from pipelines.dupes import clusters, dupes_report
+from pipelines.dedup.config import MatchConfig
+from pipelines.dedup.index import HashIndex
+from pipelines.dedup.reports import clusters, dupes_report
 from pipelines.ingest import ingest_paths
 from pipelines.plan import Plan
-from pipelines.session import hashes_key, open_matcher
-from pipelines.similarity import HashIndex, MatchConfig
-from tests import media
-from tests.flows import ingest_and_run
+from pipelines.samples import audio, photos
+from pipelines.samples import videos as sample_videos
+from pipelines.session import open_matcher
+from tests.flows import DEFAULT_KEYS, ingest_and_run
+from workers.hashes import HashEntry
 
 
 def _random_codes(count: int, seed: int) -> np.ndarray:  # type: ignore[type-arg]
@@ -36,8 +39,8 @@ def _flipped(code: np.ndarray, bits: int, seed: int) -> np.ndarray:  # type: ign
     return np.packbits(unpacked)
 
 
-def _entries(codes: np.ndarray) -> list[dict[str, Any]]:  # type: ignore[type-arg]
-    return [{"pdq": code.tobytes().hex(), "source": "photo", "variant": "full"} for code in codes]
+def _entries(codes: np.ndarray) -> list[HashEntry]:  # type: ignore[type-arg]
+    return [HashEntry("photo", "full", code.tobytes().hex(), quality=100) for code in codes]
 
 
 def test_index_finds_every_hash_within_32_bits_and_none_beyond() -> None:
@@ -54,7 +57,7 @@ def test_index_survives_save_and_load(tmp_path: Path) -> None:
     index.add("a" * 64, _entries(_random_codes(10, seed=2)))
     index.add(
         "b" * 64,
-        [{**entry, "source": "sample", "t": 3.0} for entry in _entries(_random_codes(3, 3))],
+        [replace(entry, source="sample", t=3.0) for entry in _entries(_random_codes(3, 3))],
     )
     index.save(tmp_path, {"watermark": 7})
     loaded = HashIndex.load(tmp_path)
@@ -92,7 +95,7 @@ def evidence_folder(tmp_path: Path) -> dict[str, Path]:
     scenes, a clip cut out of it, and a still of one of its scenes."""
     folder = tmp_path / "intake"
     folder.mkdir()
-    original = media.scene_jpeg(folder / "original.jpg", seed=40)
+    original = photos.scene_jpeg(folder / "original.jpg", seed=40)
     with Image.open(original) as image:
         image.resize((320, 240)).save(folder / "small.jpg", quality=60)
         image.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(folder / "mirrored.jpg", quality=85)
@@ -100,15 +103,15 @@ def evidence_folder(tmp_path: Path) -> dict[str, Path]:
         "original": original,
         "small": folder / "small.jpg",
         "mirrored": folder / "mirrored.jpg",
-        "letterboxed": media.letterboxed(original, folder / "boxed.jpg"),
-        "cropped": media.cropped(original, folder / "cropped.jpg", (0.05, 0.01, 0.02, 0.04)),
-        "other": media.scene_jpeg(folder / "other.jpg", seed=41),
-        "blank": media.png(folder / "blank1.png"),
-        "video": media.video_of_scenes(folder / "video.mp4", list(range(50, 62))),
-        "still": media.scene_jpeg(folder / "still.jpg", seed=55, size=(800, 600)),
+        "letterboxed": photos.letterboxed(original, folder / "boxed.jpg"),
+        "cropped": photos.cropped(original, folder / "cropped.jpg", (0.05, 0.01, 0.02, 0.04)),
+        "other": photos.scene_jpeg(folder / "other.jpg", seed=41),
+        "blank": photos.striped(folder / "blank1.png", size=(64, 48), image_format="PNG"),
+        "video": sample_videos.video_of_scenes(folder / "video.mp4", list(range(50, 62))),
+        "still": photos.scene_jpeg(folder / "still.jpg", seed=55, size=(800, 600)),
     }
     Image.new("RGB", (64, 48), (40, 90, 161)).save(folder / "blank2.png")
-    files["clip"] = media.clip_of(files["video"], tmp_path / "clip.mp4", 4.3, 6, "240x180")
+    files["clip"] = sample_videos.clip_of(files["video"], tmp_path / "clip.mp4", 4.3, 6, "240x180")
     shutil.move(files["clip"], folder / "clip.mp4")
     files["clip"] = folder / "clip.mp4"
     return files
@@ -117,7 +120,7 @@ def evidence_folder(tmp_path: Path) -> dict[str, Path]:
 def _ingest_all(store: Store, config: QarinaConfig, folder: Path) -> dict[str, str]:
     """Ingest, process and link; the item of each file name."""
     ingest_and_run(store, config, folder)
-    open_matcher(config, store).update("test")
+    open_matcher(config, store, Plan.default()).update("test")
     report = store.status()
     assert report.open_jobs == 0
     shas: dict[str, str] = {}
@@ -167,7 +170,7 @@ def test_copies_link_and_different_pictures_do_not(
     assert seen["details"]["offset_s"] == pytest.approx(4.3, abs=1.0)
     assert seen["details"]["frames_matched"] >= 4
 
-    record = store.show(original)
+    record = store.show(original, DEFAULT_KEYS)
     assert record is not None
     assert {match["other"] for match in record["matches"]} >= {
         shas[name] for name in ("small.jpg", "mirrored.jpg", "boxed.jpg", "cropped.jpg")
@@ -184,14 +187,14 @@ def test_index_grows_with_new_items_and_rebuilds_to_the_same_links(
         before = matches.all_links(store.database)
         later = tmp_path / "later"
         later.mkdir()
-        media.cropped(evidence_folder["original"], later / "again.jpg", (0.02, 0.03, 0.0, 0.05))
+        photos.cropped(evidence_folder["original"], later / "again.jpg", (0.02, 0.03, 0.0, 0.05))
         ingest_and_run(store, sqlite_config, later)
-        report = open_matcher(sqlite_config, store).update("test")
+        report = open_matcher(sqlite_config, store, Plan.default()).update("test")
         assert (report.results_read, report.rebuilt) == (1, False)
         assert report.links_new >= 1
         linked = matches.all_links(store.database)
         shutil.rmtree(sqlite_config.index_dir)
-        rebuilt = open_matcher(sqlite_config, store).update("test")
+        rebuilt = open_matcher(sqlite_config, store, Plan.default()).update("test")
         assert rebuilt.rebuilt and rebuilt.links_new == 0
         assert rebuilt.results_read == report.results_read + len(
             [sha for sha in set(shas.values()) if _has_hashes(store, sha)]
@@ -202,7 +205,7 @@ def test_index_grows_with_new_items_and_rebuilds_to_the_same_links(
 
 
 def _has_hashes(store: Store, sha: str) -> bool:
-    record = store.show(sha)
+    record = store.show(sha, DEFAULT_KEYS)
     return record is not None and record["results"].get("hashes", {}).get("status") == "ok"
 
 
@@ -216,7 +219,7 @@ def test_dupes_and_similar_commands(
         ingest_paths(
             store, Plan.default(), sqlite_config, [evidence_folder["original"]], "second-source"
         )
-        report = dupes_report(store, hashes_key())
+        report = dupes_report(store, Plan.default().keys("hashes"))
         items_before = store.status().items
     finally:
         store.close()
@@ -236,7 +239,7 @@ def test_dupes_and_similar_commands(
     assert listed.exit_code == 0, listed.output
     assert json.loads(listed.stdout)["clusters"][0]["members"] == biggest["members"]
 
-    query = media.cropped(
+    query = photos.cropped(
         evidence_folder["original"], tmp_path / "query.jpg", (0.03, 0.0, 0.0, 0.02)
     )
     found = runner.invoke(app, [*data, "similar", str(query), "--json"], env=env)
@@ -244,7 +247,9 @@ def test_dupes_and_similar_commands(
     answer = json.loads(found.stdout)
     assert answer["query"]["kind"] == "photo"
     assert shas["original.jpg"] in [match["sha256"] for match in answer["matches"]]
-    clip = media.clip_of(evidence_folder["video"], tmp_path / "query.mp4", 2.2, 5, "200x150")
+    clip = sample_videos.clip_of(
+        evidence_folder["video"], tmp_path / "query.mp4", 2.2, 5, "200x150"
+    )
     found = runner.invoke(app, [*data, "similar", str(clip), "--json"], env=env)
     assert found.exit_code == 0, found.output
     # The whole video, and the stored clip it overlaps by three seconds.
@@ -254,9 +259,7 @@ def test_dupes_and_similar_commands(
     assert set(videos) == {shas["video.mp4"], shas["clip.mp4"]}
     video = videos[shas["video.mp4"]]
     assert video["details"]["offset_s"] == pytest.approx(2.2, abs=1.0)
-    refused = runner.invoke(
-        app, [*data, "similar", str(media.audio_wav(tmp_path / "a.wav"))], env=env
-    )
+    refused = runner.invoke(app, [*data, "similar", str(audio.tone(tmp_path / "a.wav"))], env=env)
     assert refused.exit_code == 2 and "cannot hash this file" in refused.output
     store = Store.open(sqlite_config.db_url, sqlite_config.blob_root)
     try:

@@ -19,7 +19,8 @@ from evidence.schema import FULL_TEXT_NAMES, custody_events, metadata
 from evidence.store import Acquisition, Store
 
 PROBE = records.JobSpec("probe", "1", "cfg")
-META = records.JobSpec("metadata", "1", "cfg", requires=("probe",))
+META = records.JobSpec("metadata", "1", "cfg", requires=(PROBE.key,))
+CURRENT = {"probe": frozenset({PROBE.key}), "metadata": frozenset({META.key})}
 TTL = dt.timedelta(minutes=5)
 
 
@@ -97,7 +98,7 @@ def test_same_bytes_twice_is_one_item_two_acquisitions_one_job(
 ) -> None:
     sha = _register(store, _file(tmp_path, "a.jpg", b"photo"), source="one")
     assert _register(store, _file(tmp_path, "b.jpg", b"photo"), source="two") == sha
-    record = store.show(sha)
+    record = store.show(sha, CURRENT)
     assert record is not None
     assert [a["source"] for a in record["acquisitions"]] == ["one", "two"]
     assert [a["original_name"] for a in record["acquisitions"]] == ["a.jpg", "b.jpg"]
@@ -109,7 +110,7 @@ def test_undecodable_file_names_are_kept_as_raw_bytes(store: Store, tmp_path: Pa
     path = Path(os.fsdecode(os.fsencode(tmp_path) + b"/" + name))
     path.write_bytes(b"content")
     sha = _register(store, path)
-    record = store.show(sha)
+    record = store.show(sha, CURRENT)
     assert record is not None
     assert bytes.fromhex(record["acquisitions"][0]["original_name_hex"]) == name
 
@@ -117,38 +118,38 @@ def test_undecodable_file_names_are_kept_as_raw_bytes(store: Store, tmp_path: Pa
 def test_lease_takes_highest_priority_first(store: Store, tmp_path: Path) -> None:
     low = _register(store, _file(tmp_path, "low", b"low"), priority=0)
     high = _register(store, _file(tmp_path, "high", b"high"), priority=9)
-    leased = jobs.lease(store.database, "owner", PROBE, 1, TTL)
+    leased = jobs.lease(store.database, "owner", [PROBE.key], 1, TTL)
     assert [job.sha256 for job in leased] == [high]
-    assert [job.sha256 for job in jobs.lease(store.database, "owner", PROBE, 5, TTL)] == [low]
+    assert [job.sha256 for job in jobs.lease(store.database, "owner", [PROBE.key], 5, TTL)] == [low]
 
 
 def test_urgent_reacquisition_raises_queued_priority(store: Store, tmp_path: Path) -> None:
     _register(store, _file(tmp_path, "old", b"backlog item"), priority=0)
     other = _register(store, _file(tmp_path, "other", b"other"), priority=5)
     urgent = _register(store, _file(tmp_path, "again", b"backlog item"), priority=10)
-    leased = jobs.lease(store.database, "owner", PROBE, 1, TTL)
+    leased = jobs.lease(store.database, "owner", [PROBE.key], 1, TTL)
     assert leased[0].sha256 == urgent != other
 
 
 def test_result_is_stored_once_and_follow_ups_queued(store: Store, tmp_path: Path) -> None:
     sha = _register(store, _file(tmp_path, "a", b"a"))
-    [job] = jobs.lease(store.database, "owner", PROBE, 1, TTL)
+    [job] = jobs.lease(store.database, "owner", [PROBE.key], 1, TTL)
     outcome = _ok({"kind": "photo"}, item_kind="photo", follow_ups=[META])
     assert jobs.commit(store.database, [(job, outcome)], "test").committed == 1
     # The same job outcome delivered again (a retried RPC) changes nothing.
     assert jobs.commit(store.database, [(job, outcome)], "test").stale == 1
-    record = store.show(sha)
+    record = store.show(sha, CURRENT)
     assert record is not None and record["kind"] == "photo"
     assert list(record["results"]) == ["probe"]
-    [follow_up] = jobs.lease(store.database, "owner", META, 5, TTL)
+    [follow_up] = jobs.lease(store.database, "owner", [META.key], 5, TTL)
     assert follow_up.sha256 == sha and follow_up.kind == "photo"
 
 
 def test_stale_lease_cannot_commit_after_reassignment(store: Store, tmp_path: Path) -> None:
     _register(store, _file(tmp_path, "a", b"a"))
-    [first] = jobs.lease(store.database, "driver-1", PROBE, 1, dt.timedelta(seconds=-1))
+    [first] = jobs.lease(store.database, "driver-1", [PROBE.key], 1, dt.timedelta(seconds=-1))
     assert jobs.release_expired(store.database) == 1
-    [second] = jobs.lease(store.database, "driver-2", PROBE, 1, TTL)
+    [second] = jobs.lease(store.database, "driver-2", [PROBE.key], 1, TTL)
     assert second.token > first.token
     assert jobs.commit(store.database, [(first, _ok())], "late").stale == 1
     assert jobs.commit(store.database, [(second, _ok())], "live").committed == 1
@@ -162,7 +163,7 @@ def test_retryable_failures_retry_then_die_final_failures_stop(
     flaky = _register(store, _file(tmp_path, "flaky", b"flaky"))
     broken = _register(store, _file(tmp_path, "broken", b"broken"))
     for attempt in range(3):
-        leased = {job.sha256: job for job in jobs.lease(store.database, "o", PROBE, 5, TTL)}
+        leased = {job.sha256: job for job in jobs.lease(store.database, "o", [PROBE.key], 5, TTL)}
         outcomes = [(leased[flaky], records.Failure("tool_timeout", "slow", retryable=True))]
         if attempt == 0:
             outcomes.append(
@@ -173,7 +174,7 @@ def test_retryable_failures_retry_then_die_final_failures_stop(
         jobs.commit(store.database, outcomes, "test")
     counts = store.status().stages[0].counts
     assert counts == {"dead": 1, "failed": 1}
-    flaky_record, broken_record = store.show(flaky), store.show(broken)
+    flaky_record, broken_record = store.show(flaky, CURRENT), store.show(broken, CURRENT)
     assert flaky_record is not None and broken_record is not None
     assert flaky_record["failures"] == [
         {
@@ -190,11 +191,11 @@ def test_retryable_failures_retry_then_die_final_failures_stop(
 
 def test_dead_owner_leases_return_to_queue(store: Store, tmp_path: Path) -> None:
     _register(store, _file(tmp_path, "a", b"a"))
-    jobs.lease(store.database, "host:1:dead", PROBE, 1, TTL)
-    assert jobs.open_jobs(store.database, [PROBE]) == 1
-    assert jobs.lease(store.database, "other", PROBE, 1, TTL) == []
+    jobs.lease(store.database, "host:1:dead", [PROBE.key], 1, TTL)
+    assert jobs.open_jobs(store.database, [PROBE.key]) == 1
+    assert jobs.lease(store.database, "other", [PROBE.key], 1, TTL) == []
     assert jobs.release_owners(store.database, ["host:1:dead"]) == 1
-    assert len(jobs.lease(store.database, "other", PROBE, 1, TTL)) == 1
+    assert len(jobs.lease(store.database, "other", [PROBE.key], 1, TTL)) == 1
 
 
 def test_status_narrows_to_a_request(store: Store, tmp_path: Path) -> None:

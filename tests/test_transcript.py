@@ -20,12 +20,11 @@ import pytest
 
 from evidence.store import Store
 from models import whisper
-from pipelines import samples
 from pipelines.config import QarinaConfig
 from pipelines.plan import Plan
+from pipelines.samples import audio, videos
 from pipelines.search import search_transcripts
-from tests import media
-from tests.flows import ingest_and_run
+from tests.flows import DEFAULT_KEYS, ingest_and_run
 from tests.stage_contract import StageContract
 from workers.arabic import normalise
 from workers.base import (
@@ -49,7 +48,7 @@ from workers.transcript import (
     window_bounds,
 )
 
-ARABIC = samples.GREETING
+ARABIC = audio.GREETING
 
 
 def _item(path: Path, kind: Kind | None = None) -> StageInput:
@@ -147,16 +146,16 @@ class TestTranscriptContract(StageContract):
         return loaded
 
     def supported_item(self, tmp_path: Path) -> StageInput:
-        return _item(media.speech(tmp_path / "item", "مرحبا بكم", voice_format="ogg-opus"))
+        return _item(audio.speech(tmp_path / "item", "مرحبا بكم", voice_format="ogg-opus"))
 
     def unsupported_item(self, tmp_path: Path) -> StageInput:
-        return _item(media.video_with_cuts(tmp_path / "item", with_audio=False))
+        return _item(videos.video_with_cuts(tmp_path / "item", audio=None))
 
 
 def test_speech_gives_timed_segments_with_figures_and_subtitles(
     loaded: TranscriptStage, tmp_path: Path, models_dir: Path
 ) -> None:
-    path = media.speech(tmp_path / "note", ARABIC)
+    path = audio.speech(tmp_path / "note", ARABIC)
     workdir = tmp_path / "work"
     workdir.mkdir()
     output = loaded.run(_item(path), workdir)
@@ -189,15 +188,15 @@ def test_speech_gives_timed_segments_with_figures_and_subtitles(
     assert all(" ".join(s["text"].split()) in vtt for s in result["segments"] if s["text"])
 
 
-@pytest.mark.parametrize("voice_format", sorted(media.VOICE_FORMATS))
+@pytest.mark.parametrize("voice_format", sorted(audio.VOICE_FORMATS))
 def test_voice_note_formats_decode_to_the_same_speech(voice_format: str, tmp_path: Path) -> None:
     encoders = subprocess.run(
         ["ffmpeg", "-hide_banner", "-encoders"], capture_output=True, text=True, check=True
     ).stdout
-    codec = media.VOICE_FORMATS[voice_format][1][1]
+    codec = audio.VOICE_FORMATS[voice_format][1][1]
     if codec not in encoders:
         pytest.skip(f"this ffmpeg cannot write {codec} (it still decodes it)")
-    path = media.speech(tmp_path / "note", ARABIC, voice_format=voice_format)
+    path = audio.speech(tmp_path / "note", ARABIC, voice_format=voice_format)
     assert _item(path).kind is Kind.AUDIO
     samples = decode_audio(path, tmp_path / "audio.pcm", 5.0)
     seconds = len(samples) / 16_000
@@ -213,7 +212,7 @@ def test_voice_note_formats_decode_to_the_same_speech(voice_format: str, tmp_pat
 def test_silence_and_noise_give_no_unflagged_text(
     loaded: TranscriptStage, tmp_path: Path, source: str
 ) -> None:
-    result = _transcribe(loaded, media.ambient(tmp_path / "ambient", source), tmp_path)
+    result = _transcribe(loaded, audio.ambient(tmp_path / "ambient", source), tmp_path)
     assert result["text"] == ""
     assert all(segment["flags"] for segment in result["segments"])
 
@@ -221,20 +220,20 @@ def test_silence_and_noise_give_no_unflagged_text(
 def test_video_with_speech_is_transcribed_and_without_audio_is_skipped(
     loaded: TranscriptStage, tmp_path: Path
 ) -> None:
-    speech = media.speech(tmp_path / "speech.wav", ARABIC)
-    with_audio = _transcribe(loaded, media.video_with_speech(tmp_path / "clip", speech), tmp_path)
+    speech = audio.speech(tmp_path / "speech.wav", ARABIC)
+    with_audio = _transcribe(loaded, videos.video_with_speech(tmp_path / "clip", speech), tmp_path)
     assert with_audio["segments"] and with_audio["duration_s"] > 0.8
-    silent = _item(media.video_with_cuts(tmp_path / "silent", with_audio=False))
+    silent = _item(videos.video_with_cuts(tmp_path / "silent", audio=None))
     with pytest.raises(StageSkipped) as skipped:
         loaded.run(silent, tmp_path)
     assert skipped.value.reason == "no_audio"
 
 
 def test_undecodable_audio_is_corrupt_media(loaded: TranscriptStage, tmp_path: Path) -> None:
-    note = media.speech(tmp_path / "note", ARABIC, voice_format="ogg-opus")
+    note = audio.speech(tmp_path / "note", ARABIC, voice_format="ogg-opus")
     broken = tmp_path / "broken"
     broken.write_bytes(note.read_bytes()[:60] + b"\x00" * 4000)
-    item = StageInput("0" * 64, broken, Kind.AUDIO, {"probe": {"has_audio": True}})
+    item = StageInput("0" * 64, broken, Kind.AUDIO)
     with pytest.raises(StageError) as failed:
         loaded.run(item, tmp_path)
     assert failed.value.reason is FailureReason.CORRUPT_MEDIA
@@ -244,7 +243,7 @@ def test_auto_language_is_detected_and_recorded(models_dir: Path, tmp_path: Path
     stage = TranscriptStage(TranscriptConfig(language="auto"))
     stage.setup(StageEnvironment(models_dir, device="cpu"))
     try:
-        path = media.speech(tmp_path / "english", "hello, this is a test of the system", voice="en")
+        path = audio.speech(tmp_path / "english", "hello, this is a test of the system", voice="en")
         result = _transcribe(stage, path, tmp_path)
     finally:
         stage.teardown()
@@ -260,7 +259,7 @@ def test_a_missing_model_is_a_clear_error(tmp_path: Path) -> None:
         whisper.resolve(tmp_path / "models", empty)
     stage = TranscriptStage(TranscriptConfig(model=str(empty)))
     stage.setup(StageEnvironment(tmp_path / "models", device="cpu"))
-    note = media.speech(tmp_path / "note", "مرحبا")
+    note = audio.speech(tmp_path / "note", "مرحبا")
     with pytest.raises(StageError) as failed:
         stage.run(_item(note), tmp_path)
     assert failed.value.reason is FailureReason.MODEL_ERROR
@@ -275,11 +274,11 @@ def test_pipeline_stores_transcripts_and_search_finds_them(
 ) -> None:
     folder = tmp_path / "incoming"
     folder.mkdir()
-    speech = media.speech(folder / "PTT-0001.opus", ARABIC, voice_format="ogg-opus")
-    media.video_with_speech(folder / "VID-0001.mp4", media.speech(tmp_path / "s.wav", ARABIC))
-    media.video_with_cuts(folder / "VID-0002.mp4", with_audio=False)
+    speech = audio.speech(folder / "PTT-0001.opus", ARABIC, voice_format="ogg-opus")
+    videos.video_with_speech(folder / "VID-0001.mp4", audio.speech(tmp_path / "s.wav", ARABIC))
+    videos.video_with_cuts(folder / "VID-0002.mp4", audio=None)
     shas = ingest_and_run(store, config, folder)
-    shown = {sha: store.show(sha) for sha in shas}
+    shown = {sha: store.show(sha, DEFAULT_KEYS) for sha in shas}
     note_sha = hashlib.sha256(speech.read_bytes()).hexdigest()
     spoken = [sha for sha, item in shown.items() if item and item["kind"] in ("audio", "video")]
     assert len(spoken) == 3
@@ -306,14 +305,14 @@ def test_pipeline_stores_transcripts_and_search_finds_them(
     assert words, "the voice note should give some words to search for"
     word = max(words, key=len)
     with_marks = word[0] + "\u064e" + word[1:] + "\u0651"  # a fatha and a shadda added
-    plain_hits = search_transcripts(store, word)
+    plain_hits = search_transcripts(store, Plan.default(), word)
     assert note_sha in {hit["sha256"] for hit in plain_hits}
-    assert {hit["sha256"] for hit in search_transcripts(store, with_marks)} == {
+    assert {hit["sha256"] for hit in search_transcripts(store, Plan.default(), with_marks)} == {
         hit["sha256"] for hit in plain_hits
     }
     for hit in plain_hits:
         assert word in normalise(hit["text"]) and hit["start_s"] < hit["end_s"]
-    assert search_transcripts(store, "كلمةغيرموجودةابدا") == []
+    assert search_transcripts(store, Plan.default(), "كلمةغيرموجودةابدا") == []
     assert json.dumps(plain_hits, ensure_ascii=False)
     report = store.verify(fixity=True, actor="t")
     assert report.ok

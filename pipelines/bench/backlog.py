@@ -110,7 +110,7 @@ def _lease_latencies(store: Store, spec: records.JobSpec, ttl: dt.timedelta) -> 
     latencies = []
     for _ in range(_LEASE_CALLS):
         started = time.perf_counter()
-        leased = jobq.lease(store.database, owner, spec, _LEASE_LIMIT, ttl)
+        leased = jobq.lease(store.database, owner, [spec.key], _LEASE_LIMIT, ttl)
         latencies.append(time.perf_counter() - started)
         if not leased:
             break
@@ -169,7 +169,7 @@ def _lease_commit_cycle(
     committed = 0
     while committed < wanted:
         started = time.perf_counter()
-        leased = jobq.lease(store.database, owner, spec, _LEASE_LIMIT, config.lease_ttl)
+        leased = jobq.lease(store.database, owner, [spec.key], _LEASE_LIMIT, config.lease_ttl)
         lease_times.append(time.perf_counter() - started)
         if not leased:
             break
@@ -258,7 +258,7 @@ def _backlog_on(url: str, blob_root: Path, count: int, config: QarinaConfig) -> 
     try:
         enqueue_s = _bulk_enqueue(store, probe, bulk, config.max_attempts)
         register = _register_sample(store, probe, sample, config)
-        queued = jobq.open_jobs(store.database, [probe])
+        queued = jobq.open_jobs(store.database, [probe.key])
         lease = _lease_latencies(store, probe, config.lease_ttl)
         cycle = _lease_commit_cycle(store, probe, follow_ups, config)
         concurrent = (

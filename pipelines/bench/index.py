@@ -22,14 +22,12 @@ import numpy.typing as npt
 
 from pipelines.bench.report import finish, latency_ms, machine_info, scratch_folder
 from pipelines.config import QarinaConfig
-from pipelines.dupes import clusters_of_pairs
-from pipelines.similarity import PDQ_BITS, HashIndex
+from pipelines.dedup.index import PDQ_BITS, SOURCES, HashIndex
+from pipelines.dedup.reports import clusters_of_pairs
 
 _TARGET_QUERY_MS = 3.0
 _TARGET_CLUSTER_S = 600.0
 _TARGET_RECALL = 0.999
-_SOURCE_PHOTO = 0
-_VARIANT_FULL = 0
 
 U8 = npt.NDArray[np.uint8]
 
@@ -75,8 +73,8 @@ def bench_index(
     index.add_codes(
         "bench",
         codes,
-        sources=[_SOURCE_PHOTO] * hashes,
-        variants=[_VARIANT_FULL] * hashes,
+        sources=[SOURCES.index("photo")] * hashes,
+        variants=[index.variants.index("full")] * hashes,
         times=[float("nan")] * hashes,
     )
     build_s = time.perf_counter() - started

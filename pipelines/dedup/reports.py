@@ -12,19 +12,21 @@ import hashlib
 import itertools
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TypeVar
 
 from evidence import matches
 from evidence.matches import Link
+from evidence.records import ResultKey
 from evidence.store import Store
-from pipelines.similarity import Matcher
-from workers.base import Kind, StageInput, StageSkipped
-from workers.hashes import HashesStage, hex_distance
-from workers.keyframes import KeyframesStage
-from workers.probe import ProbeStage
+from pipelines.dedup.matcher import Matcher
+from pipelines.plan import Plan
+from workers.base import Kind, StageInput, StageOutput, StageSkipped
+from workers.hashes import HashEntry, HashesResult, HashesStage, hex_distance
+from workers.keyframes import KeyframesResult, KeyframesStage
+from workers.probe import ProbeResult, ProbeStage
 
 T = TypeVar("T", int, str)
 
@@ -59,10 +61,10 @@ def _link_json(link: Link) -> dict[str, Any]:
     return {key: value for key, value in asdict(link).items() if value is not None}
 
 
-def dupes_report(store: Store, hashes_key: tuple[str, str, str]) -> dict[str, Any]:
+def dupes_report(store: Store, hashes_keys: Collection[ResultKey]) -> dict[str, Any]:
     """Near-duplicate clusters with members, their sources, the links between them and the
-    pairwise distances of their stills (from the `hashes_key` results), and the exact
-    duplicates (items acquired more than once)."""
+    pairwise distances of their stills (from the results under the current `hashes_keys`),
+    and the exact duplicates (items acquired more than once)."""
     links = matches.all_links(store.database)
     groups = clusters(links)
     summaries = matches.summaries(store.database, [sha for group in groups for sha in group])
@@ -78,7 +80,7 @@ def dupes_report(store: Store, hashes_key: tuple[str, str, str]) -> dict[str, An
                     {s for sha in group if sha in summaries for s in summaries[sha].sources}
                 ),
                 "links": pairs[number],
-                "distances": pairwise_distances(store, hashes_key, group),
+                "distances": pairwise_distances(store, hashes_keys, group),
             }
             for number, group in enumerate(groups)
         ],
@@ -92,13 +94,13 @@ _PAIRWISE_MEMBERS = 50
 
 
 def pairwise_distances(
-    store: Store, hashes_key: tuple[str, str, str], members: list[str]
+    store: Store, hashes_keys: Collection[ResultKey], members: list[str]
 ) -> list[dict[str, Any]]:
     """PDQ distance of every pair of members that are stills, whole picture against whole
     picture in the closest orientation: what an analyst compares, linked directly or not."""
     if len(members) > _PAIRWISE_MEMBERS:
         return []
-    stills = matches.whole_picture_hashes(store.database, hashes_key, members)
+    stills = _whole_pictures(store, hashes_keys, members)
     rows = []
     for first, second in itertools.combinations(sorted(stills), 2):
         turns = stills[second]
@@ -107,8 +109,22 @@ def pairwise_distances(
     return rows
 
 
-def hash_outside_store(path: Path) -> tuple[str, list[dict[str, Any]]]:
-    """The kind and hash entries of a file, computed in a scratch folder, storing nothing.
+def _whole_pictures(
+    store: Store, hashes_keys: Collection[ResultKey], shas: Sequence[str]
+) -> dict[str, list[str]]:
+    """Per photo among `shas`: the PDQ of its whole picture, then its seven other turns."""
+    found: dict[str, list[str]] = {}
+    for sha256, data in matches.results_data(store.database, hashes_keys, shas).items():
+        for entry in HashesResult.from_json(data).hashes:
+            if entry.source == "photo" and entry.variant == "full":
+                found[sha256] = [entry.pdq, *(entry.dihedral or ())]
+    return found
+
+
+def hash_outside_store(path: Path, plan: Plan) -> tuple[str, list[HashEntry]]:
+    """The kind and hash entries of a file, computed in a scratch folder, storing nothing,
+    by the stages `plan` names with its options: hashes made otherwise would not compare
+    like for like with the stored ones.
 
     The file is copied under a neutral name first: tools never see a user's file name.
 
@@ -122,30 +138,36 @@ def hash_outside_store(path: Path) -> tuple[str, list[dict[str, Any]]]:
         shutil.copyfile(path, copy)
         with open(copy, "rb") as handle:
             sha256 = hashlib.file_digest(handle, "sha256").hexdigest()
-        probe_stage = ProbeStage()
+        probe_stage = plan.stage(ProbeStage.name)
         probe_stage.setup()
         try:
-            probed = probe_stage.run(StageInput(sha256, copy, Kind.OTHER), folder)
+            probed: StageOutput[ProbeResult] = probe_stage.run(
+                StageInput(sha256, copy, Kind.OTHER), folder
+            )
         finally:
             probe_stage.teardown()
         kind = Kind(probed.result.kind)
-        upstream: dict[str, Any] = {"probe": asdict(probed.result)}
+        upstream: dict[str, Any] = {"probe": probed.result.to_json()}
         artifacts: dict[str, Path] = {}
         if kind is Kind.VIDEO:
             frames_dir = folder / "keyframes"
             frames_dir.mkdir()
-            keyframes = KeyframesStage().run(StageInput(sha256, copy, kind, upstream), frames_dir)
-            upstream["keyframes"] = asdict(keyframes.result)
+            keyframes: StageOutput[KeyframesResult] = plan.stage(KeyframesStage.name).run(
+                StageInput(sha256, copy, kind, upstream), frames_dir
+            )
+            upstream["keyframes"] = keyframes.result.to_json()
             # The stage lists each frame's SHA-256 in the order it wrote the files.
             artifacts = {
-                frame["artifact"]: artifact.path
+                frame.artifact: artifact.path
                 for frame, artifact in zip(
                     keyframes.result.frames, keyframes.artifacts, strict=True
                 )
             }
         elif kind is not Kind.PHOTO:
             raise StageSkipped(f"not_a_picture ({kind.value})")
-        hashed = HashesStage().run(StageInput(sha256, copy, kind, upstream, artifacts), folder)
+        hashed: StageOutput[HashesResult] = plan.stage(HashesStage.name).run(
+            StageInput(sha256, copy, kind, upstream, artifacts), folder
+        )
         return kind.value, hashed.result.hashes
 
 
@@ -153,7 +175,7 @@ def similar_report(
     store: Store,
     matcher: Matcher,
     path: Path,
-    hashed: tuple[str, list[dict[str, Any]]],
+    hashed: tuple[str, Sequence[HashEntry]],
     actor: str,
 ) -> dict[str, Any]:
     """Stored items that match a file outside the store, given its kind and hash entries.

@@ -10,11 +10,14 @@ the same scene from different positions fail this; a cropped, recompressed copy 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
 import numpy.typing as npt
 from PIL import Image
+
+from workers.images import DEFAULT_MAX_PIXELS, decode_for_analysis
 
 #: Shorter side the pictures are compared at: enough keypoints, a few tens of milliseconds.
 COMPARE_SIDE = 480
@@ -86,3 +89,16 @@ def confirm_copy(
     scale_ratio = float(singular[1] / singular[0]) if singular[0] > 0 else 0.0
     agrees = inliers >= min_inliers and inliers >= min_share * len(good) and scale_ratio > 0.85
     return KeypointCheck(agrees, inliers, len(good), round(scale_ratio, 3), features)
+
+
+def confirm_files(first: Path, second: Path) -> KeypointCheck:
+    """`confirm_copy` of two picture files, opened upright at the size they are compared at.
+
+    Raises:
+        StageError: when either picture no longer decodes (the reason says why).
+    """
+    return confirm_copy(_open(first), _open(second))
+
+
+def _open(path: Path) -> Image.Image:
+    return decode_for_analysis(path, min_side=COMPARE_SIDE, max_pixels=DEFAULT_MAX_PIXELS).image

@@ -1,0 +1,187 @@
+"""What `qarina status` and the metrics endpoint report: the queue, throughput, failures, and
+how much of the store the current plan has not caught up with.
+
+Counts come from a few grouped queries over the job and result tables, so a status call
+costs the same whether one driver runs or twenty, and is right after any crash.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Collection
+from dataclasses import dataclass, field
+
+import sqlalchemy as sa
+
+from evidence import jobs
+from evidence.db import Database, as_utc, utc_now
+from evidence.records import CurrentKeys, ResultKey
+from evidence.schema import acquisitions, items, results, under_keys
+from evidence.schema import jobs as jobs_table
+
+#: The failure reason of a bug in our own stage code, counted apart from the item's faults.
+STAGE_ERROR = "stage_error"
+
+
+@dataclass(frozen=True)
+class StageCounts:
+    stage: str
+    counts: dict[str, int]
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    stages: list[StageCounts]
+    items: int
+    #: Jobs ended per second over the recent window; None before anything finished in it.
+    throughput_per_s: float | None
+    open_jobs: int
+    eta_s: float | None
+    window_s: int
+    failures_by_reason: dict[str, int] = field(default_factory=dict)
+    #: Jobs ended per second over the window, per stage (stages that ended none are absent).
+    throughput_by_stage: dict[str, float] = field(default_factory=dict)
+    #: Failed and dead jobs per (stage, reason).
+    failures_by_stage: dict[tuple[str, str], int] = field(default_factory=dict)
+    #: Per stage, items whose results were all made under keys the current plan no longer
+    #: names (a new model, a new stage version): what `qarina reprocess` would queue.
+    superseded_items: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def stage_errors(self) -> dict[str, int]:
+        """Jobs ended by a bug in stage code, per stage: counted apart so bugs show."""
+        return {
+            stage: count
+            for (stage, reason), count in sorted(self.failures_by_stage.items())
+            if reason == STAGE_ERROR
+        }
+
+
+def _in_request(column: sa.ColumnElement[str], request_ref: str | None) -> sa.ColumnElement[bool]:
+    if request_ref is None:
+        return sa.true()
+    return column.in_(
+        sa.select(acquisitions.c.sha256).where(acquisitions.c.request_ref == request_ref)
+    )
+
+
+def status_report(
+    database: Database,
+    request_ref: str | None = None,
+    window_s: int = 300,
+    current: CurrentKeys | None = None,
+) -> StatusReport:
+    """Counts per stage and state, recent throughput and an ETA, in a few indexed queries.
+
+    With `current` (the keys a plan names), job counts, failures and the ETA cover those
+    keys only, and items still holding only superseded results are counted per stage;
+    without it, every job counts whatever its key.
+    """
+    scope = _in_request(jobs_table.c.sha256, request_ref)
+    planned: sa.ColumnElement[bool] = sa.true()
+    if current is not None:
+        planned = under_keys(jobs_table, {key for keys in current.values() for key in keys})
+    since = utc_now() - dt.timedelta(seconds=window_s)
+    with database.reader.connect() as connection:
+        # Every planned stage is listed, even one the plan has queued nothing for yet.
+        per_stage: dict[str, dict[str, int]] = {stage: {} for stage in current or {}}
+        for stage, state, count in connection.execute(
+            sa.select(jobs_table.c.stage, jobs_table.c.state, sa.func.count())
+            .where(scope, planned)
+            .group_by(jobs_table.c.stage, jobs_table.c.state)
+        ):
+            per_stage.setdefault(stage, {})[state] = count
+        recent_by_stage = connection.execute(
+            sa.select(jobs_table.c.stage, sa.func.count(), sa.func.min(jobs_table.c.finished_at))
+            .where(scope, jobs_table.c.finished_at >= since)
+            .group_by(jobs_table.c.stage)
+        ).all()
+        failures_by_stage = {
+            (str(stage), str(reason)): int(count)
+            for stage, reason, count in connection.execute(
+                sa.select(jobs_table.c.stage, jobs_table.c.error_reason, sa.func.count())
+                .where(scope, planned, jobs_table.c.state.in_((jobs.FAILED, jobs.DEAD)))
+                .group_by(jobs_table.c.stage, jobs_table.c.error_reason)
+            )
+        }
+        item_count = connection.execute(
+            sa.select(sa.func.count())
+            .select_from(items)
+            .where(_in_request(items.c.sha256, request_ref))
+        ).scalar_one()
+        superseded = (
+            {} if current is None else _superseded_items(connection, current, request_ref)
+        )
+    open_count = sum(
+        counts.get(state, 0) for counts in per_stage.values() for state in jobs.OPEN_STATES
+    )
+    now = utc_now()
+    by_stage = {
+        str(stage): count / max((now - as_utc(oldest)).total_seconds(), 1.0)
+        for stage, count, oldest in recent_by_stage
+        if count and oldest is not None
+    }
+    throughput = None
+    if recent_by_stage:
+        finished_recently = sum(count for _, count, _ in recent_by_stage)
+        oldest = min(as_utc(first) for _, _, first in recent_by_stage if first is not None)
+        throughput = finished_recently / max((now - oldest).total_seconds(), 1.0)
+    failures: dict[str, int] = {}
+    for (_, reason), count in failures_by_stage.items():
+        failures[reason] = failures.get(reason, 0) + count
+    return StatusReport(
+        stages=[StageCounts(stage, per_stage[stage]) for stage in sorted(per_stage)],
+        items=int(item_count),
+        throughput_per_s=throughput,
+        open_jobs=open_count,
+        eta_s=open_count / throughput if throughput else None,
+        window_s=window_s,
+        failures_by_reason=failures,
+        throughput_by_stage=by_stage,
+        failures_by_stage=failures_by_stage,
+        superseded_items=superseded,
+    )
+
+
+def _superseded_items(
+    connection: sa.Connection, current: CurrentKeys, request_ref: str | None
+) -> dict[str, int]:
+    """Per stage, items holding results under other keys and none under a current one.
+
+    One grouped pass finds which keys results exist under; only when some are not current
+    (rare: after a new version or model) are their items counted.
+    """
+    stored = [
+        ResultKey(stage, version, config_hash)
+        for stage, version, config_hash in connection.execute(
+            sa.select(results.c.stage, results.c.stage_version, results.c.config_hash)
+            .where(_in_request(results.c.sha256, request_ref))
+            .group_by(results.c.stage, results.c.stage_version, results.c.config_hash)
+        )
+    ]
+    counts: dict[str, int] = {}
+    for stage in sorted({key.stage for key in stored}):
+        planned = current.get(stage, frozenset())
+        old = [key for key in stored if key.stage == stage and key not in planned]
+        if old and (behind := _items_only_under(connection, old, planned, request_ref)):
+            counts[stage] = behind
+    return counts
+
+
+def _items_only_under(
+    connection: sa.Connection,
+    old: Collection[ResultKey],
+    planned: Collection[ResultKey],
+    request_ref: str | None,
+) -> int:
+    newer = results.alias("newer")
+    has_current = sa.exists().where(newer.c.sha256 == results.c.sha256, under_keys(newer, planned))
+    return int(
+        connection.execute(
+            sa.select(sa.func.count(sa.distinct(results.c.sha256))).where(
+                under_keys(results, old),
+                _in_request(results.c.sha256, request_ref),
+                ~has_current,
+            )
+        ).scalar_one()
+    )

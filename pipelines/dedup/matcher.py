@@ -1,0 +1,226 @@
+"""The matcher: keeps the PDQ index in step with the store and records the links it finds.
+
+The index is derived data. It lives in the data folder with a watermark (the last result it
+holds), grows as results arrive, and is rebuilt from the store whenever it is missing, stale
+or asked for. Links are written to the store; the index never is the record.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import time
+from collections.abc import Callable, Collection, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from evidence import matches
+from evidence.matches import Link, StoredHashes
+from evidence.records import ResultKey
+from evidence.store import Store
+from pipelines.dedup.candidates import Candidate, find_matches, matchable
+from pipelines.dedup.config import MatchConfig
+from pipelines.dedup.index import HashIndex
+from pipelines.dedup.keypoints import confirm_files
+from workers.base import StageError
+from workers.hashes import HashEntry, HashesResult
+
+log = logging.getLogger(__name__)
+
+#: Results re-read below the watermark on each update (see Matcher.update).
+_RESCAN_RESULTS = 1000
+_SAVE_EVERY_S = 60.0
+
+
+@dataclass
+class UpdateReport:
+    results_read: int = 0
+    entries_added: int = 0
+    links_new: int = 0
+    rebuilt: bool = False
+
+
+class Matcher:
+    """Keeps the index in step with the store and records the links it finds.
+
+    Concurrent drivers on one data folder take turns through a file lock; drivers on other
+    hosts keep their own index, and a pair they both find is stored once (the store refuses
+    the second copy).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        folder: Path,
+        hashes_keys: Collection[ResultKey],
+        config: MatchConfig | None = None,
+    ) -> None:
+        """`hashes_keys` are the current keys of the hashes results to index."""
+        self.store = store
+        self.folder = folder
+        self.hashes_keys = frozenset(hashes_keys)
+        self.config = config or MatchConfig()
+        self.index = HashIndex()
+        self.watermark = 0
+        self._in_memory = False
+        #: The watermark of the saved index when this process last loaded or saved it.
+        self._synced_watermark = -1
+        self._saved_at = time.monotonic()
+
+    def _identity(self) -> dict[str, Any]:
+        """What the saved index must agree with to be reused: the matcher's settings and the
+        hashes results it holds, since either changes what its entries and links mean."""
+        keys = sorted(self.hashes_keys)
+        return {"config": asdict(self.config), "hashes": [key.as_json() for key in keys]}
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with open(self.folder / "lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _load(self) -> bool:
+        """Bring the saved index in, unless what is in memory is already it or ahead of it;
+        False when there is none to use (missing, damaged, or made with other settings)."""
+        try:
+            state: dict[str, Any] | None = json.loads((self.folder / "state.json").read_text())
+        except (OSError, ValueError):
+            state = None
+        current = state is not None and state.get("identity") == self._identity()
+        unchanged = current and state is not None and state["watermark"] == self._synced_watermark
+        if self._in_memory and (unchanged or not current):
+            return True  # nobody saved a usable index since we last did: memory is ahead
+        if not current:
+            return False
+        loaded = HashIndex.load(self.folder)
+        if loaded is None:
+            return False
+        self.index, self.watermark = loaded[0], int(loaded[1]["watermark"])
+        self._in_memory, self._synced_watermark = True, self.watermark
+        return True
+
+    def update(self, actor: str, rebuild: bool = False, save: bool = True) -> UpdateReport:
+        """Index the hashes stored since the last update and link what they match.
+
+        `rebuild` (or a missing, damaged or outdated index) starts from an empty index and
+        reads every stored result again; links already stored are kept as they are. Results
+        a little below the watermark are read again: on PostgreSQL a result with a lower id
+        can commit after a higher one was read, and must not be missed. Without `save` the
+        index is written only once a minute (a million entries take seconds to write).
+        """
+        report = UpdateReport()
+        with self._locked():
+            if rebuild or not self._load():
+                self.index, self.watermark, self._in_memory = HashIndex(), 0, True
+                report.rebuilt = True
+            start = max(0, self.watermark - _RESCAN_RESULTS)
+            for page in matches.hashes_after(self.store.database, self.hashes_keys, start):
+                links = []
+                for stored in page:
+                    if self.index.item_number(stored.sha256) < 0:
+                        links += self._link(stored, report)
+                        report.results_read += 1
+                report.links_new += matches.record(self.store.database, links, actor)
+                self.watermark = max(self.watermark, page[-1].result_id)
+            due = save or time.monotonic() - self._saved_at >= _SAVE_EVERY_S
+            if (report.results_read or report.rebuilt) and due:
+                state = {"watermark": self.watermark, "identity": self._identity()}
+                self.index.save(self.folder, state)
+                self._saved_at, self._synced_watermark = time.monotonic(), self.watermark
+        if report.results_read:
+            log.info(
+                "indexed %d hash results (%d entries), %d new links",
+                report.results_read, report.entries_added, report.links_new,
+            )  # fmt: skip
+        return report
+
+    def _picture(self, sha256: str, source: str, t: float | None) -> Path | None:
+        """The stored picture a hash was made from: the photo itself, or a video's keyframe."""
+        if source == "photo":
+            return self.store.blobs.path_for(sha256)
+        artifact = self._keyframe_at(sha256, t)
+        return None if artifact is None else self.store.blobs.path_for(artifact)
+
+    def _keyframe_at(self, sha256: str, t: float | None) -> str | None:
+        """The SHA-256 of a video's keyframe at `t` seconds: the hash entry made from it, in
+        the item's current hashes result, names the picture it was made from."""
+        if t is None:
+            return None
+        data = matches.results_data(self.store.database, self.hashes_keys, [sha256])
+        if sha256 not in data:
+            return None
+        for entry in HashesResult.from_json(data[sha256]).hashes:
+            if entry.source == "keyframe" and entry.t is not None and abs(entry.t - t) < 1e-3:
+                return entry.artifact
+        return None
+
+    def confirmed(
+        self, found: list[Candidate], my_picture: Callable[[Candidate], Path | None]
+    ) -> list[Candidate]:
+        """The candidates that need no keypoint check, and those that pass it."""
+        kept = []
+        for candidate in found:
+            if not candidate.needs_keypoints:
+                kept.append(candidate)
+                continue
+            mine = my_picture(candidate)
+            theirs = self._picture(
+                candidate.other, candidate.details["sources"][1], candidate.other_time_s
+            )
+            if mine is None or theirs is None:
+                continue
+            try:
+                check = confirm_files(mine, theirs)
+            except StageError as error:
+                # A picture that hashed but no longer decodes: no confirmation, no link.
+                log.warning("keypoint check of %s skipped: %s", candidate.other[:16], error.reason)
+                continue
+            # Too little texture for keypoints to judge: only a close hash then links.
+            plain = not check.conclusive
+            if check.agrees or (plain and candidate.distance <= self.config.untextured_threshold):
+                details = {**candidate.details, "keypoints": asdict(check)}
+                kept.append(replace(candidate, details=details))
+        return kept
+
+    def _link(self, stored: StoredHashes, report: UpdateReport) -> list[Link]:
+        """Query with an item's hashes, then add them: each pair is found once, by the later."""
+        entries = matchable(HashesResult.from_json(stored.data).hashes, self.config)
+
+        def my_picture(candidate: Candidate) -> Path | None:
+            if candidate.my_artifact is not None:
+                return self.store.blobs.path_for(candidate.my_artifact)
+            return self.store.blobs.path_for(stored.sha256)
+
+        found = self.confirmed(
+            find_matches(self.index, entries, self.config, exclude=stored.sha256), my_picture
+        )
+        self.index.add(stored.sha256, entries)
+        report.entries_added += len(entries)
+        algorithm = f"pdq<={self.config.threshold}"
+        return [
+            matches.link_between(
+                stored.sha256,
+                candidate.other,
+                candidate.kind,
+                algorithm,
+                candidate.distance,
+                (candidate.my_time_s, candidate.other_time_s),
+                candidate.details,
+            )
+            for candidate in found
+        ]
+
+    def similar(
+        self, entries: Sequence[HashEntry], my_picture: Callable[[Candidate], Path | None]
+    ) -> list[Candidate]:
+        """Stored items matching hashes of a file that is not in the store, as of the last
+        `update`; `my_picture` finds the file's pictures for keypoint checks."""
+        found = find_matches(self.index, matchable(entries, self.config), self.config, None)
+        return self.confirmed(found, my_picture)
