@@ -101,7 +101,17 @@ jobs = sa.Table(
     sa.Column("updated_at", Timestamp, nullable=False),
     sa.Column("finished_at", Timestamp),
     sa.UniqueConstraint("sha256", "stage", "stage_version", "config_hash"),
-    sa.Index("ix_jobs_lease_order", "state", "stage", sa.text("priority DESC"), "id"),
+    # Leasing takes the highest priority, oldest job of a state and key: one range scan;
+    # status counts jobs per state and key from this index alone.
+    sa.Index(
+        "ix_jobs_lease_order",
+        "state",
+        "stage",
+        "stage_version",
+        "config_hash",
+        sa.text("priority DESC"),
+        "id",
+    ),
     sa.Index("ix_jobs_finished_at", "finished_at"),
 )
 

@@ -266,8 +266,11 @@ def _backlog_on(url: str, blob_root: Path, count: int, config: QarinaConfig) -> 
             if store.database.is_sqlite
             else _concurrent_cycles(store, url, blob_root, count, config)
         )
-        status_times = [timed(store.status) for _ in range(_STATUS_CALLS)]
-        final = store.status()
+        # As `qarina status` and the metrics endpoint ask: under the plan's current keys, with
+        # the count of items holding only superseded results.
+        current = plan.current_keys()
+        status_times = [timed(lambda: store.status(current=current)) for _ in range(_STATUS_CALLS)]
+        final = store.status(current=current)
         backend = store.database.writer.dialect.name
         with store.database.reader.connect() as connection:
             server = (
