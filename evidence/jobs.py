@@ -44,9 +44,13 @@ def enqueue(
     specs: Iterable[JobSpec],
     priority: int,
     max_attempts: int,
-) -> None:
-    """Queue jobs for an item inside the caller's transaction; existing jobs are kept once."""
+) -> int:
+    """Queue jobs for an item inside the caller's transaction; existing jobs are kept once.
+
+    Returns how many jobs were new.
+    """
     now = utc_now()
+    new = 0
     for spec in specs:
         if spec.requires and not results_exist(connection, sha256, spec.requires):
             continue
@@ -65,7 +69,8 @@ def enqueue(
             )
             .on_conflict_do_nothing()
         )
-        connection.execute(statement)
+        new += connection.execute(statement).rowcount
+    return new
 
 
 def raise_priority(connection: sa.Connection, sha256: str, priority: int) -> None:
@@ -99,6 +104,19 @@ def results_exist(
         )
     ).scalar_one()
     return int(found) == len(set(keys))
+
+
+def only_under_other_keys(
+    stage: str, current: Collection[ResultKey]
+) -> list[sa.ColumnElement[bool]]:
+    """Conditions on `jobs` rows of `stage` under other keys than `current`, of items that
+    hold no job of it under a current key: work done, or asked for, under keys the plan no
+    longer names, which `qarina reprocess` would queue again."""
+    newer = jobs.alias("newer")
+    has_current = sa.exists().where(
+        newer.c.sha256 == jobs.c.sha256, newer.c.stage == stage, under_keys(newer, current)
+    )
+    return [jobs.c.stage == stage, ~under_keys(jobs, current), ~has_current]
 
 
 def release_expired(database: Database) -> int:
@@ -407,6 +425,7 @@ def _commit_failure(
         stage=job.stage,
         details={
             "stage_version": job.stage_version,
+            "config_hash": job.config_hash,
             "reason": outcome.reason,
             "detail": outcome.detail,
             "attempt": attempts,

@@ -39,7 +39,8 @@ CurrentKeys = Mapping[str, frozenset[ResultKey]]
 
 @dataclass(frozen=True)
 class JobSpec:
-    """Which stage, at which version and options, should run on an item."""
+    """Which stage should run on an item, under which key (version, options and the keys of
+    what it reads), once which results exist."""
 
     stage: str
     stage_version: str

@@ -31,7 +31,7 @@ _PAGE = 500
 @dataclass(frozen=True)
 class Selection:
     """Which items an operator asks to reprocess: all, or those of one request, one kind, or
-    acquired since a moment (any acquisition of the item counts)."""
+    acquired since a moment (any acquisition of the item counts; a naive time is UTC)."""
 
     request_ref: str | None = None
     kind: str | None = None
@@ -111,7 +111,11 @@ def _selected(selection: Selection, kind: str | None) -> list[sa.ColumnElement[b
     if selection.request_ref is not None:
         arrivals.append(acquisitions.c.request_ref == selection.request_ref)
     if selection.acquired_since is not None:
-        arrivals.append(acquisitions.c.acquired_at >= selection.acquired_since)
+        # Times are stored in UTC, and SQLite compares them as written: convert, never
+        # compare a wall-clock time of another zone.
+        since = selection.acquired_since
+        since = since.astimezone(dt.UTC) if since.tzinfo else since.replace(tzinfo=dt.UTC)
+        arrivals.append(acquisitions.c.acquired_at >= since)
     if arrivals:
         conditions.append(items.c.sha256.in_(sa.select(acquisitions.c.sha256).where(*arrivals)))
     return conditions
@@ -122,18 +126,12 @@ def _behind(
 ) -> list[str]:
     """The next page of items (by SHA-256) with a job of the stage under another key and
     none under `current`."""
-    newer = jobs_table.alias("newer")
-    has_current = sa.exists().where(
-        newer.c.sha256 == jobs_table.c.sha256, under_keys(newer, [current])
-    )
     query = (
         sa.select(jobs_table.c.sha256)
         .join(items, items.c.sha256 == jobs_table.c.sha256)
         .where(
-            jobs_table.c.stage == current.stage,
-            ~under_keys(jobs_table, [current]),
+            *jobs.only_under_other_keys(current.stage, [current]),
             jobs_table.c.sha256 > after,
-            ~has_current,
             *_selected(selection, kind),
         )
         .group_by(jobs_table.c.sha256)
@@ -154,8 +152,10 @@ def _count_dry(
                 report.waiting_for_upstream[missing] = (
                     report.waiting_for_upstream.get(missing, 0) + 1
                 )
-            else:
-                report.queued += 1
+                continue
+            report.queued += 1
+            old_jobs = _old_jobs(connection, sha256, spec)
+            report.retired += sum(row.state == jobs.QUEUED for row in old_jobs)
 
 
 def _missing(connection: sa.Connection, sha256: str, spec: JobSpec) -> str | None:
@@ -164,6 +164,27 @@ def _missing(connection: sa.Connection, sha256: str, spec: JobSpec) -> str | Non
         if not jobs.results_exist(connection, sha256, [key]):
             return key.stage
     return None
+
+
+def _old_jobs(
+    connection: sa.Connection, sha256: str, spec: JobSpec
+) -> list[sa.Row[tuple[int, str, str, str, int]]]:
+    """The item's jobs of the stage under other keys than the spec's."""
+    return list(
+        connection.execute(
+            sa.select(
+                jobs_table.c.id,
+                jobs_table.c.stage_version,
+                jobs_table.c.config_hash,
+                jobs_table.c.state,
+                jobs_table.c.priority,
+            ).where(
+                jobs_table.c.sha256 == sha256,
+                jobs_table.c.stage == spec.stage,
+                ~under_keys(jobs_table, [spec.key]),
+            )
+        )
+    )
 
 
 def _requeue(
@@ -175,22 +196,39 @@ def _requeue(
     explain: Explain,
     report: ReprocessReport,
 ) -> CustodyEntry | None:
+    """Inside the page's write transaction: the page was read before it, so whether the
+    item still lacks a job under the new key, and which old jobs are still queued, is
+    decided here again."""
     missing = _missing(connection, sha256, spec)
     if missing is not None:
         report.waiting_for_upstream[missing] = report.waiting_for_upstream.get(missing, 0) + 1
         return None
-    old_jobs = connection.execute(
-        sa.select(
-            jobs_table.c.id,
-            jobs_table.c.stage_version,
-            jobs_table.c.config_hash,
-            jobs_table.c.state,
-        ).where(
-            jobs_table.c.sha256 == sha256,
-            jobs_table.c.stage == spec.stage,
-            ~under_keys(jobs_table, [spec.key]),
-        )
-    ).all()
+    old_jobs = _old_jobs(connection, sha256, spec)
+    priority = request.priority
+    if priority is None:
+        # The item's urgency: its most urgent arrival, or a queued job raised since.
+        arrival = connection.execute(
+            sa.select(sa.func.coalesce(sa.func.max(acquisitions.c.priority), 0)).where(
+                acquisitions.c.sha256 == sha256
+            )
+        ).scalar_one()
+        queued = [row.priority for row in old_jobs if row.state == jobs.QUEUED]
+        priority = max([int(arrival), *queued])
+    if not jobs.enqueue(database, connection, sha256, [spec], priority, request.max_attempts):
+        return None  # another reprocess got there first
+    retired = set(
+        connection.execute(
+            sa.update(jobs_table)
+            .where(
+                jobs_table.c.id.in_([row.id for row in old_jobs]),
+                jobs_table.c.state == jobs.QUEUED,
+            )
+            .values(state=jobs.SUPERSEDED, updated_at=utc_now(), finished_at=utc_now())
+            .returning(jobs_table.c.id)
+        ).scalars()
+    )
+    report.queued += 1
+    report.retired += len(retired)
     provenance = {
         (version, config_hash): stored
         for version, config_hash, stored in connection.execute(
@@ -199,25 +237,6 @@ def _requeue(
             )
         )
     }
-    priority = request.priority
-    if priority is None:
-        priority = int(
-            connection.execute(
-                sa.select(sa.func.coalesce(sa.func.max(acquisitions.c.priority), 0)).where(
-                    acquisitions.c.sha256 == sha256
-                )
-            ).scalar_one()
-        )
-    jobs.enqueue(database, connection, sha256, [spec], priority, request.max_attempts)
-    retire = [row.id for row in old_jobs if row.state == jobs.QUEUED]
-    if retire:
-        connection.execute(
-            sa.update(jobs_table)
-            .where(jobs_table.c.id.in_(retire), jobs_table.c.state == jobs.QUEUED)
-            .values(state=jobs.SUPERSEDED, updated_at=utc_now(), finished_at=utc_now())
-        )
-    report.queued += 1
-    report.retired += len(retire)
     replaced = []
     for row in old_jobs:
         old = ResultKey(spec.stage, row.stage_version, row.config_hash)
@@ -225,7 +244,7 @@ def _requeue(
         replaced.append(
             {
                 **old.as_json(),
-                "state": jobs.SUPERSEDED if row.id in retire else row.state,
+                "state": jobs.SUPERSEDED if row.id in retired else row.state,
                 "had_result": stored is not None,
                 "changed": explain(stored, old, spec),
             }

@@ -85,7 +85,8 @@ jobs = sa.Table(
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     *_stage_key(),
     # queued -> leased -> done | failed (final reason) ; queued again on a retryable failure
-    # until max_attempts, then dead.
+    # until max_attempts, then dead; a queued job `qarina reprocess` replaces by one under
+    # the current key is superseded (final, never leased).
     sa.Column("state", sa.String(16), nullable=False),
     sa.Column("priority", sa.Integer, nullable=False, server_default="0"),
     sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),

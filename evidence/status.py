@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from evidence import jobs
 from evidence.db import Database, as_utc, utc_now
 from evidence.records import CurrentKeys, ResultKey
-from evidence.schema import acquisitions, items, results, under_keys
+from evidence.schema import acquisitions, items
 from evidence.schema import jobs as jobs_table
 
 #: The failure reason of a bug in our own stage code, counted apart from the item's faults.
@@ -43,9 +43,13 @@ class StatusReport:
     throughput_by_stage: dict[str, float] = field(default_factory=dict)
     #: Failed and dead jobs per (stage, reason).
     failures_by_stage: dict[tuple[str, str], int] = field(default_factory=dict)
-    #: Per stage, items whose results were all made under keys the current plan no longer
-    #: names (a new model, a new stage version): what `qarina reprocess` would queue.
+    #: Per stage, items whose results (or jobs still to run) are all under keys the current
+    #: plan no longer names (a new model, a new stage version): what `qarina reprocess`
+    #: would queue.
     superseded_items: dict[str, int] = field(default_factory=dict)
+    #: Per stage and state, jobs under keys the current plan does not name: queued ones
+    #: there wait for a driver with another plan, or for `qarina reprocess`.
+    other_key_jobs: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def stage_errors(self) -> dict[str, int]:
@@ -94,12 +98,13 @@ def status_report(
         per_stage: dict[str, dict[str, int]] = {stage: {} for stage in current or {}}
         # Grouped by key and filtered here: a handful of groups read from the lease index
         # alone, where a filter on the key columns in SQL would read every row.
+        other_keys: dict[str, dict[str, int]] = {}
         for state, stage, version, config_hash, count in connection.execute(
             sa.select(*_BY_KEY, sa.func.count()).where(scope).group_by(*_BY_KEY)
         ):
-            if planned is None or ResultKey(stage, version, config_hash) in planned:
-                counts = per_stage.setdefault(stage, {})
-                counts[state] = counts.get(state, 0) + count
+            known = planned is None or ResultKey(stage, version, config_hash) in planned
+            counts = per_stage.setdefault(stage, {}) if known else other_keys.setdefault(stage, {})
+            counts[state] = counts.get(state, 0) + count
         failures_by_stage: dict[tuple[str, str], int] = {}
         for stage, version, config_hash, reason, count in connection.execute(
             sa.select(*_BY_KEY[1:], jobs_table.c.error_reason, sa.func.count())
@@ -119,9 +124,13 @@ def status_report(
             .select_from(items)
             .where(_in_request(items.c.sha256, request_ref))
         ).scalar_one()
-        superseded = (
-            {} if current is None else _superseded_items(connection, current, request_ref)
-        )
+        # Only stages with jobs under other keys (rare: after a new version or model) cost
+        # a look at their items.
+        superseded = {
+            stage: behind
+            for stage in sorted(other_keys)
+            if (behind := _items_behind(connection, stage, (current or {}).get(stage), scope))
+        }
     open_count = sum(
         counts.get(state, 0) for counts in per_stage.values() for state in jobs.OPEN_STATES
     )
@@ -150,48 +159,21 @@ def status_report(
         throughput_by_stage=by_stage,
         failures_by_stage=failures_by_stage,
         superseded_items=superseded,
+        other_key_jobs=other_keys,
     )
 
 
-def _superseded_items(
-    connection: sa.Connection, current: CurrentKeys, request_ref: str | None
-) -> dict[str, int]:
-    """Per stage, items holding results under other keys and none under a current one.
-
-    One grouped pass finds which keys results exist under; only when some are not current
-    (rare: after a new version or model) are their items counted.
-    """
-    stored = [
-        ResultKey(stage, version, config_hash)
-        for stage, version, config_hash in connection.execute(
-            sa.select(results.c.stage, results.c.stage_version, results.c.config_hash)
-            .where(_in_request(results.c.sha256, request_ref))
-            .group_by(results.c.stage, results.c.stage_version, results.c.config_hash)
-        )
-    ]
-    counts: dict[str, int] = {}
-    for stage in sorted({key.stage for key in stored}):
-        planned = current.get(stage, frozenset())
-        old = [key for key in stored if key.stage == stage and key not in planned]
-        if old and (behind := _items_only_under(connection, old, planned, request_ref)):
-            counts[stage] = behind
-    return counts
-
-
-def _items_only_under(
+def _items_behind(
     connection: sa.Connection,
-    old: Collection[ResultKey],
-    planned: Collection[ResultKey],
-    request_ref: str | None,
+    stage: str,
+    current: Collection[ResultKey] | None,
+    scope: sa.ColumnElement[bool],
 ) -> int:
-    newer = results.alias("newer")
-    has_current = sa.exists().where(newer.c.sha256 == results.c.sha256, under_keys(newer, planned))
+    """Items whose work on `stage` is under other keys only (what reprocess would queue)."""
     return int(
         connection.execute(
-            sa.select(sa.func.count(sa.distinct(results.c.sha256))).where(
-                under_keys(results, old),
-                _in_request(results.c.sha256, request_ref),
-                ~has_current,
+            sa.select(sa.func.count(sa.distinct(jobs_table.c.sha256))).where(
+                scope, *jobs.only_under_other_keys(stage, current or ())
             )
         ).scalar_one()
     )

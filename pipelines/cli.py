@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
+from evidence.jobs import OPEN_STATES
 from evidence.status import StatusReport
 from models import whisper
 from pipelines.config import QarinaConfig
@@ -173,9 +174,7 @@ def reprocess(
     if kind is not None and kind not in {k.value for k in Kind}:
         console.print(f"no kind {kind}; kinds: {', '.join(k.value for k in Kind)}")
         raise typer.Exit(2)
-    selection = Selection(
-        request, kind, since.replace(tzinfo=since.tzinfo or dt.UTC) if since else None
-    )
+    selection = Selection(request, kind, since)
     job_request = Request(
         selection, priority, config.max_attempts, f"qarina-reprocess@{config.operator}", reason
     )
@@ -235,6 +234,7 @@ def status(
                 "failures_by_reason": report.failures_by_reason,
                 "stage_errors": report.stage_errors,
                 "superseded_items": report.superseded_items,
+                "other_key_jobs": report.other_key_jobs,
             }
         )
         return
@@ -252,6 +252,15 @@ def status(
         out.print(
             "items holding only superseded results (`qarina reprocess --stage S` queues"
             f" them): {report.superseded_items}"
+        )
+    waiting = {
+        stage: {state: count for state, count in counts.items() if state in OPEN_STATES}
+        for stage, counts in report.other_key_jobs.items()
+    }
+    if any(waiting.values()):
+        out.print(
+            "open jobs under keys this plan does not name (no driver with these options runs"
+            f" them; `qarina reprocess --stage S` replaces them): {waiting}"
         )
 
 

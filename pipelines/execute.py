@@ -163,13 +163,11 @@ class StageHost:
         kind = Kind(job.kind) if job.kind else Kind.OTHER
         artifacts = {sha256: Path(path) for sha256, path in task.artifacts.items()}
         item = StageInput(job.sha256, Path(task.path), kind, task.upstream, artifacts)
-        planned = self.plan.spec(job.stage, Kind(job.kind) if job.kind else None).requires
-        missing = sorted(key.stage for key in planned if key.stage not in task.reads)
-        if missing:
-            # The job was queued because these results existed: one has gone missing.
+        inconsistent = self._inconsistency(task)
+        if inconsistent is not None:
             return Failure(
                 FailureReason.INTEGRITY_ERROR.value,
-                f"upstream result of {', '.join(missing)} at the planned key is not stored",
+                inconsistent,
                 False,
                 self._provenance(started, clock, task),
             )
@@ -199,6 +197,18 @@ class StageHost:
             item_kind=item_kind,
             follow_ups=follow_ups,
         )
+
+    def _inconsistency(self, task: Task) -> str | None:
+        """Why the job cannot run as planned, if it cannot: it was queued under the key the
+        plan gives its item's kind, once its upstream results existed, so a mismatch means
+        the item changed under it (its kind was decided again) or a result went missing."""
+        planned = self.plan.spec_for(task.job)
+        if planned.key != task.job.key:
+            return "the job's key is not the one the plan gives its item's kind"
+        missing = sorted(key.stage for key in planned.requires if key.stage not in task.reads)
+        if missing:
+            return f"upstream result of {', '.join(missing)} at the planned key is not stored"
+        return None
 
     def _store_artifact(self, artifact: ArtifactFile) -> ArtifactRecord:
         blob = self.blobs.put(artifact.path)

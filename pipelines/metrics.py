@@ -73,6 +73,15 @@ class StoreCollector(Collector):
         for stage_name, count in sorted(report.superseded_items.items()):
             superseded.add_metric([stage_name], count)
         yield superseded
+        others = GaugeMetricFamily(
+            "qarina_jobs_under_other_keys",
+            "Jobs under keys the current plan does not name, per stage and state.",
+            labels=["stage", "state"],
+        )
+        for stage_name, counts in sorted(report.other_key_jobs.items()):
+            for state, count in sorted(counts.items()):
+                others.add_metric([stage_name, state], count)
+        yield others
         yield GaugeMetricFamily("qarina_items", "Originals in the store.", value=report.items)
         yield GaugeMetricFamily("qarina_open_jobs", "Jobs not yet ended.", value=report.open_jobs)
 

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from evidence.records import CurrentKeys, JobSpec, ResultKey
+from evidence.records import CurrentKeys, JobSpec, LeasedJob, ResultKey
 from pipelines.config import QarinaConfig
 from workers import STAGES
 from workers.base import Kind, Stage, StageConfig
@@ -96,6 +96,10 @@ class Plan:
         key = self.key(name, kind)
         requires = tuple(self.key(required, kind) for required in self._requires(name, kind))
         return JobSpec(key.stage, key.stage_version, key.config_hash, requires)
+
+    def spec_for(self, job: LeasedJob) -> JobSpec:
+        """The spec this plan gives a leased job's stage for the job's item kind."""
+        return self.spec(job.stage, Kind(job.kind) if job.kind else None)
 
     def keys(self, name: str) -> frozenset[ResultKey]:
         """Every key this plan stores results of `name` under: one per kind it accepts that

@@ -22,7 +22,6 @@ from evidence.store import Store
 from pipelines.config import QarinaConfig
 from pipelines.execute import StageHost, Task
 from pipelines.plan import Plan
-from workers.base import Kind
 
 log = logging.getLogger(__name__)
 
@@ -146,10 +145,7 @@ def run_queue(
 def _tasks(store: Store, plan: Plan, leased: list[records.LeasedJob]) -> list[Task]:
     """Each job with the upstream results its plan names for the item's kind: exactly those
     keys, so an item holding results of two versions of a stage gives the one planned."""
-    needs = {
-        job.id: plan.spec(job.stage, Kind(job.kind) if job.kind else None).requires
-        for job in leased
-    }
+    needs = {job.id: plan.spec_for(job).requires for job in leased}
     found = jobs.upstream_results(
         store.database, [(job.sha256, key) for job in leased for key in needs[job.id]]
     )

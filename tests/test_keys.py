@@ -166,20 +166,35 @@ def test_reprocess_queues_the_new_key_retires_old_queued_jobs_and_says_why(
         with store.database.writer.begin() as connection:
             jobs.enqueue(store.database, connection, sha, [OLD], 4, 3)
     _finish(store, OLD, {"frames": ["1"]})  # the first item's old job ran, the other's waits
+    current = {"probe": frozenset({PROBE.key}), "keyframes": frozenset({NEW.key})}
+    # A job queued under a key the plan does not name is shown, not lost from sight.
+    before = store.status(current=current)
+    assert before.superseded_items == {"keyframes": 2}
+    assert before.other_key_jobs == {"keyframes": {"done": 1, "queued": 1}}
     request = Request(Selection(kind="video"), None, 3, "tester", "keyframes v2")
 
     def explain(provenance: object, old: ResultKey, spec: records.JobSpec) -> list[str]:
         return [f"{old.stage_version} -> {spec.stage_version}", f"result: {provenance is not None}"]
 
+    # Acquisition times are UTC: a time with an offset is converted, not compared as written.
+    hour = dt.timedelta(hours=1)
+    east, west = dt.timezone(3 * hour), dt.timezone(-3 * hour)
+    for since, found in ((dt.datetime.now(east) - hour, 2), (dt.datetime.now(west) + hour, 0)):
+        timed = Request(Selection(kind="video", acquired_since=since), None, 3, "t", "t")
+        assert reprocess(store.database, [("video", NEW)], timed, explain, True).queued == found
     dry = reprocess(store.database, [("video", NEW)], request, explain, dry_run=True)
-    assert (dry.queued, dry.retired) == (2, 0)
+    assert (dry.queued, dry.retired) == (2, 1)
     report = reprocess(store.database, [("video", NEW)], request, explain)
     assert (report.queued, report.retired, report.waiting_for_upstream) == (2, 1, {})
     again = reprocess(store.database, [("video", NEW)], request, explain)
     assert again.queued == 0
+    after = store.status(current=current)
+    assert after.superseded_items == {}
+    assert after.other_key_jobs == {"keyframes": {"done": 1, "superseded": 1}}
+    # The waiting item keeps the priority its queued job had; the other takes its arrival's.
     leased = jobs.lease(store.database, "test", [NEW.key, OLD.key], 5, TTL)
     assert sorted((job.sha256, job.key, job.priority) for job in leased) == sorted(
-        [(done, NEW.key, 0), (waiting, NEW.key, 0)]
+        [(done, NEW.key, 0), (waiting, NEW.key, 4)]
     )
     with store.database.reader.connect() as connection:
         events = {

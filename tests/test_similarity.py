@@ -156,6 +156,10 @@ def test_copies_link_and_different_pictures_do_not(
     assert cropped.details["keypoints"]["agrees"] is True
     [mirrored] = _links_between(store, original, shas["mirrored.jpg"])
     assert mirrored.details["orientation"] != "r0"
+    # A link names the hashes results (by key) it was found among: the current ones only.
+    assert mirrored.details["hashes_keys"] == [
+        key.as_json() for key in sorted(DEFAULT_KEYS["hashes"])
+    ]
     assert not _links_between(store, original, shas["other.jpg"])
     assert not matches.links_of(store.database, shas["blank1.png"])
     assert not matches.links_of(store.database, shas["blank2.png"])

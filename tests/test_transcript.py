@@ -13,6 +13,7 @@ import json
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -42,6 +43,7 @@ from workers.transcript import (
     TranscriptConfig,
     TranscriptStage,
     decode_audio,
+    engine_failure,
     segment_flags,
     to_srt,
     to_webvtt,
@@ -331,3 +333,39 @@ def test_model_and_language_choices_change_the_result_key(config: QarinaConfig) 
         ["transcript"], settings=config.with_overrides(data_dir=Path("/elsewhere"))
     ).spec("transcript")
     assert moved.config_hash == default.config_hash
+
+
+def test_engine_failures_are_the_engines_and_retried_not_bugs() -> None:
+    memory = engine_failure(RuntimeError("CUDA failed with error out of memory"))
+    other = engine_failure(RuntimeError("cuBLAS failed with status CUBLAS_STATUS_NOT_INITIALIZED"))
+    assert (memory.reason, memory.retryable) == (FailureReason.RESOURCE_LIMIT, True)
+    assert (other.reason, other.retryable) == (FailureReason.MODEL_ERROR, True)
+    assert "CUBLAS" not in other.detail
+
+
+class _EngineOutOfMemory:
+    """Stands in for the loaded model: like CTranslate2 it decodes lazily, and the failure
+    comes while the segments are read, after transcribe() has returned."""
+
+    def transcribe(self, window: Any, **options: Any) -> tuple[Any, Any]:
+        def pieces() -> Any:
+            raise RuntimeError("CUDA failed with error out of memory")
+            yield
+
+        info = SimpleNamespace(
+            language="ar", language_probability=1.0, duration=1.0, duration_after_vad=1.0
+        )
+        return pieces(), info
+
+
+def test_an_engine_failure_while_decoding_is_retried_as_resource_limit(
+    models_dir: Path, tmp_path: Path
+) -> None:
+    stage = TranscriptStage()
+    stage.setup(StageEnvironment(models_dir, device="cpu"))
+    stage._model = _EngineOutOfMemory()
+    note = audio.speech(tmp_path / "note", "مرحبا")
+    with pytest.raises(StageError) as failed:
+        stage.run(_item(note), tmp_path)
+    assert (failed.value.reason, failed.value.retryable) == (FailureReason.RESOURCE_LIMIT, True)
+

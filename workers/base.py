@@ -281,8 +281,9 @@ class Stage(ABC, Generic[C, R]):
     def run(self, item: StageInput, workdir: Path) -> StageOutput[R]:
         """Process one item; raise StageError or StageSkipped for classified outcomes.
 
-        Anything else raised is an unexpected crash: the runtime retries it a bounded number
-        of times and then marks the job dead.
+        Anything else raised is a bug in stage code: the runtime records it as stage_error,
+        final, with a fingerprint of where it was raised (OSError and MemoryError, which
+        come from the node rather than the code, are retried a bounded number of times).
         """
 
 

@@ -101,18 +101,21 @@ class ShotDetector:
     #: Timestamp ticks per frame: with B-frames skipped, decoded frames are sparser than the
     #: video's, and the gradual window must still span `gradual_s`.
     frame_ticks: float
-    cuts: list[Cut] = field(default_factory=list)
-    _indices: list[int] = field(default_factory=list)
-    _signatures: list[Signature] = field(default_factory=list)
-    _accept_from: int = 0
+    cuts: list[Cut] = field(default_factory=list, init=False)
+    _indices: list[int] = field(default_factory=list, init=False)
+    _signatures: list[Signature] = field(default_factory=list, init=False)
+    _accept_from: int = field(default=0, init=False)
 
     def add(self, pts: int, signature: Signature) -> None:
+        """The next frame of the current run; a full window is analysed at once, keeping
+        context on both sides so no transition is cut in two."""
         self._indices.append(pts)
         self._signatures.append(signature)
         if len(self._indices) >= _CHUNK_FRAMES + _CONTEXT_FRAMES:
             self._analyse(final=False)
 
     def end_run(self) -> None:
+        """The run ended: analyse what is left of it; the next frame starts a new run."""
         if self._indices:
             self._analyse(final=True)
         self._indices, self._signatures, self._accept_from = [], [], 0

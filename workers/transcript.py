@@ -345,7 +345,7 @@ class TranscriptStage(Stage[TranscriptConfig, TranscriptResult]):
             if self.config.language == "auto" and start == 0:
                 language, probability = info.language, round(float(info.language_probability), 4)
             speech_s += float(info.duration_after_vad if self.config.vad else info.duration)
-            for piece in pieces:
+            for piece in _from_engine(pieces):
                 if time.monotonic() > deadline:
                     raise StageError(FailureReason.TOOL_TIMEOUT, "transcription over budget")
                 segments.append(self._segment(piece, window, start / SAMPLE_RATE, segments))
@@ -371,7 +371,10 @@ class TranscriptStage(Stage[TranscriptConfig, TranscriptResult]):
     def _model_call(self, window: np.ndarray, language: str) -> tuple[Iterator[Any], Any]:
         options = transcribe_options(self.config, language, batched=self._pipeline is not None)
         engine = self._pipeline if self._pipeline is not None else self._model
-        result: tuple[Iterator[Any], Any] = engine.transcribe(window, **options)
+        try:
+            result: tuple[Iterator[Any], Any] = engine.transcribe(window, **options)
+        except RuntimeError as error:
+            raise engine_failure(error) from None
         return result
 
     def _segment(
@@ -398,6 +401,27 @@ class TranscriptStage(Stage[TranscriptConfig, TranscriptResult]):
             compression_ratio=round(ratio, 3),
             flags=flags,
         )
+
+
+def engine_failure(error: RuntimeError) -> StageError:
+    """A failure CTranslate2 reports as RuntimeError (GPU memory exhausted, a CUDA library
+    error): the engine's and the node's, not a bug in our code, so another attempt, maybe
+    on another node, may pass. The message is not kept: it is the engine's, not ours."""
+    text = str(error).lower()
+    if "out of memory" in text or "failed to allocate" in text:
+        return StageError(
+            FailureReason.RESOURCE_LIMIT, "speech engine ran out of memory", retryable=True
+        )
+    return StageError(FailureReason.MODEL_ERROR, "speech engine failed", retryable=True)
+
+
+def _from_engine(pieces: Iterator[Any]) -> Iterator[Any]:
+    """The engine's segments, which it decodes lazily as they are read: its failures while
+    reading them are classified like those of the call itself."""
+    try:
+        yield from pieces
+    except RuntimeError as error:
+        raise engine_failure(error) from None
 
 
 def transcribe_options(config: TranscriptConfig, language: str, batched: bool) -> dict[str, Any]:

@@ -133,7 +133,8 @@ def find_matches(
         other = index.shas[item]
         other_time = index.time_of[entry_id]
         if kind == "video-video":
-            assert probe.entry.t is not None  # every sampled frame carries its time
+            if probe.entry.t is None:
+                continue  # the stage times every sampled frame; one without cannot align
             hits = frames[other]
             hits.append((float(probe.entry.t), float(other_time), distance))
             if len(hits) > HITS_KEPT * (samples + 1):

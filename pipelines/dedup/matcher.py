@@ -204,6 +204,9 @@ class Matcher:
         self.index.add(stored.sha256, entries)
         report.entries_added += len(entries)
         algorithm = f"pdq<={self.config.threshold}"
+        # The link says which results it was found among: the index holds those of these
+        # keys only, so a link made before a new hashes version can be told apart.
+        made_from = {"hashes_keys": [key.as_json() for key in sorted(self.hashes_keys)]}
         return [
             matches.link_between(
                 stored.sha256,
@@ -212,7 +215,7 @@ class Matcher:
                 algorithm,
                 candidate.distance,
                 (candidate.my_time_s, candidate.other_time_s),
-                candidate.details,
+                {**candidate.details, **made_from},
             )
             for candidate in found
         ]
