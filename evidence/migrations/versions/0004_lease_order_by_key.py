@@ -8,7 +8,7 @@ since results are keyed by what made them. The lease index gains the key's versi
 config hash after the stage, so a lease is one range scan per key, and status counts jobs
 per state and key from the index alone. On 110k jobs in SQLite (2 vCPU) that count took
 145 ms as a scan of the table and 20 ms from this index; a whole `status` call under the
-current keys takes 31 ms (`qarina bench backlog`, median of 3 runs; 22 ms before results
+current keys takes 27 ms (`qarina bench backlog`, median of 3 runs; 22 ms before results
 had keys, when it counted per stage only).
 """
 
