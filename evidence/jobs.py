@@ -16,7 +16,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from evidence import custody
+from evidence import archives, custody
 from evidence.custody import CustodyEntry, canonical_json
 from evidence.db import Database, utc_now
 from evidence.records import Failure, JobSpec, LeasedJob, Outcome, ResultKey, Success
@@ -301,13 +301,14 @@ def commit(
         entries: list[CustodyEntry] = []
         for job, outcome in outcomes:
             if isinstance(outcome, Success):
-                entry = _commit_success(database, connection, job, outcome, actor)
+                recorded = _commit_success(database, connection, job, outcome, actor)
             else:
-                entry = _commit_failure(connection, job, outcome, actor)
-            if entry is None:
+                failure = _commit_failure(connection, job, outcome, actor)
+                recorded = None if failure is None else [failure]
+            if recorded is None:
                 stale += 1
             else:
-                entries.append(entry)
+                entries += recorded
                 committed += 1
         custody.append(connection, entries)
     return CommitReport(committed, stale)
@@ -336,7 +337,7 @@ def _commit_success(
     job: LeasedJob,
     outcome: Success,
     actor: str,
-) -> CustodyEntry | None:
+) -> list[CustodyEntry] | None:
     now = utc_now()
     if not _finish(
         connection, job, state=DONE, finished_at=now, error_reason=None, error_detail=None
@@ -380,7 +381,23 @@ def _commit_success(
         )
     _set_kind(connection, job.sha256, outcome.item_kind)
     enqueue(database, connection, job.sha256, outcome.follow_ups, job.priority, job.max_attempts)
-    return CustodyEntry(
+    entries: list[CustodyEntry] = []
+    if inserted is not None and outcome.members:
+        entries, found = archives.register_members(
+            database, connection, job, outcome.members, inserted, actor
+        )
+        for member_sha256, new_item in found.items():
+            enqueue(
+                database,
+                connection,
+                member_sha256,
+                outcome.member_jobs,
+                job.priority,
+                job.max_attempts,
+            )
+            if not new_item:
+                raise_priority(connection, member_sha256, job.priority)
+    result_entry = CustodyEntry(
         actor=actor,
         action="result" if outcome.skip_reason is None else "skip",
         item_sha256=job.sha256,
@@ -392,9 +409,11 @@ def _commit_success(
             "already_stored": inserted is None,
             "skip_reason": outcome.skip_reason,
             "artifacts": sorted(artifact.sha256 for artifact in outcome.artifacts),
+            **({"members": len(outcome.members)} if outcome.members else {}),
             "provenance": dict(outcome.provenance),
         },
     )
+    return [result_entry, *entries]
 
 
 def _commit_failure(

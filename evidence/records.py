@@ -81,6 +81,16 @@ class ArtifactRecord:
 
 
 @dataclass(frozen=True)
+class MemberRecord:
+    """A file found inside an archive item, already stored by content."""
+
+    sha256: str
+    size_bytes: int
+    #: The path inside the archive, raw bytes as the archive holds it.
+    inner_path: bytes
+
+
+@dataclass(frozen=True)
 class Success:
     """A stage finished: with data, or with a recorded skip reason."""
 
@@ -91,6 +101,10 @@ class Success:
     #: Set by the probe stage: the item's kind as decided from its bytes.
     item_kind: str | None = None
     follow_ups: Sequence[JobSpec] = ()
+    #: Files found inside an archive, registered as items with the result, and the jobs
+    #: each new item starts with.
+    members: Sequence[MemberRecord] = ()
+    member_jobs: Sequence[JobSpec] = ()
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,8 @@ items = sa.Table(
     metadata,
     sa.Column("sha256", SHA256, primary_key=True),
     sa.Column("size_bytes", sa.BigInteger, nullable=False),
-    # NULL until the probe stage has looked at the bytes; then photo | video | audio | other.
+    # NULL until the probe stage has looked at the bytes; then photo | video | audio |
+    # archive | other.
     sa.Column("kind", sa.String(16)),
     sa.Column("created_at", Timestamp, nullable=False),
 )
@@ -51,6 +52,33 @@ acquisitions = sa.Table(
     sa.Column("acquired_at", Timestamp, nullable=False),
     sa.Column("priority", sa.Integer, nullable=False, server_default="0"),
     sa.Column("request_ref", sa.String(200), index=True),
+    # What makes an arrival happen once however often it is retried: a drop folder's file
+    # seen again after a crash, an archive member registered again. NULL for plain ingests.
+    sa.Column("intake_key", sa.String(300), unique=True),
+)
+
+#: A request for assistance: a named set of items (their acquisitions carry the reference)
+#: with a priority its queued jobs take, and a deadline to report against.
+requests = sa.Table(
+    "requests",
+    metadata,
+    sa.Column("ref", sa.String(200), primary_key=True),
+    sa.Column("priority", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("deadline", Timestamp),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Column("created_by", sa.String(200), nullable=False),
+    sa.Column("updated_at", Timestamp, nullable=False),
+)
+
+#: Switches every driver and service reads before it leases (pause): in the store, so that
+#: every node obeys the same one.
+controls = sa.Table(
+    "controls",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("value", sa.JSON, nullable=False),
+    sa.Column("updated_at", Timestamp, nullable=False),
+    sa.Column("updated_by", sa.String(200), nullable=False),
 )
 
 
@@ -166,6 +194,23 @@ matches = sa.Table(
     sa.Column("created_at", Timestamp, nullable=False),
     # Linking is idempotent: the matcher may meet the same pair again after a rebuild.
     sa.UniqueConstraint("a_sha256", "b_sha256", "kind"),
+)
+
+#: Items found inside an archive item: the path inside it (raw bytes, as the archive holds
+#: it) and how deep (1: inside an archive that arrived as such), written with the result of
+#: the expansion that found them.
+archive_members = sa.Table(
+    "archive_members",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("archive_sha256", SHA256, sa.ForeignKey("items.sha256"), nullable=False),
+    sa.Column(
+        "member_sha256", SHA256, sa.ForeignKey("items.sha256"), nullable=False, index=True
+    ),
+    sa.Column("path", sa.LargeBinary, nullable=False),
+    sa.Column("depth", sa.Integer, nullable=False),
+    sa.Column("result_id", sa.Integer, sa.ForeignKey("results.id"), nullable=False),
+    sa.UniqueConstraint("archive_sha256", "path"),
 )
 
 custody_events = sa.Table(

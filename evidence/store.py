@@ -11,7 +11,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from evidence import custody, jobs, records
+from evidence import custody, jobs, records, requests
 from evidence import matches as match_links
 from evidence.blobs import BlobStore, StoredBlob
 from evidence.custody import CustodyEntry
@@ -33,13 +33,17 @@ class Acquisition:
     original_mtime: dt.datetime | None = None
     priority: int = 0
     request_ref: str | None = None
+    #: Makes the arrival happen once however often intake is retried (a drop folder's file
+    #: seen again after a crash): a second registration with the same key records nothing.
+    intake_key: str | None = None
 
 
 @dataclass(frozen=True)
 class Registered:
     sha256: str
     new_item: bool
-    acquisition_id: int
+    #: None when the intake key had already been registered: nothing new was recorded.
+    acquisition_id: int | None
 
 
 @dataclass(frozen=True)
@@ -83,9 +87,21 @@ class Store:
         actor: str,
         max_attempts: int,
     ) -> Registered:
-        """Record an arrival: item (once per content), acquisition, custody, first jobs."""
+        """Record an arrival: item (once per content), acquisition, custody, first jobs.
+
+        An arrival for a request takes the request's priority when that is higher (a request
+        named for the first time is created with the arrival's).
+        """
         now = utc_now()
         with self.database.writer.begin() as connection:
+            priority = acquisition.priority
+            if acquisition.request_ref is not None:
+                priority = max(
+                    priority,
+                    requests.ensure(
+                        self.database, connection, acquisition.request_ref, priority, actor
+                    ),
+                )
             new_item = (
                 connection.execute(
                     self.database.insert(items)
@@ -94,8 +110,8 @@ class Store:
                 ).rowcount
                 == 1
             )
-            acquisition_id = connection.execute(
-                sa.insert(acquisitions)
+            acquisition_id: int | None = connection.execute(
+                self.database.insert(acquisitions)
                 .values(
                     sha256=blob.sha256,
                     source=acquisition.source,
@@ -104,21 +120,20 @@ class Store:
                     original_mtime=acquisition.original_mtime,
                     operator=acquisition.operator,
                     acquired_at=now,
-                    priority=acquisition.priority,
+                    priority=priority,
                     request_ref=acquisition.request_ref,
+                    intake_key=acquisition.intake_key,
                 )
+                .on_conflict_do_nothing()
                 .returning(acquisitions.c.id)
-            ).scalar_one()
+            ).scalar()
+            if acquisition_id is None:
+                return Registered(blob.sha256, False, None)
             jobs.enqueue(
-                self.database,
-                connection,
-                blob.sha256,
-                initial_jobs,
-                acquisition.priority,
-                max_attempts,
+                self.database, connection, blob.sha256, initial_jobs, priority, max_attempts
             )
             if not new_item:
-                jobs.raise_priority(connection, blob.sha256, acquisition.priority)
+                jobs.raise_priority(connection, blob.sha256, priority)
             custody.append(
                 connection,
                 [
@@ -137,7 +152,7 @@ class Store:
                             "original_name_sha256": hashlib.sha256(
                                 acquisition.original_name
                             ).hexdigest(),
-                            "priority": acquisition.priority,
+                            "priority": priority,
                             "request_ref": acquisition.request_ref,
                         },
                     )

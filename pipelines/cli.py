@@ -1,78 +1,42 @@
-"""The `qarina` command: ingest, run, status, show, verify, demo, benchmarks and evaluations."""
+"""The `qarina` command: ingest, run, status, show, verify, demo, benchmarks and evaluations.
+
+The app and what commands share live in `pipelines/commands/base.py`; commands of other
+areas register themselves from the modules of `pipelines/commands/`, imported here.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
 import json
-import logging
-import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.logging import RichHandler
 from rich.table import Table
 
 from evidence.jobs import OPEN_STATES
 from evidence.status import StatusReport
 from models import whisper
-from pipelines.config import QarinaConfig
+from pipelines.commands.base import (
+    LANGUAGE,
+    app,
+    bench_app,
+    config_of,
+    console,
+    eval_app,
+    out,
+    with_language,
+    write_json,
+)
 from pipelines.dedup.reports import dupes_report, hash_outside_store, similar_report
 from pipelines.ingest import ingest_paths
 from pipelines.plan import Plan
 from pipelines.session import open_matcher, open_store, process_queue
 from workers.base import Kind, StageError, StageSkipped
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
-bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks for sizing hardware.")
-eval_app = typer.Typer(no_args_is_help=True, help="Accuracy evaluations on the shared corpus.")
-app.add_typer(bench_app, name="bench")
-app.add_typer(eval_app, name="eval")
-
-console = Console(stderr=True)
-#: Tables for people; piped output keeps them unwrapped instead of folding at 80 columns.
-out = Console(width=None if sys.stdout.isatty() else 160)
-
-
-def write_json(value: Any) -> None:
-    """Machine-readable output bypasses rich, which may wrap long lines."""
-    sys.stdout.write(json.dumps(value, ensure_ascii=False, indent=2) + "\n")
-
-
-def _config(ctx: typer.Context) -> QarinaConfig:
-    config: QarinaConfig = ctx.obj
-    return config
-
-
-#: The speech language is part of the transcript key, so every command that names current
-#: keys (status, show, search, reprocess) must see the one `run` uses: `qarina --language`
-#: sets it for all of them, `qarina run --language` for a run.
-_LANGUAGE = typer.Option(
-    "--language", help="Speech language (ISO code), or `auto` to detect it (QARINA_LANGUAGE)."
-)
-
-
-def _with_language(config: QarinaConfig, language: str | None) -> QarinaConfig:
-    return config.with_overrides(transcript_language=language) if language else config
-
-
-@app.callback()
-def main(
-    ctx: typer.Context,
-    data: Annotated[Path | None, typer.Option("--data", help="Data folder (QARINA_DATA).")] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log per item.")] = False,
-    language: Annotated[str | None, _LANGUAGE] = None,
-) -> None:
-    """Qarina: media processing for an evidence repository."""
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(message)s",
-        handlers=[RichHandler(console=console, show_path=False)],
-    )
-    ctx.obj = _with_language(QarinaConfig.from_env(data), language)
+__all__ = ["app"]
 
 
 @app.command()
@@ -84,7 +48,7 @@ def ingest(
     request: Annotated[str | None, typer.Option("--request", help="Request reference.")] = None,
 ) -> None:
     """Copy files into the store by content, record each arrival and queue its processing."""
-    config = _config(ctx)
+    config = config_of(ctx)
     store = open_store(config)
     try:
         plan = Plan.default(settings=config)
@@ -105,10 +69,10 @@ def run(
         str | None, typer.Option("--address", help="Ray cluster to join (RAY_ADDRESS).")
     ] = None,
     sequential: Annotated[bool, typer.Option(help="Run in this process, without Ray.")] = False,
-    language: Annotated[str | None, _LANGUAGE] = None,
+    language: Annotated[str | None, LANGUAGE] = None,
 ) -> None:
     """Process the queue until it is empty."""
-    config = _with_language(_config(ctx), language)
+    config = with_language(config_of(ctx), language)
     if address:
         config = config.with_overrides(ray_address=address)
     store = open_store(config)
@@ -166,7 +130,7 @@ def reprocess(
     from evidence.reprocess import Request, Selection
     from pipelines.reprocess import reprocess_stage
 
-    config = _config(ctx)
+    config = config_of(ctx)
     plan = Plan.default(settings=config)
     if stage not in plan.stages:
         console.print(f"no stage {stage}; stages: {', '.join(plan.stages)}")
@@ -217,7 +181,7 @@ def status(
     request: Annotated[str | None, typer.Option("--request", help="Only this request.")] = None,
 ) -> None:
     """Counts per stage and state under the current keys, throughput, ETA, superseded items."""
-    config = _config(ctx)
+    config = config_of(ctx)
     store = open_store(config)
     try:
         report = store.status(request, current=Plan.default(settings=config).current_keys())
@@ -273,7 +237,7 @@ def metrics(
     """Serve Prometheus metrics (queue depth, jobs/s per stage, failures) until stopped."""
     from pipelines.metrics import serve_metrics
 
-    config = _config(ctx)
+    config = config_of(ctx)
     store = open_store(config)
     server = serve_metrics(store, Plan.default(settings=config).current_keys(), host, port)
     console.print(f"metrics on http://{host}:{port}/metrics (Ctrl-C stops)")
@@ -294,7 +258,7 @@ def show(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Everything known about one item."""
-    config = _config(ctx)
+    config = config_of(ctx)
     store = open_store(config)
     try:
         record = store.show(sha256.lower(), Plan.default(settings=config).current_keys())
@@ -318,7 +282,7 @@ def dupes(
     ] = False,
 ) -> None:
     """Clusters of near-duplicates (members, sources, distances) and exact duplicates."""
-    config = _config(ctx)
+    config = config_of(ctx)
     store = open_store(config)
     try:
         plan = Plan.default(settings=config)
@@ -355,7 +319,7 @@ def similar(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Stored items that match a file; the file itself is not ingested."""
-    config = _config(ctx)
+    config = config_of(ctx)
     if not path.is_file():
         console.print("not a regular file")
         raise typer.Exit(2)
@@ -401,7 +365,7 @@ def search(
     """Items whose transcripts contain the words, with segment times; doubtful ones marked."""
     from pipelines.search import search_transcripts
 
-    config = _config(ctx)
+    config = config_of(ctx)
     store = open_store(config)
     try:
         hits = search_transcripts(store, Plan.default(settings=config), text, limit)
@@ -428,7 +392,7 @@ def verify(
     fixity: Annotated[bool, typer.Option("--fixity", help="Re-hash every stored blob.")] = False,
 ) -> None:
     """Re-walk the custody chain (and re-hash originals); exit 1 naming the first problem."""
-    config = _config(ctx)
+    config = config_of(ctx)
     store = open_store(config)
     try:
         report = store.verify(fixity, actor=f"qarina-verify@{config.operator}")
@@ -459,7 +423,7 @@ def demo(
     """Generate a small mixed set, ingest it, process it on local Ray, print a summary."""
     from pipelines.demo import run_demo
 
-    run_demo(_config(ctx), sequential, out)
+    run_demo(config_of(ctx), sequential, out)
 
 
 @eval_app.command("metadata")
@@ -488,7 +452,7 @@ def eval_transcript(
     """WER and CER of the pipeline beside direct faster-whisper, per clip and overall."""
     from pipelines.transcript_eval import evaluate_transcripts
 
-    evaluation = evaluate_transcripts(corpus, _config(ctx).models_dir).as_json()
+    evaluation = evaluate_transcripts(corpus, config_of(ctx).models_dir).as_json()
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(evaluation, ensure_ascii=False, indent=2), encoding="utf-8")
     table = Table("clip", "pipeline WER", "direct WER", "pipeline CER", "direct CER")
@@ -549,7 +513,7 @@ def bench_hashes(
     """PDQ + pHash per 12 MP JPEG against pdqhash + imagehash on a full decode."""
     from pipelines.bench.hashes import bench_hashes as run_bench
 
-    write_json(run_bench(_config(ctx), output, photos=photos, runs=runs, corpus=corpus))
+    write_json(run_bench(config_of(ctx), output, photos=photos, runs=runs, corpus=corpus))
 
 
 @bench_app.command("index")
@@ -561,7 +525,7 @@ def bench_index(
     """Near-duplicate index at scale: query latency, all-pairs clustering, recall, memory."""
     from pipelines.bench.index import bench_index as run_bench
 
-    write_json(run_bench(_config(ctx), output, hashes=hashes, groups=max(1, hashes // 100)))
+    write_json(run_bench(config_of(ctx), output, hashes=hashes, groups=max(1, hashes // 100)))
 
 
 @bench_app.command("ingest")
@@ -574,7 +538,7 @@ def bench_ingest(
     """Ingest throughput against `openssl dgst -sha256` on the same file."""
     from pipelines.bench.ingest import bench_ingest as run_bench
 
-    write_json(run_bench(_config(ctx), size_mib, runs, output))
+    write_json(run_bench(config_of(ctx), size_mib, runs, output))
 
 
 @bench_app.command("photos")
@@ -586,7 +550,7 @@ def bench_photos(
     """End-to-end photo throughput (ingest + probe + metadata), Ray against sequential."""
     from pipelines.bench.photos import bench_photos as run_bench
 
-    write_json(run_bench(_config(ctx), count, output))
+    write_json(run_bench(config_of(ctx), count, output))
 
 
 @bench_app.command("backlog")
@@ -600,7 +564,7 @@ def bench_backlog(
     """Enqueue, lease and status timings for a large backlog."""
     from pipelines.bench.backlog import bench_backlog as run_bench
 
-    write_json(run_bench(_config(ctx), jobs, output))
+    write_json(run_bench(config_of(ctx), jobs, output))
 
 
 @bench_app.command("keyframes")
@@ -615,7 +579,7 @@ def bench_keyframes(
     """Keyframes stage against PySceneDetect and a full ffmpeg decode, with cut accuracy."""
     from pipelines.bench.keyframes import bench_keyframes as run_bench
 
-    write_json(run_bench(_config(ctx), output, runs=runs, seconds=seconds))
+    write_json(run_bench(config_of(ctx), output, runs=runs, seconds=seconds))
 
 
 @bench_app.command("transcript")
@@ -633,7 +597,7 @@ def bench_transcript(
     """Transcript stage against direct faster-whisper, sequential and batched, and memory."""
     from pipelines.bench.transcript import bench_transcript as run_bench
 
-    write_json(run_bench(_config(ctx), corpus, output, runs=runs, minutes=minutes))
+    write_json(run_bench(config_of(ctx), corpus, output, runs=runs, minutes=minutes))
 
 
 @bench_app.command("cluster")
@@ -648,4 +612,4 @@ def bench_cluster(
     """A photo backlog on one worker node and on two (same CPUs), PostgreSQL store."""
     from pipelines.bench.cluster import bench_cluster as run_bench
 
-    write_json(run_bench(_config(ctx), output, photos=photos, runs=runs))
+    write_json(run_bench(config_of(ctx), output, photos=photos, runs=runs))

@@ -26,12 +26,20 @@ from types import CodeType
 from typing import Any
 
 from evidence.blobs import BlobStore
-from evidence.records import ArtifactRecord, Failure, LeasedJob, Outcome, Success
+from evidence.records import (
+    ArtifactRecord,
+    Failure,
+    LeasedJob,
+    MemberRecord,
+    Outcome,
+    Success,
+)
 from pipelines.plan import Plan
 from workers.base import (
     ArtifactFile,
     FailureReason,
     Kind,
+    MemberFile,
     Stage,
     StageEnvironment,
     StageError,
@@ -56,6 +64,7 @@ class Task:
     upstream: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     artifacts: Mapping[str, str] = field(default_factory=dict)
     reads: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    depth: int = 0
 
 
 def classify(error: Exception, job: LeasedJob) -> tuple[FailureReason, str, bool]:
@@ -162,7 +171,9 @@ class StageHost:
         clock = time.perf_counter()
         kind = Kind(job.kind) if job.kind else Kind.OTHER
         artifacts = {sha256: Path(path) for sha256, path in task.artifacts.items()}
-        item = StageInput(job.sha256, Path(task.path), kind, task.upstream, artifacts)
+        item = StageInput(
+            job.sha256, Path(task.path), kind, task.upstream, artifacts, depth=task.depth
+        )
         inconsistent = self._inconsistency(task)
         if inconsistent is not None:
             return Failure(
@@ -176,6 +187,7 @@ class StageHost:
                 output = self.stage.run(item, Path(scratch))
                 data = result_to_json(output.result)
                 stored = [self._store_artifact(artifact) for artifact in output.artifacts]
+                members = [self._store_member(member) for member in output.members]
             except StageSkipped as skip:
                 return Success({}, self._provenance(started, clock, task), skip_reason=skip.reason)
             except Exception as error:  # every exception becomes a classified failure
@@ -196,6 +208,8 @@ class StageHost:
             artifacts=stored,
             item_kind=item_kind,
             follow_ups=follow_ups,
+            members=members,
+            member_jobs=self.plan.initial_jobs() if members else (),
         )
 
     def _inconsistency(self, task: Task) -> str | None:
@@ -209,6 +223,10 @@ class StageHost:
         if missing:
             return f"upstream result of {', '.join(missing)} at the planned key is not stored"
         return None
+
+    def _store_member(self, member: MemberFile) -> MemberRecord:
+        blob = self.blobs.put(member.path)
+        return MemberRecord(blob.sha256, blob.size_bytes, member.inner_path)
 
     def _store_artifact(self, artifact: ArtifactFile) -> ArtifactRecord:
         blob = self.blobs.put(artifact.path)

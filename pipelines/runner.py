@@ -8,20 +8,23 @@ start returns the leases of drivers on this host that died (a `kill -9` leaves t
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
-from evidence import jobs, records
+from evidence import archives, controls, jobs, records
 from evidence.records import Outcome
 from evidence.store import Store
 from pipelines.config import QarinaConfig
 from pipelines.execute import StageHost, Task
 from pipelines.plan import Plan
+from workers.base import Kind
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +52,47 @@ class RunSummary:
     stale: int = 0
     failed: int = 0
     wall_s: float = 0.0
+    #: The run ended because leasing was paused (`qarina pause`), with work left.
+    paused: bool = False
+    #: Leases handed back unfinished when a stop's grace ran out.
+    handed_back: int = 0
+
+
+@dataclass
+class LoopControl:
+    """How a driver loop is steered from outside it: a service runs it until `stop` (its
+    SIGTERM), and wakes it at once when intake registers something (`wake`); `qarina run`
+    uses the defaults and ends when the queue is empty.
+
+    After `stop`, no new job is leased; jobs in flight get `grace_s` to finish and commit,
+    then their leases are handed back to the queue (their late outcomes are refused by the
+    fencing token), so stopping never loses or doubles work.
+    """
+
+    forever: bool = False
+    stop: threading.Event = field(default_factory=threading.Event)
+    wake: threading.Event = field(default_factory=threading.Event)
+    #: A service idle this long looks at the queue again (new work from other hosts);
+    #: intake in the same process wakes it at once.
+    idle_poll_s: float = 0.25
+    grace_s: float = 30.0
+
+
+class _PauseSwitch:
+    """The store's pause switch, read at most once a second: drivers ask every round."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._read_at = -math.inf
+        self._paused = False
+
+    @property
+    def paused(self) -> bool:
+        now = time.monotonic()
+        if now - self._read_at >= 1.0:
+            self._paused = controls.pause_state(self._store.database).paused
+            self._read_at = now
+        return self._paused
 
 
 def owner_id() -> str:
@@ -88,64 +132,142 @@ def run_queue(
     config: QarinaConfig,
     on_progress: Callable[[int, int], None] | None = None,
     between_batches: Callable[[], None] | None = None,
+    control: LoopControl | None = None,
 ) -> RunSummary:
-    """Process the queue of the plan's stages until no job is open; returns what it committed.
+    """Process the queue of the plan's stages; returns what it committed.
 
+    Without `control`, until no job is open (or leasing is paused and nothing is in flight);
+    with one, as it says. `on_progress` hears of each commit (committed, still in flight);
     `between_batches` runs after each round of commits, on the driver (index upkeep).
     """
-    started = time.perf_counter()
-    owner = owner_id()
-    actor = f"qarina-run@{owner}"
-    release_dead_local_owners(store)
-    jobs.release_expired(store.database)
-    keys = {name: plan.keys(name) for name in plan.stages}
-    every_key = [key for stage_keys in keys.values() for key in stage_keys]
-    in_flight: dict[int, records.LeasedJob] = {}
-    summary = RunSummary()
-    renew_every = config.lease_ttl.total_seconds() / 3
-    last_renewal = time.monotonic()
-    while True:
-        for name, stage in plan.stages.items():
-            while executor.free_slots(name) > 0:
-                leased = jobs.lease(
-                    store.database, owner, keys[name], stage.batch_size, config.lease_ttl
-                )
+    driver = _Driver(store, plan, executor, config, control or LoopControl())
+    return driver.run(on_progress, between_batches)
+
+
+class _Driver:
+    """One driver loop's state: its owner id, the keys it leases, what it has in flight."""
+
+    def __init__(
+        self,
+        store: Store,
+        plan: Plan,
+        executor: Executor,
+        config: QarinaConfig,
+        control: LoopControl,
+    ) -> None:
+        self.store, self.plan, self.executor = store, plan, executor
+        self.config, self.control = config, control
+        self.owner = owner_id()
+        self.actor = f"qarina-run@{self.owner}"
+        self.keys = {name: plan.keys(name) for name in plan.stages}
+        self.every_key = [key for stage_keys in self.keys.values() for key in stage_keys]
+        self.in_flight: dict[int, records.LeasedJob] = {}
+        self.summary = RunSummary()
+        self.switch = _PauseSwitch(store)
+        self.stopping_since: float | None = None
+        self.last_upkeep = self.last_release = time.monotonic()
+
+    def run(
+        self,
+        on_progress: Callable[[int, int], None] | None,
+        between_batches: Callable[[], None] | None,
+    ) -> RunSummary:
+        started = time.perf_counter()
+        release_dead_local_owners(self.store)
+        jobs.release_expired(self.store.database)
+        while True:
+            if self.control.stop.is_set() and self.stopping_since is None:
+                self.stopping_since = time.monotonic()
+            if self.stopping_since is None and not self.switch.paused:
+                self._lease()
+            if not self.in_flight:
+                if self._finished_when_idle():
+                    break
+                self._wait()
+                continue
+            if self._grace_over():
+                break
+            self._commit(on_progress)
+            if between_batches is not None:
+                between_batches()
+            self._upkeep()
+        self.summary.wall_s = time.perf_counter() - started
+        return self.summary
+
+    def _lease(self) -> None:
+        """Lease what the executor has room for, stage by stage, and submit it."""
+        database, ttl = self.store.database, self.config.lease_ttl
+        for name, stage in self.plan.stages.items():
+            while self.executor.free_slots(name) > 0:
+                leased = jobs.lease(database, self.owner, self.keys[name], stage.batch_size, ttl)
                 if not leased:
                     break
-                in_flight.update((job.id, job) for job in leased)
-                executor.submit(name, _tasks(store, plan, leased))
-        if not in_flight:
-            if jobs.open_jobs(store.database, every_key) == 0:
-                break
-            # Others hold the rest; wait for them, or for their leases to expire.
-            time.sleep(1.0)
-            jobs.release_expired(store.database)
-            continue
-        for tasks, outcomes in executor.collect(_COLLECT_TIMEOUT_S):
+                self.in_flight.update((job.id, job) for job in leased)
+                self.executor.submit(name, _tasks(self.store, self.plan, leased))
+
+    def _finished_when_idle(self) -> bool:
+        """With nothing in flight: whether the loop is done (stopping, or, for a run, no
+        work left that it may lease)."""
+        if self.stopping_since is not None:
+            return True
+        if self.control.forever:
+            return False
+        left = jobs.open_jobs(self.store.database, self.every_key)
+        if self.switch.paused:
+            self.summary.paused = left > 0
+            return True
+        return left == 0
+
+    def _wait(self) -> None:
+        """Others hold the rest, or nothing is queued yet: wait for them, for their leases
+        to expire (looked for once a second, since on SQLite each look takes the write
+        lock), or for intake to wake us."""
+        self.control.wake.wait(self.control.idle_poll_s if self.control.forever else 1.0)
+        self.control.wake.clear()
+        if time.monotonic() - self.last_release >= 1.0:
+            jobs.release_expired(self.store.database)
+            self.last_release = time.monotonic()
+
+    def _grace_over(self) -> bool:
+        """After a stop: once jobs in flight had their grace, hand their leases back."""
+        if self.stopping_since is None:
+            return False
+        if time.monotonic() - self.stopping_since <= self.control.grace_s:
+            return False
+        self.summary.handed_back = jobs.release_owners(self.store.database, [self.owner])
+        log.warning("stopping: handed %d unfinished jobs back", self.summary.handed_back)
+        return True
+
+    def _commit(self, on_progress: Callable[[int, int], None] | None) -> None:
+        for tasks, outcomes in self.executor.collect(_COLLECT_TIMEOUT_S):
             pairs = [(task.job, outcome) for task, outcome in zip(tasks, outcomes, strict=True)]
-            report = jobs.commit(store.database, pairs, actor)
-            summary.committed += report.committed
-            summary.stale += report.stale
-            summary.failed += sum(isinstance(outcome, records.Failure) for outcome in outcomes)
+            report = jobs.commit(self.store.database, pairs, self.actor)
+            self.summary.committed += report.committed
+            self.summary.stale += report.stale
+            self.summary.failed += sum(isinstance(outcome, records.Failure) for outcome in outcomes)
             for task in tasks:
-                in_flight.pop(task.job.id, None)
+                self.in_flight.pop(task.job.id, None)
             if on_progress is not None:
-                on_progress(report.committed, len(in_flight))
-        if between_batches is not None:
-            between_batches()
-        if time.monotonic() - last_renewal > renew_every:
-            jobs.renew(store.database, owner, list(in_flight), config.lease_ttl)
-            # Jobs of a driver or node that died elsewhere come back while we are busy too.
-            jobs.release_expired(store.database)
-            last_renewal = time.monotonic()
-    summary.wall_s = time.perf_counter() - started
-    return summary
+                on_progress(report.committed, len(self.in_flight))
+
+    def _upkeep(self) -> None:
+        """Every third of a lease while busy: renew ours, and return expired ones of drivers
+        or nodes that died elsewhere."""
+        if time.monotonic() - self.last_upkeep <= self.config.lease_ttl.total_seconds() / 3:
+            return
+        jobs.renew(self.store.database, self.owner, list(self.in_flight), self.config.lease_ttl)
+        jobs.release_expired(self.store.database)
+        self.last_upkeep = time.monotonic()
 
 
 def _tasks(store: Store, plan: Plan, leased: list[records.LeasedJob]) -> list[Task]:
     """Each job with the upstream results its plan names for the item's kind: exactly those
     keys, so an item holding results of two versions of a stage gives the one planned."""
     needs = {job.id: plan.spec_for(job).requires for job in leased}
+    # Only archives are expanded, and how deep one lies caps how deep expansion goes.
+    depths = archives.depths(
+        store.database, [job.sha256 for job in leased if job.kind == Kind.ARCHIVE.value]
+    )
     found = jobs.upstream_results(
         store.database, [(job.sha256, key) for job in leased for key in needs[job.id]]
     )
@@ -170,6 +292,7 @@ def _tasks(store: Store, plan: Plan, leased: list[records.LeasedJob]) -> list[Ta
                     }
                     for result in read
                 },
+                depth=depths.get(job.sha256, 0),
             )
         )
     return tasks

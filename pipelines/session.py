@@ -14,11 +14,11 @@ from pipelines.config import QarinaConfig
 from pipelines.dedup.config import MatchConfig
 from pipelines.dedup.matcher import Matcher
 from pipelines.plan import Plan
-from pipelines.runner import RunSummary, SequentialExecutor, run_queue
+from pipelines.runner import LoopControl, RunSummary, SequentialExecutor, run_queue
 from pipelines.search import update_search_index
 
-#: Seconds between index updates while a run goes on: links appear as items arrive, and the
-#: driver spends little of its time on them.
+#: Seconds between index updates (links, transcript search) while a run goes on: links
+#: appear as items arrive, and the driver spends little of its time on them.
 _MATCH_EVERY_S = 5.0
 
 
@@ -38,9 +38,16 @@ def open_matcher(config: QarinaConfig, store: Store, plan: Plan) -> Matcher:
 
 
 def process_queue(
-    config: QarinaConfig, store: Store, sequential: bool, console: Console, quiet: bool = False
+    config: QarinaConfig,
+    store: Store,
+    sequential: bool,
+    console: Console,
+    quiet: bool = False,
+    control: LoopControl | None = None,
 ) -> RunSummary:
-    """Run every open job on Ray (or sequentially) with a progress bar.
+    """Run every open job on Ray (or sequentially) with a progress bar; with `control`, as
+    long as it says (a service runs until stopped). Links and the search index keep up
+    while it runs.
 
     Raises:
         ModelMissing: the Whisper model cannot be found or assembled; checked here, once,
@@ -75,16 +82,17 @@ def process_queue(
 
         matcher = open_matcher(config, store, plan)
         actor = f"qarina-match@{config.operator}"
-        last_match = time.monotonic()
+        last_upkeep = time.monotonic()
 
-        def link_new_hashes() -> None:
-            nonlocal last_match
-            if time.monotonic() - last_match >= _MATCH_EVERY_S:
+        def keep_up() -> None:
+            nonlocal last_upkeep
+            if time.monotonic() - last_upkeep >= _MATCH_EVERY_S:
                 matcher.update(actor, save=False)
-                last_match = time.monotonic()
+                update_search_index(store, plan)
+                last_upkeep = time.monotonic()
 
         try:
-            summary = run_queue(store, plan, executor, config, advance, link_new_hashes)
+            summary = run_queue(store, plan, executor, config, advance, keep_up, control)
         finally:
             executor.close()
         matcher.update(actor)

@@ -24,6 +24,8 @@ class Kind(StrEnum):
     PHOTO = "photo"
     VIDEO = "video"
     AUDIO = "audio"
+    #: A zip or tar (plain, gzip or xz): its members become items of their own.
+    ARCHIVE = "archive"
     OTHER = "other"
 
 
@@ -193,6 +195,9 @@ class StageInput:
     kind: Kind
     upstream: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     artifacts: Mapping[str, Path] = field(default_factory=dict)
+    #: How many archives deep the item was found: 0 when it arrived as itself, 1 inside an
+    #: archive that did, and so on (the archive stage caps nesting with it).
+    depth: int = 0
 
     def upstream_result(self, stage: str, result: type[J]) -> J | None:
         """The result of the required `stage`, typed; None when the item came without it, as
@@ -211,15 +216,27 @@ class ArtifactFile:
     meta: Mapping[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class MemberFile:
+    """A file an archive holds, extracted into the scratch folder: the runtime stores it by
+    content and registers it as an item, with `inner_path` (the raw bytes the archive names
+    it by, which may be in any encoding) kept as where it came from."""
+
+    path: Path
+    inner_path: bytes
+
+
 R = TypeVar("R")
 
 
 @dataclass(frozen=True)
 class StageOutput(Generic[R]):
-    """A stage's typed result plus the derived files it made."""
+    """A stage's typed result plus the derived files it made, and, for an archive, the
+    originals found inside it (which become items, not artifacts: they are evidence)."""
 
     result: R
     artifacts: tuple[ArtifactFile, ...] = ()
+    members: tuple[MemberFile, ...] = ()
 
 
 @dataclass(frozen=True)

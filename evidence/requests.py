@@ -1,0 +1,226 @@
+"""Requests for assistance: named sets of items with a priority and a deadline.
+
+A request's items are those whose acquisitions carry its reference. Its priority is what
+their queued jobs take: raising it moves them ahead of the backlog at once, and an item that
+also belongs to a more urgent request, or arrived more urgently, keeps the higher priority.
+Every change is a custody event naming who asked.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from evidence import custody
+from evidence.custody import CustodyEntry
+from evidence.db import Database, as_utc, utc_now
+from evidence.jobs import QUEUED
+from evidence.schema import acquisitions, requests
+from evidence.schema import jobs as jobs_table
+
+#: Items updated per statement: within every backend's limit on bound parameters.
+_CHUNK = 1000
+
+
+@dataclass(frozen=True)
+class Request:
+    ref: str
+    priority: int
+    deadline: dt.datetime | None
+    created_at: dt.datetime
+    created_by: str
+
+
+class UnknownRequest(LookupError):
+    """No request has this reference."""
+
+
+def _row_request(row: sa.Row[tuple[object, ...]]) -> Request:
+    deadline = row.deadline
+    return Request(
+        row.ref,
+        int(row.priority),
+        as_utc(deadline) if deadline is not None else None,
+        as_utc(row.created_at),
+        row.created_by,
+    )
+
+
+def get(database: Database, ref: str) -> Request | None:
+    with database.reader.connect() as connection:
+        row = connection.execute(sa.select(requests).where(requests.c.ref == ref)).first()
+    return None if row is None else _row_request(row)
+
+
+def all_requests(database: Database) -> list[Request]:
+    with database.reader.connect() as connection:
+        rows = connection.execute(sa.select(requests).order_by(requests.c.ref)).all()
+    return [_row_request(row) for row in rows]
+
+
+def ensure(
+    database: Database, connection: sa.Connection, ref: str, priority: int, actor: str
+) -> int:
+    """The priority of request `ref` inside the caller's transaction, creating the request
+    (with `priority`, no deadline) when an intake route names one not created before."""
+    found = connection.execute(
+        sa.select(requests.c.priority).where(requests.c.ref == ref)
+    ).scalar()
+    if found is not None:
+        return int(found)
+    now = utc_now()
+    inserted = connection.execute(
+        database.insert(requests)
+        .values(
+            ref=ref,
+            priority=priority,
+            deadline=None,
+            created_at=now,
+            created_by=actor,
+            updated_at=now,
+        )
+        .on_conflict_do_nothing()
+    ).rowcount
+    if not inserted:  # another intake created it first
+        return int(
+            connection.execute(
+                sa.select(requests.c.priority).where(requests.c.ref == ref)
+            ).scalar_one()
+        )
+    custody.append(
+        connection,
+        [
+            CustodyEntry(
+                actor=actor,
+                action="request",
+                details={"ref": ref, "priority": priority, "deadline": None, "implicit": True},
+            )
+        ],
+    )
+    return priority
+
+
+def create(
+    database: Database, ref: str, priority: int, deadline: dt.datetime | None, actor: str
+) -> Request:
+    """Create a request, or set the priority and deadline of an existing one.
+
+    Items already acquired under the reference take the priority at once.
+    """
+    now = utc_now()
+    with database.writer.begin() as connection:
+        existing = connection.execute(sa.select(requests).where(requests.c.ref == ref)).first()
+        if existing is None:
+            connection.execute(
+                sa.insert(requests).values(
+                    ref=ref,
+                    priority=priority,
+                    deadline=deadline,
+                    created_at=now,
+                    created_by=actor,
+                    updated_at=now,
+                )
+            )
+        else:
+            connection.execute(
+                sa.update(requests)
+                .where(requests.c.ref == ref)
+                .values(priority=priority, deadline=deadline, updated_at=now)
+            )
+        changed = _apply_priority(connection, ref)
+        custody.append(
+            connection,
+            [
+                CustodyEntry(
+                    actor=actor,
+                    action="request",
+                    details={
+                        "ref": ref,
+                        "priority": priority,
+                        "deadline": deadline.isoformat() if deadline else None,
+                        "replaces": None
+                        if existing is None
+                        else {
+                            "priority": existing.priority,
+                            "deadline": as_utc(existing.deadline).isoformat()
+                            if existing.deadline
+                            else None,
+                        },
+                        "queued_jobs_changed": changed,
+                    },
+                )
+            ],
+        )
+    found = get(database, ref)
+    assert found is not None  # written just above
+    return found
+
+
+def set_priority(database: Database, ref: str, priority: int, actor: str) -> int:
+    """Re-prioritise a request and its items' queued jobs; how many jobs changed.
+
+    Raises:
+        UnknownRequest: no request has this reference.
+    """
+    with database.writer.begin() as connection:
+        before = connection.execute(
+            sa.select(requests.c.priority).where(requests.c.ref == ref)
+        ).scalar()
+        if before is None:
+            raise UnknownRequest(ref)
+        connection.execute(
+            sa.update(requests)
+            .where(requests.c.ref == ref)
+            .values(priority=priority, updated_at=utc_now())
+        )
+        changed = _apply_priority(connection, ref)
+        custody.append(
+            connection,
+            [
+                CustodyEntry(
+                    actor=actor,
+                    action="request_priority",
+                    details={
+                        "ref": ref,
+                        "priority": priority,
+                        "previous": int(before),
+                        "queued_jobs_changed": changed,
+                    },
+                )
+            ],
+        )
+    return changed
+
+
+def _apply_priority(connection: sa.Connection, ref: str) -> int:
+    """Set the queued jobs of the request's items to what their requests and arrivals ask
+    for now: the highest of the priorities of the requests an item belongs to, and of its
+    arrivals outside any request."""
+    members = sa.select(acquisitions.c.sha256).where(acquisitions.c.request_ref == ref)
+    wanted = (
+        sa.select(
+            acquisitions.c.sha256,
+            sa.func.max(sa.func.coalesce(requests.c.priority, acquisitions.c.priority)),
+        )
+        .outerjoin(requests, requests.c.ref == acquisitions.c.request_ref)
+        .where(acquisitions.c.sha256.in_(members))
+        .group_by(acquisitions.c.sha256)
+    )
+    changed = 0
+    by_priority: dict[int, list[str]] = {}
+    for sha256, priority in connection.execute(wanted):
+        by_priority.setdefault(int(priority), []).append(sha256)
+    for priority, shas in by_priority.items():
+        for start in range(0, len(shas), _CHUNK):
+            changed += connection.execute(
+                sa.update(jobs_table)
+                .where(
+                    jobs_table.c.sha256.in_(shas[start : start + _CHUNK]),
+                    jobs_table.c.state == QUEUED,
+                    jobs_table.c.priority != priority,
+                )
+                .values(priority=priority, updated_at=utc_now())
+            ).rowcount
+    return changed

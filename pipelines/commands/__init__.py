@@ -1,0 +1,1 @@
+"""The `qarina` command's parts, one module per area of work; `pipelines/cli.py` joins them."""
