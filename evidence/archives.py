@@ -100,7 +100,11 @@ def register_members(
         acquired = [
             acquisition_id
             for arrival in arrivals
-            if (acquisition_id := _acquire(database, connection, job, member, arrival, path_sha256))
+            if (
+                acquisition_id := _acquire(
+                    database, connection, job.sha256, member.sha256, member.inner_path, arrival
+                )
+            )
             is not None
         ]
         entries.append(
@@ -136,29 +140,69 @@ def _register_item(database: Database, connection: sa.Connection, member: Member
     )
 
 
+def propagate_arrival(
+    database: Database, connection: sa.Connection, archive_sha256: str, arrival_id: int, actor: str
+) -> list[CustodyEntry]:
+    """A new arrival of an archive already expanded brings its members again: from that
+    source, for that request, at that priority. Inside the caller's transaction; members
+    that are archives pass the arrival on to theirs. The caller raises the members' queued
+    jobs to the arrival's priority (every item in the returned events)."""
+    arrival = connection.execute(
+        sa.select(acquisitions).where(acquisitions.c.id == arrival_id)
+    ).one()
+    entries = []
+    for member in connection.execute(
+        sa.select(archive_members).where(archive_members.c.archive_sha256 == archive_sha256)
+    ).all():
+        acquired = _acquire(
+            database, connection, archive_sha256, member.member_sha256, member.path, arrival
+        )
+        if acquired is None:
+            continue
+        entries.append(
+            CustodyEntry(
+                actor=actor,
+                action="ingest",
+                item_sha256=member.member_sha256,
+                details={
+                    "from_archive": archive_sha256,
+                    "archive_acquisition_id": arrival_id,
+                    "path_sha256": hashlib.sha256(member.path).hexdigest(),
+                    "depth": member.depth,
+                    "acquisition_ids": [acquired],
+                    "duplicate_of_stored_item": True,
+                    "priority": arrival.priority,
+                },
+            )
+        )
+        entries += propagate_arrival(database, connection, member.member_sha256, acquired, actor)
+    return entries
+
+
 def _acquire(
     database: Database,
     connection: sa.Connection,
-    job: LeasedJob,
-    member: MemberRecord,
+    archive_sha256: str,
+    member_sha256: str,
+    inner_path: bytes,
     arrival: sa.Row[tuple[object, ...]],
-    path_sha256: str,
 ) -> int | None:
     """One acquisition of a member per arrival of its archive: it came from the same source,
     for the same request; None when this arrival's member was registered before."""
+    path_sha256 = hashlib.sha256(inner_path).hexdigest()
     inserted: int | None = connection.execute(
         database.insert(acquisitions)
         .values(
-            sha256=member.sha256,
+            sha256=member_sha256,
             source=arrival.source,
-            original_name=member.inner_path.rstrip(b"/").rsplit(b"/", 1)[-1],
-            original_path=member.inner_path,
+            original_name=inner_path.rstrip(b"/").rsplit(b"/", 1)[-1],
+            original_path=inner_path,
             original_mtime=None,
             operator=arrival.operator,
             acquired_at=utc_now(),
             priority=arrival.priority,
             request_ref=arrival.request_ref,
-            intake_key=f"{MEMBER_INTAKE}{job.sha256}:{path_sha256[:32]}:{arrival.id}",
+            intake_key=f"{MEMBER_INTAKE}{archive_sha256}:{path_sha256[:32]}:{arrival.id}",
         )
         .on_conflict_do_nothing()
         .returning(acquisitions.c.id)

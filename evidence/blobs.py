@@ -3,6 +3,8 @@
 An original is hashed while it is copied in, written to a temporary file, read back and hashed
 again, fsynced, and only then linked to its final name and made read-only. The same bytes
 arriving twice are stored once. Nothing in Qarina ever opens a blob for writing afterwards.
+Files on disk come in through `put`, bytes streamed over the network through `put_stream`:
+the same copy, checks and layout behind both.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import queue
 import stat
 import threading
 import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +37,14 @@ class IngestRefused(Exception):
 
 class BlobIntegrityError(Exception):
     """The bytes read back differ from the bytes read in: the copy is discarded."""
+
+
+class BlobTooLarge(Exception):
+    """A stream went past its size cap: nothing stored, the partial copy removed."""
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(f"more than {max_bytes} bytes")
+        self.max_bytes = max_bytes
 
 
 @dataclass(frozen=True)
@@ -94,16 +105,45 @@ class BlobStore:
             if not stat.S_ISREG(opened.st_mode):
                 raise IngestRefused(_describe_mode(opened.st_mode))
             os.set_blocking(source_fd, True)
-            return self._copy_in(source_fd)
+            return self._copy_in(lambda: os.read(source_fd, CHUNK_BYTES))
         finally:
             os.close(source_fd)
 
-    def _copy_in(self, source_fd: int) -> StoredBlob:
+    def put_stream(self, chunks: Iterable[bytes], max_bytes: int | None = None) -> StoredBlob:
+        """Store bytes that arrive in pieces (an HTTP upload) by content, as `put` stores a file.
+
+        The pieces are hashed as they are written into the temporary area, so a stream is never
+        held in memory nor written twice; an empty piece ends nothing (only the end of
+        `chunks` does). Whatever `chunks` raises (a client gone mid-upload) removes the
+        partial copy and propagates.
+
+        Raises:
+            BlobTooLarge: the stream went past `max_bytes`; raised as soon as it does, without
+                reading the rest.
+            BlobIntegrityError: the read-back hash differs from the copy-in hash.
+        """
+        pieces = iter(chunks)
+        received = 0
+
+        def read() -> bytes:
+            nonlocal received
+            for piece in pieces:
+                if piece:
+                    received += len(piece)
+                    if max_bytes is not None and received > max_bytes:
+                        raise BlobTooLarge(max_bytes)
+                    return piece
+            return b""
+
+        return self._copy_in(read)
+
+    def _copy_in(self, read: Callable[[], bytes]) -> StoredBlob:
+        """Copy what `read` returns until it returns b"" into the store by content."""
         self._tmp.mkdir(parents=True, exist_ok=True)
         temp = self._tmp / f"{uuid.uuid4().hex}.part"
         temp_fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
-            sha256, size = _copy_hash_and_verify(source_fd, temp_fd, temp)
+            sha256, size = _copy_hash_and_verify(read, temp_fd, temp)
         except BaseException:
             os.close(temp_fd)
             temp.unlink(missing_ok=True)
@@ -201,8 +241,10 @@ def _read_back(
         os.close(read_fd)
 
 
-def _copy_hash_and_verify(source_fd: int, temp_fd: int, temp: Path) -> tuple[str, int]:
+def _copy_hash_and_verify(read: Callable[[], bytes], temp_fd: int, temp: Path) -> tuple[str, int]:
     """Copy with three overlapping threads: read+hash, write+sync, read-back-from-disk+hash.
+
+    `read` returns the next piece of the source, b"" at its end.
 
     The read-back runs on a second descriptor a few synced spans behind the writer, so the
     verify read overlaps the copy instead of being a second pass (`qarina bench ingest`
@@ -221,7 +263,7 @@ def _copy_hash_and_verify(source_fd: int, temp_fd: int, temp: Path) -> tuple[str
     source_digest = hashlib.sha256()
     size = 0
     try:
-        while chunk := os.read(source_fd, CHUNK_BYTES):
+        while chunk := read():
             source_digest.update(chunk)
             size += len(chunk)
             to_write.put(chunk)

@@ -38,7 +38,11 @@ def pause_state(database: Database) -> PauseState:
 
 
 def set_paused(database: Database, paused: bool, actor: str, reason: str | None = None) -> bool:
-    """Pause or resume new leases everywhere; whether the state changed."""
+    """Pause or resume new leases everywhere; whether the state changed.
+
+    Asking for the state the switch is already in is recorded in custody and changes
+    nothing else: the pause keeps its reason, its time and who made it.
+    """
     now = utc_now()
     value = {"paused": paused, "reason": reason}
     with database.writer.begin() as connection:
@@ -52,7 +56,7 @@ def set_paused(database: Database, paused: bool, actor: str, reason: str | None 
                     name=_PAUSE, value=value, updated_at=now, updated_by=actor
                 )
             )
-        else:
+        elif was_paused != paused:
             connection.execute(
                 sa.update(controls)
                 .where(controls.c.name == _PAUSE)

@@ -82,7 +82,16 @@ def connect(url: str) -> Database:
         return Database(
             url, _sqlite_engine(url, immediate=True), _sqlite_engine(url, immediate=False)
         )
-    engine = sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    # preserve_rowcount: with psycopg 3, SQLAlchemy reports -1 as the rowcount of an INSERT
+    # (ON CONFLICT DO NOTHING) unless asked to keep it, and registration reads it to tell a
+    # new item from a known one.
+    engine = sa.create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=5,
+        max_overflow=5,
+        execution_options={"preserve_rowcount": True},
+    )
     return Database(url, engine, engine)
 
 

@@ -314,16 +314,19 @@ def commit(
     return CommitReport(committed, stale)
 
 
-def _finish(connection: sa.Connection, job: LeasedJob, **values: Any) -> bool:
-    """End the lease, but only if it is still this job's lease (the fencing check)."""
-    return (
-        connection.execute(
-            sa.update(jobs)
-            .where(jobs.c.id == job.id, jobs.c.lease_token == job.token, jobs.c.state == LEASED)
-            .values(lease_owner=None, lease_expires_at=None, updated_at=utc_now(), **values)
-        ).rowcount
-        == 1
-    )
+def _finish(connection: sa.Connection, job: LeasedJob, **values: Any) -> int | None:
+    """End the lease, but only if it is still this job's lease (the fencing check).
+
+    Returns the job's priority as it is now (None when the lease had moved on): a request
+    re-prioritised while the job ran has changed it, and its follow-ups must take the new one.
+    """
+    priority: int | None = connection.execute(
+        sa.update(jobs)
+        .where(jobs.c.id == job.id, jobs.c.lease_token == job.token, jobs.c.state == LEASED)
+        .values(lease_owner=None, lease_expires_at=None, updated_at=utc_now(), **values)
+        .returning(jobs.c.priority)
+    ).scalar()
+    return priority
 
 
 def _set_kind(connection: sa.Connection, sha256: str, kind: str | None) -> None:
@@ -339,9 +342,10 @@ def _commit_success(
     actor: str,
 ) -> list[CustodyEntry] | None:
     now = utc_now()
-    if not _finish(
+    priority = _finish(
         connection, job, state=DONE, finished_at=now, error_reason=None, error_detail=None
-    ):
+    )
+    if priority is None:
         return None
     data = dict(outcome.data)
     data_sha256 = hashlib.sha256(canonical_json(data).encode()).hexdigest()
@@ -380,7 +384,7 @@ def _commit_success(
             ],
         )
     _set_kind(connection, job.sha256, outcome.item_kind)
-    enqueue(database, connection, job.sha256, outcome.follow_ups, job.priority, job.max_attempts)
+    enqueue(database, connection, job.sha256, outcome.follow_ups, priority, job.max_attempts)
     entries: list[CustodyEntry] = []
     if inserted is not None and outcome.members:
         entries, found = archives.register_members(
@@ -392,11 +396,11 @@ def _commit_success(
                 connection,
                 member_sha256,
                 outcome.member_jobs,
-                job.priority,
+                priority,
                 job.max_attempts,
             )
             if not new_item:
-                raise_priority(connection, member_sha256, job.priority)
+                raise_priority(connection, member_sha256, priority)
     result_entry = CustodyEntry(
         actor=actor,
         action="result" if outcome.skip_reason is None else "skip",
@@ -426,14 +430,17 @@ def _commit_failure(
         state = QUEUED
     else:
         state = DEAD
-    if not _finish(
-        connection,
-        job,
-        state=state,
-        attempts=attempts,
-        error_reason=outcome.reason,
-        error_detail=outcome.detail,
-        finished_at=None if state == QUEUED else utc_now(),
+    if (
+        _finish(
+            connection,
+            job,
+            state=state,
+            attempts=attempts,
+            error_reason=outcome.reason,
+            error_detail=outcome.detail,
+            finished_at=None if state == QUEUED else utc_now(),
+        )
+        is None
     ):
         return None
     _set_kind(connection, job.sha256, outcome.item_kind)

@@ -9,6 +9,7 @@ Every change is a custody event naming who asked.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -16,7 +17,7 @@ import sqlalchemy as sa
 from evidence import custody
 from evidence.custody import CustodyEntry
 from evidence.db import Database, as_utc, utc_now
-from evidence.jobs import QUEUED
+from evidence.jobs import LEASED, QUEUED
 from evidence.schema import acquisitions, requests
 from evidence.schema import jobs as jobs_table
 
@@ -195,14 +196,37 @@ def set_priority(database: Database, ref: str, priority: int, actor: str) -> int
 
 
 def _apply_priority(connection: sa.Connection, ref: str) -> int:
-    """Set the queued jobs of the request's items to what their requests and arrivals ask
-    for now: the highest of the priorities of the requests an item belongs to, and of its
-    arrivals outside any request."""
-    members = sa.select(acquisitions.c.sha256).where(acquisitions.c.request_ref == ref)
+    """Set the open jobs of the request's items to what their requests and arrivals ask
+    for now: the highest of the priorities of the requests an item belongs to and of its
+    arrivals' own (an arrival that asked for more than its request keeps it). Leased jobs
+    change too: the follow-ups they queue when they finish take their priority."""
+    return _apply_to(
+        connection, sa.select(acquisitions.c.sha256).where(acquisitions.c.request_ref == ref)
+    )
+
+
+def reapply_priority(connection: sa.Connection, shas: Sequence[str]) -> int:
+    """Give the queued jobs of these items that belong to a request the priority their
+    requests ask for now, inside the caller's transaction: a job queued again after its
+    request was re-prioritised (requeued failures) must not keep the priority it had."""
+    return _apply_to(
+        connection,
+        sa.select(acquisitions.c.sha256).where(
+            acquisitions.c.sha256.in_(shas), acquisitions.c.request_ref.is_not(None)
+        ),
+    )
+
+
+def _apply_to(connection: sa.Connection, members: sa.Select[tuple[str]]) -> int:
     wanted = (
         sa.select(
             acquisitions.c.sha256,
-            sa.func.max(sa.func.coalesce(requests.c.priority, acquisitions.c.priority)),
+            sa.func.max(
+                sa.case(
+                    (requests.c.priority > acquisitions.c.priority, requests.c.priority),
+                    else_=acquisitions.c.priority,
+                )
+            ),
         )
         .outerjoin(requests, requests.c.ref == acquisitions.c.request_ref)
         .where(acquisitions.c.sha256.in_(members))
@@ -218,7 +242,7 @@ def _apply_priority(connection: sa.Connection, ref: str) -> int:
                 sa.update(jobs_table)
                 .where(
                     jobs_table.c.sha256.in_(shas[start : start + _CHUNK]),
-                    jobs_table.c.state == QUEUED,
+                    jobs_table.c.state.in_((QUEUED, LEASED)),
                     jobs_table.c.priority != priority,
                 )
                 .values(priority=priority, updated_at=utc_now())

@@ -13,7 +13,7 @@ from collections.abc import Collection
 
 import sqlalchemy as sa
 
-from evidence import custody
+from evidence import custody, requests
 from evidence.custody import CustodyEntry
 from evidence.db import Database, utc_now
 from evidence.jobs import DEAD, FAILED, QUEUED
@@ -33,7 +33,13 @@ def requeue_failed(
     request_ref: str | None = None,
 ) -> int:
     """Queue again the failed and dead jobs under `keys` (of one stage, of one request's
-    items, when given); how many were requeued."""
+    items, when given); how many were requeued.
+
+    Pages follow the job id, so a job requeued here that fails again while later pages
+    are requeued (a driver runs meanwhile) is not taken twice, and the call ends however
+    fast its jobs fail. A requeued job of a request's item takes the priority its requests
+    ask for now, not the one it failed with.
+    """
     conditions = [jobs.c.state.in_((FAILED, DEAD)), under_keys(jobs, keys)]
     if stage is not None:
         conditions.append(jobs.c.stage == stage)
@@ -43,10 +49,10 @@ def requeue_failed(
                 sa.select(acquisitions.c.sha256).where(acquisitions.c.request_ref == request_ref)
             )
         )
-    requeued = 0
+    requeued = last_id = 0
     while True:
         with database.writer.begin() as connection:
-            rows = connection.execute(
+            page = (
                 sa.select(
                     jobs.c.id,
                     jobs.c.sha256,
@@ -58,10 +64,15 @@ def requeue_failed(
                     jobs.c.error_reason,
                     jobs.c.error_detail,
                 )
-                .where(*conditions)
+                .where(*conditions, jobs.c.id > last_id)
                 .order_by(jobs.c.id)
                 .limit(_PAGE)
-            ).all()
+            )
+            if not database.is_sqlite:
+                # Two requeues at once (an operator and the API) take a job once: the
+                # second waits for the first's rows and finds them queued.
+                page = page.with_for_update()
+            rows = connection.execute(page).all()
             if not rows:
                 return requeued
             connection.execute(
@@ -76,6 +87,7 @@ def requeue_failed(
                     updated_at=utc_now(),
                 )
             )
+            requests.reapply_priority(connection, [row.sha256 for row in rows])
             custody.append(
                 connection,
                 [
@@ -100,3 +112,4 @@ def requeue_failed(
                 ],
             )
             requeued += len(rows)
+            last_id = rows[-1].id

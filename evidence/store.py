@@ -11,13 +11,20 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from evidence import custody, jobs, records, requests
+from evidence import archives, custody, jobs, records, requests
 from evidence import matches as match_links
 from evidence.blobs import BlobStore, StoredBlob
 from evidence.custody import CustodyEntry
 from evidence.db import Database, as_utc, connect, migrate, utc_now
 from evidence.records import CurrentKeys
-from evidence.schema import acquisitions, artifacts, items, results, under_keys
+from evidence.schema import (
+    acquisitions,
+    archive_members,
+    artifacts,
+    items,
+    results,
+    under_keys,
+)
 from evidence.schema import jobs as jobs_table
 from evidence.status import StatusReport, status_report
 
@@ -120,7 +127,9 @@ class Store:
                     original_mtime=acquisition.original_mtime,
                     operator=acquisition.operator,
                     acquired_at=now,
-                    priority=priority,
+                    # The arrival's own urgency; its jobs take its request's when higher,
+                    # and keep this one when the request is lowered later.
+                    priority=acquisition.priority,
                     request_ref=acquisition.request_ref,
                     intake_key=acquisition.intake_key,
                 )
@@ -132,8 +141,15 @@ class Store:
             jobs.enqueue(
                 self.database, connection, blob.sha256, initial_jobs, priority, max_attempts
             )
+            brought: list[CustodyEntry] = []
             if not new_item:
                 jobs.raise_priority(connection, blob.sha256, priority)
+                # An archive expanded before: its members arrive again with this arrival.
+                brought = archives.propagate_arrival(
+                    self.database, connection, blob.sha256, acquisition_id, actor
+                )
+                for member in {entry.item_sha256 for entry in brought} - {None}:
+                    jobs.raise_priority(connection, str(member), priority)
             custody.append(
                 connection,
                 [
@@ -155,7 +171,8 @@ class Store:
                             "priority": priority,
                             "request_ref": acquisition.request_ref,
                         },
-                    )
+                    ),
+                    *brought,
                 ],
             )
         return Registered(blob.sha256, new_item, acquisition_id)
@@ -179,6 +196,17 @@ class Store:
             )
         )
 
+    def intake_arrival(self, intake_key: str) -> tuple[str, int] | None:
+        """The item and acquisition id an intake key was registered with, if it was: what a
+        retried intake answers with, having recorded nothing new."""
+        with self.database.reader.connect() as connection:
+            row = connection.execute(
+                sa.select(acquisitions.c.sha256, acquisitions.c.id).where(
+                    acquisitions.c.intake_key == intake_key
+                )
+            ).first()
+        return None if row is None else (row.sha256, int(row.id))
+
     def status(
         self,
         request_ref: str | None = None,
@@ -195,6 +223,8 @@ class Store:
         other keys (an older stage version, another model) are listed apart, in
         `superseded`, each with its key and artifacts. Failures and pending jobs are those
         of the current keys; a stage's failure under an older key is history in custody.
+        `archive_members` lists what an archive held and `found_in_archives` the archives an
+        item was found in, each with the path inside the archive and how deep it lay.
         """
         planned = {key for keys in current.values() for key in keys}
         with self.database.reader.connect() as connection:
@@ -221,6 +251,16 @@ class Store:
                 .order_by(artifacts.c.id)
             ):
                 derived.setdefault(row.result_id, []).append(_artifact_json(row))
+            links = connection.execute(
+                sa.select(archive_members)
+                .where(
+                    sa.or_(
+                        archive_members.c.archive_sha256 == sha256,
+                        archive_members.c.member_sha256 == sha256,
+                    )
+                )
+                .order_by(archive_members.c.id)
+            ).all()
         shown = [
             (_key_of(row) in planned, _result_json(row, derived.get(row.id, [])))
             for row in stage_results
@@ -254,6 +294,16 @@ class Store:
             "matches": [
                 match_links.as_seen_from(link, sha256)
                 for link in match_links.links_of(self.database, sha256)
+            ],
+            "archive_members": [
+                {"sha256": row.member_sha256, **_inner_path_json(row)}
+                for row in links
+                if row.archive_sha256 == sha256
+            ],
+            "found_in_archives": [
+                {"archive_sha256": row.archive_sha256, **_inner_path_json(row)}
+                for row in links
+                if row.member_sha256 == sha256
             ],
         }
 
@@ -333,6 +383,11 @@ def _artifact_json(row: sa.Row[Any]) -> dict[str, Any]:
 def _display_bytes(raw: bytes) -> str:
     """Raw file-system bytes as text without loss: bytes that are not UTF-8 appear as \\xNN."""
     return raw.decode("utf-8", "backslashreplace")
+
+
+def _inner_path_json(row: sa.Row[Any]) -> dict[str, Any]:
+    """A member's path inside its archive, as text without loss and as its raw bytes."""
+    return {"path": _display_bytes(row.path), "path_hex": row.path.hex(), "depth": row.depth}
 
 
 def _acquisition_json(row: sa.Row[Any]) -> dict[str, Any]:

@@ -14,11 +14,23 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Group, RenderableType
 from rich.table import Table
+from rich.text import Text
 
+from evidence.controls import PauseState, pause_state
 from evidence.jobs import OPEN_STATES
+from evidence.requests import UnknownRequest
 from evidence.status import StatusReport
+from evidence.store import Store
 from models import whisper
+from pipelines.backlog import BacklogProgress, backlog_progress
+from pipelines.commands import (
+    api,  # noqa: F401 - registers its commands on the app
+    backlog,
+    intake,  # noqa: F401 - registers its commands on the app
+    service,  # noqa: F401 - registers its commands on the app
+)
 from pipelines.commands.base import (
     LANGUAGE,
     app,
@@ -31,35 +43,11 @@ from pipelines.commands.base import (
     write_json,
 )
 from pipelines.dedup.reports import dupes_report, hash_outside_store, similar_report
-from pipelines.ingest import ingest_paths
 from pipelines.plan import Plan
 from pipelines.session import open_matcher, open_store, process_queue
 from workers.base import Kind, StageError, StageSkipped
 
 __all__ = ["app"]
-
-
-@app.command()
-def ingest(
-    ctx: typer.Context,
-    paths: Annotated[list[Path], typer.Argument(help="Files and folders (recursive).")],
-    source: Annotated[str, typer.Option("--source", help="Who or what the material came from.")],
-    priority: Annotated[int, typer.Option(help="Higher runs first.")] = 0,
-    request: Annotated[str | None, typer.Option("--request", help="Request reference.")] = None,
-) -> None:
-    """Copy files into the store by content, record each arrival and queue its processing."""
-    config = config_of(ctx)
-    store = open_store(config)
-    try:
-        plan = Plan.default(settings=config)
-        summary = ingest_paths(store, plan, config, paths, source, priority, request)
-    finally:
-        store.close()
-    out.print(
-        f"{summary.files} files: {summary.new_items} new items,"
-        f" {summary.duplicates} already stored,"
-        f" {sum(summary.refused.values())} refused {summary.refused or ''}".rstrip()
-    )
 
 
 @app.command()
@@ -79,6 +67,7 @@ def run(
     try:
         summary = process_queue(config, store, sequential, console)
         status = store.status(current=Plan.default(settings=config).current_keys())
+        paused = pause_state(store.database) if summary.paused else None
     except whisper.ModelMissing as error:
         console.print(f"no speech model: {error}")
         raise typer.Exit(2) from None
@@ -89,6 +78,12 @@ def run(
         f" in {summary.wall_s:.1f} s;"
         f" {status.open_jobs} jobs open"
     )
+    if paused is not None:
+        out.print(
+            "the run ended because leasing is paused: "
+            + (backlog.pause_line(paused) or "resumed since; `qarina run` goes on"),
+            markup=False,
+        )
     if status.superseded_items:
         out.print(
             f"items holding only results under older keys: {status.superseded_items}"
@@ -178,13 +173,36 @@ def _status_table(report: StatusReport) -> Table:
 def status(
     ctx: typer.Context,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
-    request: Annotated[str | None, typer.Option("--request", help="Only this request.")] = None,
+    request: Annotated[
+        str | None,
+        typer.Option("--request", help="Only this request, with its progress, ETA and deadline."),
+    ] = None,
+    watch: Annotated[
+        bool, typer.Option("--watch", help="Redraw live (counts only) until Ctrl-C.")
+    ] = False,
+    every: Annotated[float, typer.Option(help="Seconds between redraws with --watch.")] = 2.0,
+    refreshes: Annotated[
+        int | None, typer.Option(hidden=True, help="Stop --watch after this many draws.")
+    ] = None,
 ) -> None:
-    """Counts per stage and state under the current keys, throughput, ETA, superseded items."""
+    """Counts per stage and state under the current keys, throughput, ETA, superseded items;
+    with --request, the request's progress, ETA and whether its deadline holds."""
     config = config_of(ctx)
+    if watch and as_json:
+        console.print("--watch draws a live view; --json reads once")
+        raise typer.Exit(2)
+    plan = Plan.default(settings=config)
     store = open_store(config)
     try:
-        report = store.status(request, current=Plan.default(settings=config).current_keys())
+        if watch:
+            backlog.watch(
+                lambda: _status_view(*_status_read(store, plan, request)), every, refreshes
+            )
+            return
+        report, progress, paused = _status_read(store, plan, request)
+    except UnknownRequest:
+        console.print(f"no request {request} (`qarina request list` lists them)")
+        raise typer.Exit(1) from None
     finally:
         store.close()
     if as_json:
@@ -199,21 +217,43 @@ def status(
                 "stage_errors": report.stage_errors,
                 "superseded_items": report.superseded_items,
                 "other_key_jobs": report.other_key_jobs,
+                "paused": paused.paused,
             }
+            | ({} if progress is None else {"progress": progress.to_json()})
         )
         return
-    out.print(_status_table(report))
+    out.print(_status_view(report, progress, paused))
+
+
+def _status_read(
+    store: Store, plan: Plan, request: str | None
+) -> tuple[StatusReport, BacklogProgress | None, PauseState]:
+    """What `status` shows, read at once.
+
+    Raises:
+        UnknownRequest: `request` names no request.
+    """
+    progress = None if request is None else backlog_progress(store, plan, request)
+    report = store.status(request, current=plan.current_keys())
+    return report, progress, pause_state(store.database)
+
+
+def _status_view(
+    report: StatusReport, progress: BacklogProgress | None, paused: PauseState
+) -> Group:
+    """The status as people read it: counts only, never names."""
+    lines: list[RenderableType] = [_status_table(report)]
     rate = f"{report.throughput_per_s:.1f} jobs/s" if report.throughput_per_s else "idle"
     eta = f", ETA {report.eta_s:.0f} s" if report.eta_s else ""
-    out.print(f"{report.open_jobs} open jobs; {rate} over the last {report.window_s} s{eta}")
+    lines.append(f"{report.open_jobs} open jobs; {rate} over the last {report.window_s} s{eta}")
     if report.failures_by_reason:
-        out.print(f"failures: {report.failures_by_reason}")
+        lines.append(f"failures: {report.failures_by_reason}")
     if report.stage_errors:
-        out.print(
+        lines.append(
             f"bugs (stage_error, see `qarina show` for fingerprints): {report.stage_errors}"
         )
     if report.superseded_items:
-        out.print(
+        lines.append(
             "items holding only superseded results (`qarina reprocess --stage S` queues"
             f" them): {report.superseded_items}"
         )
@@ -222,10 +262,16 @@ def status(
         for stage, counts in report.other_key_jobs.items()
     }
     if any(waiting.values()):
-        out.print(
+        lines.append(
             "open jobs under keys this plan does not name (no driver with these options runs"
             f" them; `qarina reprocess --stage S` replaces them): {waiting}"
         )
+    pause_line = backlog.pause_line(paused)
+    if pause_line is not None:
+        lines.append(Text(pause_line))  # the operator's reason, never read as markup
+    if progress is not None:
+        lines.append(backlog.progress_view(progress))
+    return Group(*lines)
 
 
 @app.command()

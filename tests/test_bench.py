@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from pipelines.bench.api import bench_api
 from pipelines.bench.backlog import bench_backlog
 from pipelines.bench.ingest import bench_ingest
+from pipelines.bench.intake import bench_intake
 from pipelines.bench.photos import bench_photos, make_photos
 from pipelines.config import QarinaConfig
 
@@ -41,6 +43,39 @@ def test_bench_ingest_compares_with_openssl_and_dd(
     assert result["ratios"]["ingest_disk_to_openssl"] > 0
     assert result["ratios"]["ingest_disk_to_dd"] > 0
     assert result["target"]["ingest_to_openssl"] == 0.5
+
+
+def test_bench_api_registers_every_upload_once(sqlite_config: QarinaConfig, tmp_path: Path) -> None:
+    output = tmp_path / "results" / "api.json"
+    result = bench_api(sqlite_config, output, clients=3, uploads=4, runs=1)
+    _assert_report(result, output, sqlite_config)
+    assert result["exactly_once"]
+    (run,) = result["runs"]
+    concurrent = run["concurrent"]
+    assert concurrent["store"] == {
+        "acquisitions": 12, "lost": 0, "duplicated": 0, "unexpected": 0, "keys_distinct": 12,
+    }  # fmt: skip
+    # One retry per client (its first upload), each answered with the first registration.
+    assert (concurrent["retries_sent"], concurrent["retries_not_replayed"]) == (3, 0)
+    assert run["sequential"]["store"]["acquisitions"] == run["ingest"]["new_items"] == 12
+    median = result["median"]
+    assert median["concurrent"]["p99_ms"] >= median["concurrent"]["median_ms"] > 0
+    assert median["ratios"]["concurrent_to_sequential"] > 0
+    assert median["ratios"]["concurrent_to_ingest"] > 0
+
+
+def test_bench_intake_takes_every_dropped_file_once(
+    sqlite_config: QarinaConfig, tmp_path: Path
+) -> None:
+    output = tmp_path / "results" / "intake.json"
+    result = bench_intake(sqlite_config, output, files=40, runs=1)
+    _assert_report(result, output, sqlite_config)
+    assert result["exactly_once"] and result["all_moved"]
+    (round_,) = result["runs"]
+    assert round_["watch"]["acquisitions"] == round_["ingest"]["new_items"] == 40
+    figures = result["median"]
+    assert figures["watch_files_per_s"] > 0 and figures["watch_to_ingest_rate"] > 0
+    assert 0 < figures["latency_median_s"] <= figures["latency_p99_s"]
 
 
 def test_bench_backlog_on_sqlite(sqlite_config: QarinaConfig, tmp_path: Path) -> None:

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import gzip
 import json
+import lzma
+import tarfile
+import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import ClassVar
 
 import pytest
 
-from pipelines.samples import audio, hostile, photos, videos
+from pipelines.samples import archives, audio, hostile, photos, videos
 from tests.stage_contract import StageContract
 from workers.base import FailureReason, Kind, StageError, StageInput, result_to_json
 from workers.probe import ProbeConfig, ProbeResult, ProbeStage
@@ -69,8 +74,9 @@ def test_html_named_mp4_is_unsupported_and_says_what_it_is(
 
 @pytest.mark.parametrize(
     ("content", "family"),
-    [(b"", "empty file"), (b"%PDF-1.7\n", "pdf document"), (b"PK\x03\x04rest", "zip archive"),
-     (b"just some notes\n", "text document")],
+    [(b"", "empty file"), (b"%PDF-1.7\n", "pdf document"), (b"just some notes\n", "text document"),
+     (gzip.compress(b"just some notes\n"), "gzip data"),
+     (lzma.compress(b"just some notes\n"), "xz data")],
 )
 def test_other_content_is_unsupported(
     probe: ProbeStage, tmp_path: Path, content: bytes, family: str
@@ -80,6 +86,55 @@ def test_other_content_is_unsupported(
     with pytest.raises(StageError) as caught:
         _run(probe, path, tmp_path)
     assert (caught.value.reason, caught.value.detail) == (FailureReason.UNSUPPORTED_TYPE, family)
+
+
+def _empty_zip(path: Path, members: dict[str | bytes, Path]) -> Path:
+    del members  # an archive of nothing is still an archive
+    zipfile.ZipFile(path, "w").close()
+    return path
+
+
+def _gnu_tar(path: Path, members: dict[str | bytes, Path]) -> Path:
+    return archives.tar_archive(path, members, compression="", tar_format=tarfile.GNU_FORMAT)
+
+
+def _plain_tar(path: Path, members: dict[str | bytes, Path]) -> Path:
+    return archives.tar_archive(path, members, compression="")
+
+
+def _xz_tar(path: Path, members: dict[str | bytes, Path]) -> Path:
+    return archives.tar_archive(path, members, compression="xz")
+
+
+@pytest.mark.parametrize(
+    ("build", "family", "mime"),
+    [
+        (archives.zip_archive, "zip", "application/zip"),
+        (_empty_zip, "zip", "application/zip"),
+        (_plain_tar, "tar", "application/x-tar"),
+        (_gnu_tar, "tar", "application/x-tar"),
+        (archives.tar_archive, "tar.gz", "application/gzip"),
+        (_xz_tar, "tar.xz", "application/x-xz"),
+    ],
+)
+def test_archives_are_recognised_from_their_bytes(
+    probe: ProbeStage,
+    tmp_path: Path,
+    build: Callable[[Path, dict[str | bytes, Path]], Path],
+    family: str,
+    mime: str,
+) -> None:
+    photo = photos.striped(tmp_path / "photo.jpg", size=(64, 48))
+    result = _run(probe, build(tmp_path / "item.jpg", {"DCIM/photo.jpg": photo}), tmp_path)
+    assert (result.kind, result.format, result.mime) == ("archive", family, mime)
+    assert result.ffprobe is None and result.duration_s is None
+
+
+def test_tar_whose_first_name_looks_like_media_is_a_tar(probe: ProbeStage, tmp_path: Path) -> None:
+    # A tar starts with its first member's name: here one that begins like an MP3 (ID3).
+    photo = photos.striped(tmp_path / "photo.jpg", size=(64, 48))
+    tar = _gnu_tar(tmp_path / "item", {"ID3 tags/photo.jpg": photo})
+    assert (_run(probe, tar, tmp_path).kind, tar.read_bytes()[:3]) == ("archive", b"ID3")
 
 
 def test_video_with_audio(probe: ProbeStage, tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from workers.archives import ExpandConfig, ExpandStage
 from workers.base import Stage, StageConfig
 from workers.hashes import HashesConfig, HashesStage
 from workers.keyframes import KeyframesConfig, KeyframesStage
@@ -19,6 +20,7 @@ from workers.transcript import TranscriptConfig, TranscriptStage
 #: Every stage with its default options, in pipeline order (a stage after those it requires).
 STAGES: tuple[tuple[type[Stage[Any, Any]], StageConfig], ...] = (
     (ProbeStage, ProbeConfig()),
+    (ExpandStage, ExpandConfig()),
     (MetadataStage, MetadataConfig()),
     (KeyframesStage, KeyframesConfig()),
     (HashesStage, HashesConfig()),

@@ -21,6 +21,7 @@ import PIL
 import pillow_heif
 from PIL import Image
 
+from workers.archives import archive_format, document_container
 from workers.base import (
     FailureReason,
     JsonRecord,
@@ -49,8 +50,9 @@ _TAIL_BYTES = 64
 class Family:
     """A container family recognised from magic bytes: how to name it and who decides its kind.
 
-    `route` is "photo" (Pillow reads it), "av" (ffprobe's streams decide video or audio) or
-    "audio" (an audio-only container; ffprobe must still find a decodable audio stream).
+    `route` is "photo" (Pillow reads it), "av" (ffprobe's streams decide video or audio),
+    "audio" (an audio-only container; ffprobe must still find a decodable audio stream) or
+    "archive" (a zip or tar the expand stage opens; the probe only recognises it).
     """
 
     name: str
@@ -61,6 +63,7 @@ class Family:
 _PHOTO = "photo"
 _AV = "av"
 _AUDIO = "audio"
+_ARCHIVE = "archive"
 
 #: ISO-BMFF major brands of still images (HEIF/HEIC/AVIF); any other brand is audio or video.
 _PHOTO_BRANDS = frozenset(
@@ -135,6 +138,11 @@ _RIFF_TYPES = {
 }
 
 
+def _by_archive(head: bytes) -> Family | None:
+    found = archive_format(head)
+    return None if found is None else Family(found.name, found.mime, _ARCHIVE)
+
+
 def _by_prefix(head: bytes) -> Family | None:
     for magic, family in _PREFIXES:
         if head.startswith(magic):
@@ -174,10 +182,12 @@ def _by_frame_sync(head: bytes) -> Family | None:
 def detect_family(head: bytes) -> Family | None:
     """The container family of a file from its first bytes, or None when nothing we process.
 
-    Order matters only where signatures nest: RIFF and ftyp carry their real type a few bytes
-    in, and frame sync (0xFF...) is tried after every signature that starts with 0xFF.
+    Order matters only where signatures nest: a tar starts with its first member's name,
+    which may begin like any signature (`ID3 tags/`), so archives come first; RIFF and ftyp
+    carry their real type a few bytes in, and frame sync (0xFF...) is tried after every
+    signature that starts with 0xFF.
     """
-    for detector in (_by_prefix, _by_container_header, _by_frame_sync):
+    for detector in (_by_archive, _by_prefix, _by_container_header, _by_frame_sync):
         family = detector(head)
         if family is not None:
             return family
@@ -191,10 +201,11 @@ def describe_unsupported(head: bytes) -> str:
     text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
     labelled: tuple[tuple[bytes, str], ...] = (
         (b"%pdf-", "pdf document"),
-        (b"pk\x03\x04", "zip archive"),
         (b"rar!\x1a\x07", "rar archive"),
         (b"7z\xbc\xaf\x27\x1c", "7z archive"),
-        (b"\x1f\x8b", "gzip archive"),
+        # A gzip or xz stream that holds no tar is compressed data of unknown content.
+        (b"\x1f\x8b", "gzip data"),
+        (b"\xfd7zxz\x00", "xz data"),
         (b"\x7felf", "elf executable"),
         (b"mz", "windows executable"),
         (b"<!doctype html", "html document"),
@@ -211,6 +222,10 @@ def describe_unsupported(head: bytes) -> str:
             if label == "xml document" and b"<html" in text:
                 return "html document"
             return label
+    return document_container(head) or _text_or_binary(head)
+
+
+def _text_or_binary(head: bytes) -> str:
     try:
         head.decode("utf-8")
     except UnicodeDecodeError:
@@ -351,6 +366,32 @@ def _float_or_none(value: Any) -> float | None:
     return number if math.isfinite(number) and number >= 0 else None
 
 
+def _without_streams(
+    kind: Kind,
+    family: Family,
+    size: int,
+    dimensions: tuple[int | None, int | None] = (None, None),
+    flags: list[str] | None = None,
+) -> ProbeResult:
+    """The result for content ffprobe is not asked about: a photo, whose header Pillow read,
+    or an archive, known by its first bytes alone (whether it opens is the expand stage's
+    question, since answering it means reading the whole archive)."""
+    return ProbeResult(
+        kind=kind.value,
+        mime=family.mime,
+        format=family.name,
+        size_bytes=size,
+        width=dimensions[0],
+        height=dimensions[1],
+        duration_s=None,
+        has_video=False,
+        has_audio=False,
+        rotation=None,
+        flags=flags or [],
+        ffprobe=None,
+    )
+
+
 class ProbeStage(Stage[ProbeConfig, ProbeResult]):
     """Decides an item's kind from its content and describes its container and streams."""
 
@@ -396,6 +437,8 @@ class ProbeStage(Stage[ProbeConfig, ProbeResult]):
             raise StageError(FailureReason.UNSUPPORTED_TYPE, describe_unsupported(head))
         if family.route == _PHOTO:
             return StageOutput(self._probe_photo(item.path, family, size, head, tail))
+        if family.route == _ARCHIVE:
+            return StageOutput(_without_streams(Kind.ARCHIVE, family, size))
         return StageOutput(self._probe_av(item.path, family, size))
 
     def _probe_photo(
@@ -405,20 +448,7 @@ class ProbeStage(Stage[ProbeConfig, ProbeResult]):
         pillow_heif.register_heif_opener()
         width, height, _ = _pillow_header(path, self.config.max_image_pixels)
         flags = _jpeg_tail_flags(head, tail) if family.name == "jpeg" else []
-        return ProbeResult(
-            kind=Kind.PHOTO.value,
-            mime=family.mime,
-            format=family.name,
-            size_bytes=size,
-            width=width,
-            height=height,
-            duration_s=None,
-            has_video=False,
-            has_audio=False,
-            rotation=None,
-            flags=flags,
-            ffprobe=None,
-        )
+        return _without_streams(Kind.PHOTO, family, size, (width, height), flags)
 
     def _probe_av(self, path: Path, family: Family, size: int) -> ProbeResult:
         described = ffprobe_json(path, self.config.tool)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ import sqlalchemy as sa
 from evidence import jobs as jobq
 from evidence.schema import results as results_table
 from evidence.store import Store
-from pipelines.bench.report import finish, machine_info, median, scratch_folder, timed
+from pipelines.bench.report import finish, fresh_data, machine_info, median, scratch_folder, timed
 from pipelines.config import QarinaConfig
 from pipelines.ingest import ingest_paths
 from pipelines.plan import Plan
@@ -113,10 +112,8 @@ def _photo_run(
 ) -> dict[str, Any]:
     """Ingest the photos into a fresh SQLite store, then process the queue to the end."""
     name = "ray" if use_ray else "sequential"
-    data = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=scratch))
-    run_config = config.with_overrides(
-        data_dir=data, db_url=f"sqlite:///{data / 'qarina.sqlite3'}", ray_address=None
-    )
+    run_config = fresh_data(config, scratch, name)
+    data = run_config.data_dir
     # The stages this benchmark has always measured, so its figures stay comparable over time.
     plan = Plan.default(["probe", "metadata"])
     store = Store.open(run_config.db_url, run_config.blob_root)

@@ -27,7 +27,7 @@ def median(values: Sequence[float]) -> float:
     return float(statistics.median(values))
 
 
-def _percentile(values: Sequence[float], fraction: float) -> float:
+def percentile(values: Sequence[float], fraction: float) -> float:
     """Nearest-rank percentile: a value that was actually measured, never an interpolation."""
     ordered = sorted(values)
     rank = max(1, round(fraction * len(ordered) + 0.5))
@@ -39,9 +39,18 @@ def latency_ms(seconds: Sequence[float]) -> dict[str, Any]:
     return {
         "calls": len(seconds),
         "median_ms": round(median(seconds) * 1000, 3),
-        "p95_ms": round(_percentile(seconds, 0.95) * 1000, 3),
+        "p95_ms": round(percentile(seconds, 0.95) * 1000, 3),
         "max_ms": round(max(seconds) * 1000, 3),
     }
+
+
+def fresh_data(config: QarinaConfig, scratch: Path, name: str) -> QarinaConfig:
+    """`config` on a new data folder under `scratch`: an embedded SQLite store of its own and
+    a private local Ray, so one measurement never meets another's data."""
+    data = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=scratch))
+    return config.with_overrides(
+        data_dir=data, db_url=f"sqlite:///{data / 'qarina.sqlite3'}", ray_address=None
+    )
 
 
 def timed(action: Callable[[], object]) -> float:

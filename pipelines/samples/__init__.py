@@ -5,9 +5,10 @@ path the caller chooses, so nothing needs data files or the network, and the dem
 real material looks like to the pipeline. Names are chosen to lie where a test needs them to:
 the stages must never look at names.
 
-One module per kind of media: `photos`, `videos`, `audio`, and `hostile` for what a broken
-transfer, a careless save or an attacker leaves. The benchmarks' media is cut from the shared
-corpus's real pictures and voices instead, since made-up media would flatter what they
-measure: `phone_clips` (a phone-like clip with its true cuts) and `corpus_speech` (a long
+One module per kind of media: `photos`, `videos`, `audio`, `archives` for the zips and tars
+evidence arrives packed in, and `hostile` for what a broken transfer, a careless save or an
+attacker leaves (bombs and path-traversal archives among them). The benchmarks' media is cut
+from the shared corpus's real pictures and voices instead, since made-up media would flatter
+what they measure: `phone_clips` (a phone-like clip with its true cuts) and `corpus_speech` (a long
 recording of Arabic speech).
 """

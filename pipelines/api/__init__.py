@@ -1,0 +1,35 @@
+"""The HTTP API of `qarina serve`: intake by path or by upload, an item's results, status, and
+the operators' switches (requeue, pause, resume, request priority), search and duplicates.
+
+It is meant for the intake system and for tools on the same host: `serve` binds it to
+127.0.0.1 unless an operator says otherwise. The served OpenAPI (`/openapi.json`) is the
+reference; the rules it cannot say:
+
+- **Tokens.** Every operation needs `Authorization: Bearer <token>`, from a tokens file of
+  `name token` lines (blank lines and `#` comments ignored) that only its owner may read or
+  write: a file group or others can open, owned by another user, holding no token, or holding
+  a token under 32 characters stops the service at start. A presented token is compared with
+  every known one in constant time (`token_owner`), so the answer's timing tells nothing of
+  how close a guess was. The token's name stands where the OS user stands on the command
+  line: custody actors are `qarina-<tool>@api:<name>` and the acquisition's operator is
+  `api:<name>`. Tokens are never logged.
+- **Paths.** A path registered by `POST /v1/items/register` must resolve (symlinks followed,
+  `..` removed) to a place inside an allowed root (403 otherwise, so a symlink escaping the
+  root is outside it); a folder is then walked like `qarina ingest`, never following links.
+- **Uploads.** `POST /v1/items/upload` takes the raw bytes as the request body, streamed to
+  the blob store's temporary area and hashed as they arrive (never held in memory), stopped
+  with 413 as soon as they pass the size cap. The original name is evidence and may be in any
+  encoding: it travels percent-encoded (RFC 3986) in `X-Original-Name`, and the decoded
+  bytes are what is kept. `Idempotency-Key` makes a retried upload register once: the
+  same key (per token) with the same bytes answers with the first registration
+  (`replayed: true`), with other bytes 409.
+- **Logs.** Nothing here logs a file name, a path, a query or a token; an unexpected error is
+  logged by its type alone, since an exception's message can hold a path.
+"""
+
+from pipelines.api.app import create_app
+from pipelines.api.auth import TokensFileError
+from pipelines.api.context import ApiSettings
+
+#: What `qarina serve` needs to run the API; the rest is imported from its own module.
+__all__ = ["ApiSettings", "TokensFileError", "create_app"]
