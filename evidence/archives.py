@@ -76,6 +76,7 @@ def register_members(
     Returns the custody events and, per member item, whether it is new (its first jobs are
     queued; a known one only has its queued jobs raised to the archive's priority).
     """
+    _lock(database, connection, job.sha256)
     depth = _depths(connection, {job.sha256})[job.sha256] + 1
     arrivals = connection.execute(
         sa.select(acquisitions).where(acquisitions.c.sha256 == job.sha256)
@@ -83,9 +84,11 @@ def register_members(
     entries = []
     found: dict[str, bool] = {}
     for member in members:
+        if member.sha256 == job.sha256:
+            continue  # an archive that holds itself (a zip quine) is not its own member
         new_item = _register_item(database, connection, member)
         found[member.sha256] = found.get(member.sha256, False) or new_item
-        connection.execute(
+        linked = connection.execute(
             database.insert(archive_members)
             .values(
                 archive_sha256=job.sha256,
@@ -95,7 +98,7 @@ def register_members(
                 result_id=result_id,
             )
             .on_conflict_do_nothing()
-        )
+        ).rowcount
         path_sha256 = hashlib.sha256(member.inner_path).hexdigest()
         acquired = [
             acquisition_id
@@ -107,6 +110,8 @@ def register_members(
             )
             is not None
         ]
+        if not (new_item or linked or acquired):
+            continue  # an expansion committed again (a reprocess): nothing new to record
         entries.append(
             CustodyEntry(
                 actor=actor,
@@ -129,6 +134,17 @@ def register_members(
     return entries, found
 
 
+def _lock(database: Database, connection: sa.Connection, archive_sha256: str) -> None:
+    """On PostgreSQL, take the archive's item row for this transaction: an expansion being
+    committed and a new arrival of the same archive then happen one after the other, so
+    neither misses the other's rows (the arrival's members, or the expansion's links).
+    SQLite's single writer already serialises them."""
+    if not database.is_sqlite:
+        connection.execute(
+            sa.select(items.c.sha256).where(items.c.sha256 == archive_sha256).with_for_update()
+        )
+
+
 def _register_item(database: Database, connection: sa.Connection, member: MemberRecord) -> bool:
     return (
         connection.execute(
@@ -141,19 +157,28 @@ def _register_item(database: Database, connection: sa.Connection, member: Member
 
 
 def propagate_arrival(
-    database: Database, connection: sa.Connection, archive_sha256: str, arrival_id: int, actor: str
+    database: Database,
+    connection: sa.Connection,
+    archive_sha256: str,
+    arrival_id: int,
+    actor: str,
+    passed: frozenset[str] = frozenset(),
 ) -> list[CustodyEntry]:
     """A new arrival of an archive already expanded brings its members again: from that
     source, for that request, at that priority. Inside the caller's transaction; members
     that are archives pass the arrival on to theirs. The caller raises the members' queued
     jobs to the arrival's priority (every item in the returned events)."""
+    _lock(database, connection, archive_sha256)
     arrival = connection.execute(
         sa.select(acquisitions).where(acquisitions.c.id == arrival_id)
     ).one()
+    passed = passed | {archive_sha256}
     entries = []
     for member in connection.execute(
         sa.select(archive_members).where(archive_members.c.archive_sha256 == archive_sha256)
     ).all():
+        if member.member_sha256 in passed:
+            continue  # archives that hold each other: each brought once
         acquired = _acquire(
             database, connection, archive_sha256, member.member_sha256, member.path, arrival
         )
@@ -175,7 +200,9 @@ def propagate_arrival(
                 },
             )
         )
-        entries += propagate_arrival(database, connection, member.member_sha256, acquired, actor)
+        entries += propagate_arrival(
+            database, connection, member.member_sha256, acquired, actor, passed
+        )
     return entries
 
 

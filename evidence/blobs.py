@@ -3,8 +3,8 @@
 An original is hashed while it is copied in, written to a temporary file, read back and hashed
 again, fsynced, and only then linked to its final name and made read-only. The same bytes
 arriving twice are stored once. Nothing in Qarina ever opens a blob for writing afterwards.
-Files on disk come in through `put`, bytes streamed over the network through `put_stream`:
-the same copy, checks and layout behind both.
+Files on disk come in through `put` (or `put_at`, from a folder held open), bytes streamed over
+the network through `put_stream`: the same copy, checks and layout behind all.
 """
 
 from __future__ import annotations
@@ -89,13 +89,29 @@ class BlobStore:
             IngestRefused: `source` is not a regular file.
             BlobIntegrityError: the read-back hash differs from the copy-in hash.
         """
-        before = os.lstat(source)
+        return self._put_file(source, None)
+
+    def put_at(self, folder_fd: int, name: bytes) -> StoredBlob:
+        """Copy the file `name` of the folder open as `folder_fd` in, as `put` copies a path.
+
+        `put` resolves every folder of its path again: one swapped for a symlink since the
+        caller looked would send it to the link's target. A caller that walked down by
+        descriptor (a drop folder, a registration by path) hands its folder over instead.
+
+        Raises:
+            IngestRefused: `name` is not a regular file.
+            BlobIntegrityError: the read-back hash differs from the copy-in hash.
+        """
+        return self._put_file(name, folder_fd)
+
+    def _put_file(self, source: Path | bytes, folder_fd: int | None) -> StoredBlob:
+        before = os.lstat(source, dir_fd=folder_fd)
         if not stat.S_ISREG(before.st_mode):
             raise IngestRefused(_describe_mode(before.st_mode))
         # O_NONBLOCK: if the path was swapped for a FIFO after lstat, open must not hang.
         flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
         try:
-            source_fd = os.open(source, flags)
+            source_fd = os.open(source, flags, dir_fd=folder_fd)
         except OSError as error:
             if error.errno == 40:  # ELOOP: it became a symlink since lstat
                 raise IngestRefused("symlink") from error

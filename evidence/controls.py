@@ -46,17 +46,24 @@ def set_paused(database: Database, paused: bool, actor: str, reason: str | None 
     now = utc_now()
     value = {"paused": paused, "reason": reason}
     with database.writer.begin() as connection:
-        before = connection.execute(
-            sa.select(controls.c.value).where(controls.c.name == _PAUSE)
-        ).scalar()
-        was_paused = bool(before and before.get("paused"))
-        if before is None:
-            connection.execute(
-                sa.insert(controls).values(
-                    name=_PAUSE, value=value, updated_at=now, updated_by=actor
-                )
+        # The switch's row exists before anyone reads it for change, and is held while it
+        # changes: two first pauses at once (an operator and the API) cannot both insert.
+        connection.execute(
+            database.insert(controls)
+            .values(
+                name=_PAUSE,
+                value={"paused": False, "reason": None},
+                updated_at=now,
+                updated_by=actor,
             )
-        elif was_paused != paused:
+            .on_conflict_do_nothing()
+        )
+        current = sa.select(controls.c.value).where(controls.c.name == _PAUSE)
+        before = connection.execute(
+            current if database.is_sqlite else current.with_for_update()
+        ).scalar_one()
+        was_paused = bool(before.get("paused"))
+        if was_paused != paused:
             connection.execute(
                 sa.update(controls)
                 .where(controls.c.name == _PAUSE)

@@ -55,8 +55,17 @@ class Database:
             self.reader.dispose()
 
 
+#: A database error's text otherwise quotes the statement's parameters, and those hold
+#: original names and paths (evidence): an error that reaches a log or a traceback must not.
+_HIDE_PARAMETERS = True
+
+
 def _sqlite_engine(url: str, *, immediate: bool) -> sa.Engine:
-    engine = sa.create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
+    engine = sa.create_engine(
+        url,
+        connect_args={"timeout": 60, "check_same_thread": False},
+        hide_parameters=_HIDE_PARAMETERS,
+    )
 
     @sa.event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -91,6 +100,7 @@ def connect(url: str) -> Database:
         pool_size=5,
         max_overflow=5,
         execution_options={"preserve_rowcount": True},
+        hide_parameters=_HIDE_PARAMETERS,
     )
     return Database(url, engine, engine)
 

@@ -74,7 +74,8 @@ def enqueue(
 
 
 def raise_priority(connection: sa.Connection, sha256: str, priority: int) -> None:
-    """Raise an item's queued jobs to `priority`: an urgent re-acquisition jumps the queue.
+    """Raise an item's open jobs to `priority`: an urgent re-acquisition jumps the queue,
+    and a job running now passes the priority on to the follow-ups it queues.
 
     The item's jobs are found through the sha256 key first: a predicate on `state` would let
     the planner scan every queued job of a large backlog instead.
@@ -84,7 +85,7 @@ def raise_priority(connection: sa.Connection, sha256: str, priority: int) -> Non
         for job_id, state, current in connection.execute(
             sa.select(jobs.c.id, jobs.c.state, jobs.c.priority).where(jobs.c.sha256 == sha256)
         )
-        if state == QUEUED and current < priority
+        if state in OPEN_STATES and current < priority
     ]
     if lower:
         connection.execute(
@@ -150,7 +151,7 @@ def lease_owners(database: Database) -> list[str]:
         )
 
 
-def _any_queued(database: Database, keys: Collection[ResultKey]) -> bool:
+def any_queued(database: Database, keys: Collection[ResultKey]) -> bool:
     """A read-only look first: an empty poll must not take SQLite's write lock and fsync."""
     with database.reader.connect() as connection:
         found = connection.execute(
@@ -171,7 +172,7 @@ def lease(
     Only jobs of exactly the keys the driver's plan names: a driver running newer code or
     other options never stores its output under another key.
     """
-    if limit <= 0 or not keys or not _any_queued(database, keys):
+    if limit <= 0 or not keys or not any_queued(database, keys):
         return []
     now = utc_now()
     with database.writer.begin() as connection:

@@ -17,7 +17,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from evidence import custody, jobs
+from evidence import custody, jobs, requests
 from evidence.custody import CustodyEntry
 from evidence.db import Database, utc_now
 from evidence.records import JobSpec, ResultKey
@@ -216,6 +216,9 @@ def _requeue(
         priority = max([int(arrival), *queued])
     if not jobs.enqueue(database, connection, sha256, [spec], priority, request.max_attempts):
         return None  # another reprocess got there first
+    if request.priority is None:
+        # An item of a request takes what its requests ask for now, as intake gives it.
+        requests.reapply_priority(connection, [sha256])
     retired = set(
         connection.execute(
             sa.update(jobs_table)

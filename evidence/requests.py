@@ -61,17 +61,15 @@ def all_requests(database: Database) -> list[Request]:
     return [_row_request(row) for row in rows]
 
 
-def ensure(
-    database: Database, connection: sa.Connection, ref: str, priority: int, actor: str
-) -> int:
-    """The priority of request `ref` inside the caller's transaction, creating the request
-    (with `priority`, no deadline) when an intake route names one not created before."""
-    found = connection.execute(
-        sa.select(requests.c.priority).where(requests.c.ref == ref)
-    ).scalar()
-    if found is not None:
-        return int(found)
-    now = utc_now()
+def _insert_new(
+    database: Database,
+    connection: sa.Connection,
+    ref: str,
+    priority: int,
+    actor: str,
+    now: dt.datetime,
+) -> bool:
+    """Insert request `ref` with no deadline unless it exists; whether this call made it."""
     inserted = connection.execute(
         database.insert(requests)
         .values(
@@ -84,7 +82,24 @@ def ensure(
         )
         .on_conflict_do_nothing()
     ).rowcount
-    if not inserted:  # another intake created it first
+    return bool(inserted)
+
+
+def ensure(
+    database: Database, connection: sa.Connection, ref: str, priority: int, actor: str
+) -> int:
+    """The priority of request `ref` inside the caller's transaction, creating the request
+    (with `priority`, no deadline) when an intake route names one not created before."""
+    asked = sa.select(requests.c.priority).where(requests.c.ref == ref)
+    # On PostgreSQL a shared lock waits for a re-prioritisation in flight, so an arrival
+    # never takes the priority it replaces.
+    found = connection.execute(
+        asked if database.is_sqlite else asked.with_for_update(read=True)
+    ).scalar()
+    if found is not None:
+        return int(found)
+    if not _insert_new(database, connection, ref, priority, actor, utc_now()):
+        # another intake created it first
         return int(
             connection.execute(
                 sa.select(requests.c.priority).where(requests.c.ref == ref)
@@ -104,32 +119,40 @@ def ensure(
 
 
 def create(
-    database: Database, ref: str, priority: int, deadline: dt.datetime | None, actor: str
+    database: Database,
+    ref: str,
+    actor: str,
+    *,
+    priority: int | None = None,
+    deadline: dt.datetime | None = None,
+    clear_deadline: bool = False,
 ) -> Request:
-    """Create a request, or set the priority and deadline of an existing one.
+    """Create a request, or change an existing one: what is not given is kept (a new one
+    starts at priority 0 with no deadline), and `clear_deadline` removes its deadline.
 
     Items already acquired under the reference take the priority at once.
     """
     now = utc_now()
     with database.writer.begin() as connection:
-        existing = connection.execute(sa.select(requests).where(requests.c.ref == ref)).first()
-        if existing is None:
-            connection.execute(
-                sa.insert(requests).values(
-                    ref=ref,
-                    priority=priority,
-                    deadline=deadline,
-                    created_at=now,
-                    created_by=actor,
-                    updated_at=now,
-                )
-            )
-        else:
-            connection.execute(
-                sa.update(requests)
-                .where(requests.c.ref == ref)
-                .values(priority=priority, deadline=deadline, updated_at=now)
-            )
+        # A request first named by an intake at this moment is created there: create it
+        # here only if nobody has, then change it like an existing one, under a row lock.
+        created = _insert_new(
+            database, connection, ref, 0 if priority is None else priority, actor, now
+        )
+        locked = sa.select(requests).where(requests.c.ref == ref)
+        row = connection.execute(locked if database.is_sqlite else locked.with_for_update()).one()
+        existing = None if created else row
+        if priority is None:
+            priority = int(row.priority)
+        if clear_deadline:
+            deadline = None
+        elif deadline is None and existing is not None:
+            deadline = existing.deadline
+        connection.execute(
+            sa.update(requests)
+            .where(requests.c.ref == ref)
+            .values(priority=priority, deadline=deadline, updated_at=now)
+        )
         changed = _apply_priority(connection, ref)
         custody.append(
             connection,

@@ -27,13 +27,15 @@ def requeue_failed(
     database: Database,
     keys: Collection[ResultKey],
     actor: str,
-    reason: str,
+    note: str,
     *,
     stage: str | None = None,
     request_ref: str | None = None,
+    failure_reason: str | None = None,
 ) -> int:
     """Queue again the failed and dead jobs under `keys` (of one stage, of one request's
-    items, when given); how many were requeued.
+    items, ended with one failure reason, when given); how many were requeued. `note` is
+    the operator's why, kept in each job's custody.
 
     Pages follow the job id, so a job requeued here that fails again while later pages
     are requeued (a driver runs meanwhile) is not taken twice, and the call ends however
@@ -43,6 +45,8 @@ def requeue_failed(
     conditions = [jobs.c.state.in_((FAILED, DEAD)), under_keys(jobs, keys)]
     if stage is not None:
         conditions.append(jobs.c.stage == stage)
+    if failure_reason is not None:
+        conditions.append(jobs.c.error_reason == failure_reason)
     if request_ref is not None:
         conditions.append(
             jobs.c.sha256.in_(
@@ -99,7 +103,8 @@ def requeue_failed(
                         details={
                             "stage_version": row.stage_version,
                             "config_hash": row.config_hash,
-                            "reason": reason,
+                            "reason": note,
+                            "only_failure_reason": failure_reason,
                             "ended": {
                                 "state": row.state,
                                 "attempts": row.attempts,

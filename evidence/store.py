@@ -70,6 +70,10 @@ class VerifyReport:
         return self.chain.first_break is None and not self.fixity_problems
 
 
+class _AlreadyArrived(Exception):
+    """An arrival whose intake key was registered before: nothing of it may be recorded."""
+
+
 class Store:
     """Opened once per process; migrates the database to the current schema on open."""
 
@@ -100,81 +104,86 @@ class Store:
         named for the first time is created with the arrival's).
         """
         now = utc_now()
-        with self.database.writer.begin() as connection:
-            priority = acquisition.priority
-            if acquisition.request_ref is not None:
-                priority = max(
-                    priority,
-                    requests.ensure(
-                        self.database, connection, acquisition.request_ref, priority, actor
-                    ),
+        try:
+            with self.database.writer.begin() as connection:
+                priority = acquisition.priority
+                if acquisition.request_ref is not None:
+                    priority = max(
+                        priority,
+                        requests.ensure(
+                            self.database, connection, acquisition.request_ref, priority, actor
+                        ),
+                    )
+                new_item = (
+                    connection.execute(
+                        self.database.insert(items)
+                        .values(sha256=blob.sha256, size_bytes=blob.size_bytes, created_at=now)
+                        .on_conflict_do_nothing()
+                    ).rowcount
+                    == 1
                 )
-            new_item = (
-                connection.execute(
-                    self.database.insert(items)
-                    .values(sha256=blob.sha256, size_bytes=blob.size_bytes, created_at=now)
+                acquisition_id: int | None = connection.execute(
+                    self.database.insert(acquisitions)
+                    .values(
+                        sha256=blob.sha256,
+                        source=acquisition.source,
+                        original_name=acquisition.original_name,
+                        original_path=acquisition.original_path,
+                        original_mtime=acquisition.original_mtime,
+                        operator=acquisition.operator,
+                        acquired_at=now,
+                        # The arrival's own urgency; its jobs take its request's when higher,
+                        # and keep this one when the request is lowered later.
+                        priority=acquisition.priority,
+                        request_ref=acquisition.request_ref,
+                        intake_key=acquisition.intake_key,
+                    )
                     .on_conflict_do_nothing()
-                ).rowcount
-                == 1
-            )
-            acquisition_id: int | None = connection.execute(
-                self.database.insert(acquisitions)
-                .values(
-                    sha256=blob.sha256,
-                    source=acquisition.source,
-                    original_name=acquisition.original_name,
-                    original_path=acquisition.original_path,
-                    original_mtime=acquisition.original_mtime,
-                    operator=acquisition.operator,
-                    acquired_at=now,
-                    # The arrival's own urgency; its jobs take its request's when higher,
-                    # and keep this one when the request is lowered later.
-                    priority=acquisition.priority,
-                    request_ref=acquisition.request_ref,
-                    intake_key=acquisition.intake_key,
+                    .returning(acquisitions.c.id)
+                ).scalar()
+                if acquisition_id is None:
+                    # Rolls the item row and an implicit request back with it: a reused
+                    # intake key leaves nothing behind.
+                    raise _AlreadyArrived
+                jobs.enqueue(
+                    self.database, connection, blob.sha256, initial_jobs, priority, max_attempts
                 )
-                .on_conflict_do_nothing()
-                .returning(acquisitions.c.id)
-            ).scalar()
-            if acquisition_id is None:
-                return Registered(blob.sha256, False, None)
-            jobs.enqueue(
-                self.database, connection, blob.sha256, initial_jobs, priority, max_attempts
-            )
-            brought: list[CustodyEntry] = []
-            if not new_item:
-                jobs.raise_priority(connection, blob.sha256, priority)
-                # An archive expanded before: its members arrive again with this arrival.
-                brought = archives.propagate_arrival(
-                    self.database, connection, blob.sha256, acquisition_id, actor
+                brought: list[CustodyEntry] = []
+                if not new_item:
+                    jobs.raise_priority(connection, blob.sha256, priority)
+                    # An archive expanded before: its members arrive again with this arrival.
+                    brought = archives.propagate_arrival(
+                        self.database, connection, blob.sha256, acquisition_id, actor
+                    )
+                    for member in {entry.item_sha256 for entry in brought} - {None}:
+                        jobs.raise_priority(connection, str(member), priority)
+                custody.append(
+                    connection,
+                    [
+                        CustodyEntry(
+                            actor=actor,
+                            action="ingest",
+                            item_sha256=blob.sha256,
+                            details={
+                                "acquisition_id": acquisition_id,
+                                "source": acquisition.source,
+                                "operator": acquisition.operator,
+                                "size_bytes": blob.size_bytes,
+                                "duplicate_of_stored_item": not new_item,
+                                # The name is evidence kept in the acquisition row; the chain
+                                # covers it by hash so the custody record can be shared without it.
+                                "original_name_sha256": hashlib.sha256(
+                                    acquisition.original_name
+                                ).hexdigest(),
+                                "priority": priority,
+                                "request_ref": acquisition.request_ref,
+                            },
+                        ),
+                        *brought,
+                    ],
                 )
-                for member in {entry.item_sha256 for entry in brought} - {None}:
-                    jobs.raise_priority(connection, str(member), priority)
-            custody.append(
-                connection,
-                [
-                    CustodyEntry(
-                        actor=actor,
-                        action="ingest",
-                        item_sha256=blob.sha256,
-                        details={
-                            "acquisition_id": acquisition_id,
-                            "source": acquisition.source,
-                            "operator": acquisition.operator,
-                            "size_bytes": blob.size_bytes,
-                            "duplicate_of_stored_item": not new_item,
-                            # The name is evidence kept in the acquisition row; the chain
-                            # covers it by hash so the custody record can be shared without it.
-                            "original_name_sha256": hashlib.sha256(
-                                acquisition.original_name
-                            ).hexdigest(),
-                            "priority": priority,
-                            "request_ref": acquisition.request_ref,
-                        },
-                    ),
-                    *brought,
-                ],
-            )
+        except _AlreadyArrived:
+            return Registered(blob.sha256, False, None)
         return Registered(blob.sha256, new_item, acquisition_id)
 
     def _log(self, entry: CustodyEntry) -> None:

@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 
 #: How long the loop waits for a finished batch before it looks at the queue again.
 _COLLECT_TIMEOUT_S = 0.5
+#: An idle driver returns expired leases (of drivers that died elsewhere) this often: a
+#: lease outlives its driver by minutes, so a few seconds more cost nothing.
+_RELEASE_EVERY_S = 5.0
 
 
 class Executor(Protocol):
@@ -195,8 +198,11 @@ class _Driver:
         return self.summary
 
     def _lease(self) -> None:
-        """Lease what the executor has room for, stage by stage, and submit it."""
+        """Lease what the executor has room for, stage by stage, and submit it; an idle
+        service asks once whether anything is queued at all, not once per stage."""
         database, ttl = self.store.database, self.config.lease_ttl
+        if not self.in_flight and not jobs.any_queued(database, self.every_key):
+            return
         for name, stage in self.plan.stages.items():
             while self.executor.free_slots(name) > 0:
                 leased = jobs.lease(database, self.owner, self.keys[name], stage.batch_size, ttl)
@@ -220,11 +226,11 @@ class _Driver:
 
     def _wait(self) -> None:
         """Others hold the rest, or nothing is queued yet: wait for them, for their leases
-        to expire (looked for once a second, since on SQLite each look takes the write
+        to expire (looked for every few seconds, since on SQLite each look takes the write
         lock), or for intake to wake us."""
         self.control.wake.wait(self.control.idle_poll_s if self.control.forever else 1.0)
         self.control.wake.clear()
-        if time.monotonic() - self.last_release >= 1.0:
+        if time.monotonic() - self.last_release >= _RELEASE_EVERY_S:
             jobs.release_expired(self.store.database)
             self.last_release = time.monotonic()
 

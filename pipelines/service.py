@@ -19,7 +19,8 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any
@@ -27,6 +28,7 @@ from typing import Any
 from rich.console import Console
 
 from evidence import controls
+from evidence.records import CurrentKeys
 from evidence.store import Store
 from pipelines.api import ApiSettings, create_app
 from pipelines.config import QarinaConfig
@@ -56,8 +58,18 @@ class ServeOptions:
     summary_every_s: float = 60.0
 
 
+class ComponentFailed(RuntimeError):
+    """A part of the service (a drop folder's watcher, the HTTP API) stopped on its own: the
+    service stops too, rather than run on without it unnoticed."""
+
+
 def serve(config: QarinaConfig, options: ServeOptions, console: Console) -> RunSummary:
-    """Run the service until SIGTERM or SIGINT; returns what its driver committed."""
+    """Run the service until SIGTERM or SIGINT; returns what its driver committed.
+
+    Raises:
+        ComponentFailed: a watcher or the HTTP server ended while the service ran (a port
+            already taken, a thread that died); the driver stopped as after SIGTERM.
+    """
     store = open_store(config)
     plan = Plan.default(settings=config)
     control = LoopControl(forever=True, grace_s=options.grace_s)
@@ -67,15 +79,18 @@ def serve(config: QarinaConfig, options: ServeOptions, console: Console) -> RunS
         store.close()
         raise
 
-    def stop(signum: int, _frame: FrameType | None) -> None:
-        log.warning(
-            "%s: stopping intake, finishing or handing back leased jobs",
-            signal.Signals(signum).name,
-        )
+    def stop() -> None:
         control.stop.set()
         control.wake.set()
         if server is not None:
             server.should_exit = True
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.warning(
+            "%s: stopping intake, finishing or handing back leased jobs",
+            signal.Signals(signum).name,
+        )
+        stop()
 
     if not options.sequential:
         # Ray's core worker installs its own SIGTERM handler, which ends the process at once:
@@ -83,40 +98,44 @@ def serve(config: QarinaConfig, options: ServeOptions, console: Console) -> RunS
         from pipelines.ray_runtime import start_ray
 
         start_ray(config.ray_address)
-    previous = {number: signal.signal(number, stop) for number in (signal.SIGTERM, signal.SIGINT)}
-    threads = [
+    previous = {
+        number: signal.signal(number, on_signal) for number in (signal.SIGTERM, signal.SIGINT)
+    }
+    components = [
         threading.Thread(
             target=Watcher(store, plan, config, drop, options.settle_s, control.wake.set).run,
             args=(control.stop, options.watch_every_s),
-            name=f"watch-{number}",
+            name=f"drop folder {number + 1}",
             daemon=True,
         )
         for number, drop in enumerate(options.drops)
     ]
     if server is not None:
-        threads.append(threading.Thread(target=server.run, name="http", daemon=True))
-    threads.append(
-        threading.Thread(
-            target=_summaries,
-            args=(store, plan, control.stop, options.summary_every_s),
-            name="summary",
-            daemon=True,
-        )
+        components.append(threading.Thread(target=server.run, name="http api", daemon=True))
+    failed: list[str] = []
+    keeper = threading.Thread(
+        target=_keep_watch,
+        args=(store, plan, control.stop, options.summary_every_s, components, failed, stop),
+        name="watchdog",
+        daemon=True,
     )
     try:
-        for thread in threads:
+        for thread in [*components, keeper]:
             thread.start()
         log.info("serving: %d drop folders, http %s", len(options.drops), options.http)
-        return process_queue(config, store, options.sequential, console, True, control)
+        summary = process_queue(config, store, options.sequential, console, True, control)
     finally:
-        control.stop.set()
-        if server is not None:
-            server.should_exit = True
-        for thread in threads:
-            thread.join(timeout=max(options.grace_s, 10.0))
+        stop()
+        # One deadline for every part, so a stop fits in what systemd allows it.
+        deadline = time.monotonic() + max(options.grace_s, 10.0)
+        for thread in [*components, keeper]:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
         for number, handler in previous.items():
             signal.signal(number, handler)
         store.close()
+    if failed:
+        raise ComponentFailed(", ".join(failed))
+    return summary
 
 
 def _http_server(
@@ -134,23 +153,45 @@ def _http_server(
     )
 
 
-def _summaries(store: Store, plan: Plan, stop: threading.Event, every_s: float) -> None:
-    """A line a minute of counts (never names), so a service's log says it is alive and
-    what it does."""
+def _keep_watch(
+    store: Store,
+    plan: Plan,
+    stop_event: threading.Event,
+    summary_every_s: float,
+    components: list[threading.Thread],
+    failed: list[str],
+    stop: Callable[[], None],
+) -> None:
+    """Once a second: a part that ended while the service runs stops it (named in `failed`);
+    once every `summary_every_s`: a line of counts (never names), so the log says the service
+    is alive and what it does."""
     current = plan.current_keys()
-    while not stop.wait(every_s):
-        report = store.status(window_s=int(every_s), current=current)
-        states = {"queued": 0, "leased": 0, "done": 0, "failed": 0, "dead": 0}
-        for stage in report.stages:
-            for state, count in stage.counts.items():
-                states[state] = states.get(state, 0) + count
-        ended = round((report.throughput_per_s or 0.0) * every_s)
-        paused = controls.pause_state(store.database).paused
-        log.info(
-            "serve: %d items; %s; %d jobs ended in the last %d s; %s",
-            report.items,
-            ", ".join(f"{state} {count}" for state, count in states.items()),
-            ended,
-            int(every_s),
-            "paused" if paused else "running",
-        )
+    last_summary = time.monotonic()
+    while not stop_event.wait(1.0):
+        ended = [thread.name for thread in components if not thread.is_alive()]
+        if ended:
+            log.error("%s stopped on its own: stopping the service", ", ".join(ended))
+            failed.extend(ended)
+            stop()
+            return
+        if time.monotonic() - last_summary >= summary_every_s:
+            _summary(store, current, summary_every_s)
+            last_summary = time.monotonic()
+
+
+def _summary(store: Store, current: CurrentKeys, every_s: float) -> None:
+    report = store.status(window_s=int(every_s), current=current)
+    states = {"queued": 0, "leased": 0, "done": 0, "failed": 0, "dead": 0}
+    for stage in report.stages:
+        for state, count in stage.counts.items():
+            states[state] = states.get(state, 0) + count
+    ended = round((report.throughput_per_s or 0.0) * every_s)
+    paused = controls.pause_state(store.database).paused
+    log.info(
+        "serve: %d items; %s; %d jobs ended in the last %d s; %s",
+        report.items,
+        ", ".join(f"{state} {count}" for state, count in states.items()),
+        ended,
+        int(every_s),
+        "paused" if paused else "running",
+    )

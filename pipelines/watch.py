@@ -25,7 +25,14 @@ should write `.done` markers.
 Refused, recorded in custody and moved to `DIR/.refused/`, so that they are refused once:
 symlinks (never followed), FIFOs, devices, sockets, and files this process cannot read.
 An entry that cannot even be moved is recorded once per watcher process. Killed between the
-record and the move, a restart records it again: a second record, never none.
+record and the move, a restart records it again: a second record, never none. A registered
+file that cannot be moved to `.ingested/` stays in place, warned about once per watcher
+process, and the other files are taken all the same.
+
+The folder is walked, and its files copied, checked and moved, by descriptor from the folder
+held open (see `pipelines.ingest.Tree`), never by path: a subfolder a dropper swaps for a
+symlink meanwhile leads nowhere, so nothing outside the folder (the blob store) is taken or
+moved. The swapped-in link is then refused like any other.
 
 `.ingested/` and `.refused/` are made when the watcher takes the folder and used through
 descriptors opened without following links (see `_hold_folder`); a name already taken in
@@ -64,7 +71,7 @@ import sqlalchemy as sa
 from evidence.blobs import StoredBlob
 from evidence.store import Acquisition, Store
 from pipelines.config import QarinaConfig
-from pipelines.ingest import Intake, modified_at
+from pipelines.ingest import Intake, Tree, modified_at
 from pipelines.plan import Plan
 
 log = logging.getLogger(__name__)
@@ -172,7 +179,8 @@ class Watcher:
         self._retry_at: dict[bytes, float] = {}
         #: Refused entries that could not be moved aside: recorded once, then left alone.
         self._stuck: set[tuple[bytes, _Version]] = set()
-        self._lock_fd: int | None = None
+        #: The folder, held open (and locked) while this watcher takes it.
+        self._tree: Tree | None = None
         #: Descriptors of `.ingested/` and `.refused/` while the folder is held.
         self._aside: dict[bytes, int] = {}
         self._lock_warned = False
@@ -188,6 +196,7 @@ class Watcher:
         """
         if not self._hold_folder():
             return PollReport(held_elsewhere=True)
+        tree = self._held
         files, others = self._scan()
         refused = sum(self._refuse_other(rel, info) for rel, info in others)
         ready, waiting = self._ready(files)
@@ -199,13 +208,15 @@ class Watcher:
                 counts["resumed"] += self._finish(candidate)
         fresh = (candidate for candidate in ready if candidate.key not in known)
         with contextlib.closing(
-            self._intake.stored_in_order(fresh, lambda candidate: self._path(candidate.rel))
+            self._intake.stored_in_order(
+                fresh, lambda candidate: self._intake.put_below(tree, candidate.rel)
+            )
         ) as stored_files:
             for candidate, stored in stored_files:
                 if isinstance(stored, str):
                     refused += self._failed(candidate, stored)
                 else:
-                    self._take(candidate, stored, counts)
+                    refused += self._take(candidate, stored, counts)
                 if _stopped(stop):
                     break
         return PollReport(
@@ -225,22 +236,31 @@ class Watcher:
         """Poll every `every_s` seconds until `stop` is set, then let the folder go.
 
         A folder or store that cannot be read for a while (a network share, a database
-        restart) is warned about and tried again, so a service's watcher outlives it.
+        restart) is warned about and tried again, so a service's watcher outlives it. Any
+        other failure (a bug) is logged as an error and tried again too: a watcher thread
+        that died would leave its folder untaken without a word. Only the failure's type is
+        logged (and an OSError's errno text): messages carry names and SQL parameters.
         """
         warned: tuple[str, float] | None = None
         try:
             while not stop.is_set():
                 try:
                     report = self.poll(stop)
-                except (OSError, sa.exc.OperationalError) as error:
-                    what = f"{type(error).__name__}: {getattr(error, 'strerror', None) or ''}"
-                    now = time.monotonic()
-                    if warned is None or warned[0] != what or now - warned[1] >= _WARN_EVERY_S:
-                        log.warning("a pass over a drop folder failed (%s); trying again", what)
-                        warned = (what, now)
-                else:
                     if on_poll is not None:
                         on_poll(report)
+                except Exception as error:  # the watcher outlives any one pass
+                    expected = isinstance(error, OSError | sa.exc.OperationalError)
+                    what = type(error).__name__
+                    if isinstance(error, OSError) and error.strerror:
+                        what += f": {error.strerror}"
+                    now = time.monotonic()
+                    if warned is None or warned[0] != what or now - warned[1] >= _WARN_EVERY_S:
+                        log.log(
+                            logging.WARNING if expected else logging.ERROR,
+                            "a pass over a drop folder failed (%s); trying again",
+                            what,
+                        )
+                        warned = (what, now)
                 stop.wait(every_s)
         finally:
             self.close()
@@ -250,9 +270,15 @@ class Watcher:
         for fd in self._aside.values():
             os.close(fd)
         self._aside = {}
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        if self._tree is not None:
+            self._tree.close()
+            self._tree = None
+
+    @property
+    def _held(self) -> Tree:
+        if self._tree is None:
+            raise RuntimeError("the drop folder is not held")
+        return self._tree
 
     def _hold_folder(self) -> bool:
         """Take the folder's lock and open `.ingested/` and `.refused/` (made if missing),
@@ -260,14 +286,23 @@ class Watcher:
 
         Moves go through descriptors of these two folders, opened without following links:
         a `.ingested` symlink someone drops, or a swap of the folder for one later, cannot
-        send evidence outside the drop folder.
+        send evidence outside the drop folder. A folder held is let go and taken again when
+        its path names another folder now (recreated, remounted): the watcher watches the path.
 
         Raises:
             OSError: the folder cannot be opened, or its `.ingested` or `.refused` is a file
                 or a link (dropped under that name: an operator must look).
         """
-        if self._lock_fd is not None:
-            return True
+        if self._tree is not None:
+            try:
+                now = os.stat(self._root)
+            except OSError:
+                self.close()
+                raise
+            held = os.fstat(self._tree.top_fd)
+            if (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino):
+                return True
+            self.close()
         fd = os.open(self._root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             if not self._lock(fd):
@@ -281,7 +316,7 @@ class Watcher:
             self._aside = {}
             os.close(fd)
             raise
-        self._lock_fd = fd
+        self._tree = Tree(fd)
         return True
 
     def _lock(self, fd: int) -> bool:
@@ -301,35 +336,14 @@ class Watcher:
     def _scan(self) -> tuple[_Entries, _Entries]:
         """Regular files and other entries below the folder, by path relative to it.
 
-        Folders are walked (never through a symlink); `.ingested/` and `.refused/` at the top
-        are not. A subfolder that vanishes or cannot be listed is passed over this time.
+        Folders are walked by descriptor (never through a symlink); `.ingested/` and
+        `.refused/` at the top are not. A subfolder that vanishes, cannot be listed or is
+        swapped meanwhile is passed over this time.
         """
         files: _Entries = []
         others: _Entries = []
-        pending = [b""]
-        while pending:
-            below = pending.pop()
-            try:
-                with os.scandir(self._root + b"/" + below if below else self._root) as listing:
-                    entries = list(listing)
-            except OSError:
-                if not below:
-                    raise
-                continue
-            for entry in entries:
-                rel = below + b"/" + entry.name if below else entry.name
-                if not below and entry.name in (INGESTED, REFUSED):
-                    continue
-                try:
-                    info = entry.stat(follow_symlinks=False)
-                except FileNotFoundError:
-                    continue
-                if stat.S_ISDIR(info.st_mode):
-                    pending.append(rel)
-                elif stat.S_ISREG(info.st_mode):
-                    files.append((rel, info))
-                else:
-                    others.append((rel, info))
+        for rel, info in self._held.walk(skip=(INGESTED, REFUSED)):
+            (files if stat.S_ISREG(info.st_mode) else others).append((rel, info))
         files.sort()
         others.sort()
         return files, others
@@ -350,6 +364,8 @@ class Watcher:
             version = _Version.of(info)
             previous = self._seen.get(rel)
             seen[rel] = previous if previous and previous[0] == version else (version, now)
+            if (rel, version) in self._stuck:
+                continue  # registered, but it cannot be moved: warned about once
             marker = rel + MARKER if rel + MARKER in markers else None
             settled = now - seen[rel][1] >= self.settle_s
             if self._retry_at.get(rel, 0.0) > now or (marker is None and not settled):
@@ -367,15 +383,17 @@ class Watcher:
         parts.append(b"%d" % version.mtime_ns)
         return "drop:" + hashlib.sha256(b"\0".join(parts)).hexdigest()
 
-    def _path(self, rel: bytes) -> Path:
-        """An entry as a `Path` for the blob store: the raw bytes survive (surrogateescape)."""
-        return Path(os.fsdecode(self._root + b"/" + rel))
-
-    def _take(self, candidate: _Candidate, stored: StoredBlob, counts: dict[str, int]) -> None:
-        """Register a copied file if it is still the version copied, then move it aside."""
-        if stored.size_bytes != candidate.version.size or not self._unchanged(candidate):
+    def _take(self, candidate: _Candidate, stored: StoredBlob, counts: dict[str, int]) -> int:
+        """Register a copied file if it is still the version copied, then move it aside; 1
+        when it was refused instead (it could not be checked again, for a reason that stays).
+        """
+        try:
+            unchanged = self._unchanged(candidate)
+        except OSError as error:
+            return self._failed(candidate, f"os_error:{error.errno}")
+        if stored.size_bytes != candidate.version.size or not unchanged:
             self._changed(candidate)
-            return
+            return 0
         registered = self._intake.register(
             stored,
             Acquisition(
@@ -397,27 +415,52 @@ class Watcher:
             if self._on_ingest is not None:
                 self._on_ingest()
         self._finish(candidate)
+        return 0
 
     def _finish(self, candidate: _Candidate) -> int:
         """Move a registered file (marker first) to `.ingested/`; 1 when it was moved.
 
         The marker goes first: killed between the two moves, the file waits out `settle_s`
         and is then only moved, where a marker left behind would be taken as a file.
+
+        A file that cannot be checked or moved (its folder cannot be written, its name in
+        `.ingested/` is taken by a folder) stays where it is, warned about once by errno and
+        passed over by this watcher: the other files are taken all the same, where letting
+        the error out would stop every pass at this file. A restart tries it again.
         """
-        if not self._unchanged(candidate):
-            self._changed(candidate)
+        try:
+            if not self._unchanged(candidate):
+                self._changed(candidate)
+                return 0
+            if candidate.marker is not None:
+                self._move(candidate.marker, INGESTED)
+            self._move(candidate.rel, INGESTED)
+        except OSError as error:
+            self._stuck.add((candidate.rel, candidate.version))
+            log.warning("a registered file cannot be moved aside (errno %d)", error.errno)
             return 0
-        if candidate.marker is not None:
-            self._move(candidate.marker, INGESTED)
-        self._move(candidate.rel, INGESTED)
         return 1
 
     def _unchanged(self, candidate: _Candidate) -> bool:
+        """Whether the file is still the version taken (False when it is gone).
+
+        Raises:
+            OSError: it cannot be looked at (other than gone).
+        """
+        info = self._lstat(candidate.rel)
+        return (
+            info is not None
+            and stat.S_ISREG(info.st_mode)
+            and _Version.of(info) == candidate.version
+        )
+
+    def _lstat(self, rel: bytes) -> os.stat_result | None:
+        """What lstat says of an entry now, looked at from the folder held; None: gone."""
         try:
-            info = os.lstat(self._root + b"/" + candidate.rel)
+            with self._held.entry(rel) as (folder, name):
+                return os.stat(name, dir_fd=folder, follow_symlinks=False)
         except FileNotFoundError:
-            return False
-        return stat.S_ISREG(info.st_mode) and _Version.of(info) == candidate.version
+            return None
 
     def _changed(self, candidate: _Candidate) -> None:
         """The file is not the version taken: its next version settles from now."""
@@ -428,8 +471,10 @@ class Watcher:
         """A file that could not be stored: refused (1), gone, or tried again later."""
         if reason in _PERMANENT:
             try:
-                info = os.lstat(self._root + b"/" + candidate.rel)
-            except FileNotFoundError:
+                info = self._lstat(candidate.rel)
+            except OSError:  # its folder cannot be entered now: refused as the scan saw it
+                info = candidate.info
+            if info is None:
                 return 0
             return self._refuse(candidate.rel, info, reason)
         if reason not in _PASSED_OVER:
@@ -444,7 +489,7 @@ class Watcher:
         without opening it, says why (symlink, fifo, ...); 1 when recorded."""
         if (rel, _Version.of(info)) in self._stuck:
             return 0
-        reason = self._intake.put(self._path(rel))
+        reason = self._intake.put_below(self._held, rel)
         if not isinstance(reason, str) or reason in _PASSED_OVER:
             return 0  # it became a regular file since the scan: the next pass takes it
         return self._refuse(rel, info, reason)
@@ -465,7 +510,11 @@ class Watcher:
         """Rename an entry to a free name in the same place below `into`; never overwrites.
 
         Nobody else renames into these folders while this watcher holds the folder's lock,
-        so a name found free stays free until the rename. An entry gone meanwhile is left be.
+        so a name found free stays free until the rename. An entry gone meanwhile, or below
+        a folder swapped since the scan, is left be.
+
+        Raises:
+            OSError: the entry cannot be moved.
         """
         parent, _, name = rel.rpartition(b"/")
         opened: list[int] = []
@@ -475,8 +524,11 @@ class Watcher:
                 folder = _free_subfolder(folder, part)
                 opened.append(folder)
             free = next(name for name in _names_for(name) if not _exists(name, folder))
-            with contextlib.suppress(FileNotFoundError):
-                os.rename(self._root + b"/" + rel, free, dst_dir_fd=folder)
+            with (
+                contextlib.suppress(FileNotFoundError),
+                self._held.entry(rel) as (source, source_name),
+            ):
+                os.rename(source_name, free, src_dir_fd=source, dst_dir_fd=folder)
         finally:
             for fd in opened:
                 os.close(fd)

@@ -32,7 +32,10 @@ from evidence.schema import acquisitions, custody_events, jobs
 from evidence.store import Store
 from pipelines.api import auth
 from pipelines.api.auth import ApiToken, TokensFileError, load_tokens, token_owner
+from pipelines.api.gate import JSON_BODY_MAX_BYTES
 from pipelines.api.standalone import wait_until_serving
+from pipelines.config import QarinaConfig
+from pipelines.ingest import NotBelow, ingest_below
 from pipelines.local_cluster import free_port
 from pipelines.plan import Plan
 from tests.conftest import _reset_postgres
@@ -106,6 +109,45 @@ class Server:
 
     def open_store(self) -> Store:
         return Store.open(self.db_url, self.data / "blobs")
+
+
+def _declared_only(server: Server, path: str, length: int, token: str | None) -> Reply:
+    """A POST that declares `length` bytes of JSON and sends none: answered at once, or the
+    read times out (the service waited for the body)."""
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        connection.putrequest("POST", path)
+        connection.putheader("Content-Type", "application/json")
+        connection.putheader("Content-Length", str(length))
+        if token is not None:
+            connection.putheader("Authorization", f"Bearer {token}")
+        connection.endheaders()
+        response = connection.getresponse()
+        body = json.loads(response.read())
+    finally:
+        connection.close()
+    return Reply(response.status, {k.lower(): v for k, v in response.getheaders()}, body)
+
+
+def _streamed(
+    server: Server, path: str, content: bytes, token: str, headers: dict[str, str]
+) -> int:
+    """The status of a POST of `content` sent in chunks of 16 KiB with no length declared:
+    the service learns its size only as it reads."""
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        connection.putrequest("POST", path)
+        sent = headers | {"Authorization": f"Bearer {token}", "Transfer-Encoding": "chunked"}
+        for header, value in sent.items():
+            connection.putheader(header, value)
+        connection.endheaders()
+        for start in range(0, len(content), 16 * 1024):
+            piece = content[start : start + 16 * 1024]
+            connection.send(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+        connection.send(b"0\r\n\r\n")
+        return connection.getresponse().status
+    finally:
+        connection.close()
 
 
 def _write_tokens(path: Path, text: str, mode: int = 0o600) -> Path:
@@ -225,7 +267,7 @@ def test_server_refuses_to_start_with_a_readable_tokens_file(tmp_path: Path) -> 
 
 
 def test_every_operation_needs_a_known_bearer_token(server: Server) -> None:
-    spec = server.call("GET", "/openapi.json", token=None).body
+    spec = server.call("GET", "/openapi.json").body
     operations = [
         (method.upper(), path.replace("{sha256}", "0" * 64))
         for path, methods in spec["paths"].items()
@@ -247,6 +289,47 @@ def test_every_operation_needs_a_known_bearer_token(server: Server) -> None:
         for path, methods in spec["paths"].items()
         for method in methods
     )
+    assert spec["components"]["securitySchemes"]["HTTPBearer"] | {"description": ""} == {
+        "type": "http", "scheme": "bearer", "description": "",
+    }  # fmt: skip
+    # Nor is anything else served without one: the OpenAPI, a path that is no operation.
+    for path in ("/openapi.json", "/docs", "/v2/nothing"):
+        reply = server.call("GET", path, token=None)
+        assert (reply.status, reply.body) == (401, {"detail": "a known bearer token is required"})
+        assert reply.headers["www-authenticate"] == "Bearer"
+
+
+def test_the_token_is_checked_before_the_body_is_read(server: Server) -> None:
+    malformed = {"Content-Type": "application/json"}
+    for token in (None, INTAKE_TOKEN[:-1] + "0"):
+        reply = server.call("POST", "/v1/requests", b"{not json", token, malformed)
+        assert reply.status == 401, token
+    assert server.call("POST", "/v1/requests", b"{not json", headers=malformed).status == 422
+    # Without a token, a body of any length is answered before a byte of it arrives.
+    reply = _declared_only(server, "/v1/requests", 10 << 30, token=None)
+    assert reply.status == 401
+    assert reply.headers["www-authenticate"] == "Bearer"
+    reply = _declared_only(server, "/v1/items/upload?source=phone", 10 << 30, token=None)
+    assert reply.status == 401
+
+
+def test_a_json_body_past_the_cap_is_refused(server: Server) -> None:
+    # Up to the cap a body is read, spacing and all.
+    padded = b'{"ref": "RFA-padded"}'
+    padded += b" " * (JSON_BODY_MAX_BYTES - len(padded))
+    as_json = {"Content-Type": "application/json"}
+    assert server.call("POST", "/v1/requests", padded, OPS_TOKEN, as_json).status == 200
+    # Declared past the cap: refused before a byte is read.
+    reply = _declared_only(server, "/v1/requests", JSON_BODY_MAX_BYTES + 1, OPS_TOKEN)
+    assert reply.status == 413
+    assert str(JSON_BODY_MAX_BYTES) in reply.body["detail"]
+    # Streamed without a length: refused as soon as the cap is passed, nothing recorded.
+    oversized = b'{"ref": "RFA-oversized", "priority": 1' + b" " * JSON_BODY_MAX_BYTES + b"}"
+    assert _streamed(server, "/v1/requests", oversized, OPS_TOKEN, as_json) == 413
+    refs = [details["ref"] for _, details in _custody(server, "request")]
+    assert "RFA-padded" in refs
+    assert "RFA-oversized" not in refs
+    assert server.call("GET", "/v1/status?request=RFA-oversized").status == 404
 
 
 # --- registration by path --------------------------------------------------------------------
@@ -315,6 +398,102 @@ def test_register_by_path_inside_the_allowed_roots_only(server: Server) -> None:
     assert secret == 0
 
 
+def test_register_by_path_refuses_every_link_below_the_root(server: Server) -> None:
+    folder = server.root / "drive-8"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "evidence-name-8.jpg").write_bytes(b"eighth file")
+    (server.root / "alias-8").symlink_to(folder)  # a link that stays inside the root
+    (folder / "sub" / "up").symlink_to(folder)
+    for path in (
+        str(server.root / "alias-8"),
+        str(server.root / "alias-8" / "evidence-name-8.jpg"),
+        str(folder / "sub" / "up" / "evidence-name-8.jpg"),
+        f"{server.root}/..",
+        f"{folder}/../../{server.root.name}/drive-8",
+    ):
+        reply = server.call("POST", "/v1/items/register", {"path": path, "source": "x"})
+        assert reply.status == 403, path
+    reply = server.call(
+        "POST", "/v1/items/register", {"path": f"{folder}/evidence-name-8.jpg/x", "source": "x"}
+    )
+    assert reply.status == 404
+    # `..` goes back up the way it came down: still below the root, no link on the way.
+    reply = server.call(
+        "POST",
+        "/v1/items/register",
+        {"path": f"{folder}/sub/../evidence-name-8.jpg", "source": "drive 8"},
+    )
+    assert (reply.status, reply.body["files"], reply.body["new_items"]) == (200, 1, 1)
+    store = server.open_store()
+    try:
+        with store.database.reader.connect() as connection:
+            (row,) = connection.execute(
+                sa.select(acquisitions).where(acquisitions.c.source == "drive 8")
+            ).all()
+    finally:
+        store.close()
+    assert row.original_path == os.fsencode(folder.resolve() / "evidence-name-8.jpg")
+
+
+@pytest.mark.parametrize("swapped_when", ["coming down", "walking"])
+def test_register_by_path_never_follows_a_folder_swapped_for_a_link(
+    sqlite_config: QarinaConfig,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    swapped_when: str,
+) -> None:
+    """A folder below the root swapped for a link to outside it after the path was checked:
+    the link's target holds a file of the same name, which a walk by path would take."""
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "case" / "sub").mkdir(parents=True)
+    outside.mkdir()
+    (root / "case" / "top.jpg").write_bytes(b"evidence at the top")
+    (root / "case" / "sub" / "a.jpg").write_bytes(b"evidence below")
+    (outside / "a.jpg").write_bytes(b"outside the root")
+    swapped: list[bool] = []
+
+    def swap() -> None:
+        if not swapped:
+            swapped.append(True)
+            (root / "case" / "sub").rename(root / "case" / "sub-moved")
+            (root / "case" / "sub").symlink_to(outside)
+
+    real_stat, real_open = os.stat, os.open
+
+    def looked_at(path: Any, **named: Any) -> os.stat_result:
+        found = real_stat(path, **named)
+        if path == b"sub":  # between the check and the open
+            swap()
+        return found
+
+    def opening(path: Any, flags: int, mode: int = 0o777, **named: Any) -> int:
+        if path == b"sub":  # listed already, opened now
+            swap()
+        return real_open(path, flags, mode, **named)
+
+    store = Store.open(sqlite_config.db_url, sqlite_config.blob_root)
+    try:
+        if swapped_when == "coming down":
+            monkeypatch.setattr(os, "stat", looked_at)
+            with pytest.raises(NotBelow):
+                ingest_below(
+                    store, Plan.default(), sqlite_config, root, [b"case", b"sub", b"a.jpg"], "x"
+                )
+        else:
+            monkeypatch.setattr(os, "open", opening)
+            summary = ingest_below(store, Plan.default(), sqlite_config, root, [b"case"], "x")
+            assert (summary.files, summary.refused) == (1, {})
+        monkeypatch.undo()
+        assert swapped
+        with store.database.reader.connect() as connection:
+            stored = set(connection.execute(sa.select(acquisitions.c.sha256)).scalars())
+    finally:
+        store.close()
+    assert hashlib.sha256(b"outside the root").hexdigest() not in stored
+    assert stored <= {hashlib.sha256(b"evidence at the top").hexdigest()}
+    assert (outside / "a.jpg").read_bytes() == b"outside the root"
+
+
 # --- uploads ---------------------------------------------------------------------------------
 
 
@@ -359,23 +538,8 @@ def test_upload_over_the_cap_is_refused_and_leaves_nothing(server: Server) -> No
     # Declared too large: refused before a byte is read.
     assert server.upload(content, b"evidence-name-big").status == 413
     # Streamed without a length: refused as soon as the cap is passed.
-    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
-    try:
-        connection.putrequest("POST", "/v1/items/upload?source=phone")
-        for header, value in (
-            ("Authorization", f"Bearer {INTAKE_TOKEN}"),
-            ("X-Original-Name", "evidence-name-big"),
-            ("Transfer-Encoding", "chunked"),
-        ):
-            connection.putheader(header, value)
-        connection.endheaders()
-        for start in range(0, len(content), 16 * 1024):
-            piece = content[start : start + 16 * 1024]
-            connection.send(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
-        connection.send(b"0\r\n\r\n")
-        assert connection.getresponse().status == 413
-    finally:
-        connection.close()
+    name = {"X-Original-Name": "evidence-name-big"}
+    assert _streamed(server, "/v1/items/upload?source=phone", content, INTAKE_TOKEN, name) == 413
     assert not BlobStore(server.data / "blobs").exists(sha256)
     assert not list((server.data / "blobs" / "tmp").iterdir())
     refusals = _custody(server, "ingest_refused")
@@ -485,18 +649,18 @@ def test_operations_are_custody_events_naming_the_token(server: Server) -> None:
         store.close()
     assert (
         server.call(
-            "POST", "/v1/requeue", {"reason": "new ffmpeg", "stage": "nope"}, OPS_TOKEN
+            "POST", "/v1/requeue", {"note": "new ffmpeg", "stage": "nope"}, OPS_TOKEN
         ).status
         == 404
     )
     assert (
         server.call(
-            "POST", "/v1/requeue", {"reason": "new ffmpeg", "request": "RFA-none"}, OPS_TOKEN
+            "POST", "/v1/requeue", {"note": "new ffmpeg", "request": "RFA-none"}, OPS_TOKEN
         ).status
         == 404
     )
     reply = server.call(
-        "POST", "/v1/requeue", {"reason": "new ffmpeg", "request": "RFA-ops"}, OPS_TOKEN
+        "POST", "/v1/requeue", {"note": "new ffmpeg", "request": "RFA-ops"}, OPS_TOKEN
     )
     assert reply.body == {"requeued": 1}
     assert _custody(server, "requeue")[-1][0] == "qarina-requeue@api:ops"
@@ -542,13 +706,18 @@ def test_operations_are_custody_events_naming_the_token(server: Server) -> None:
 
 
 def test_search_and_dupes_answer(server: Server) -> None:
+    content = os.urandom(1500)
+    for source, token in (("dupes-a", INTAKE_TOKEN), ("dupes-b", OPS_TOKEN)):
+        assert server.upload(content, b"evidence-name-d", f"source={source}", token).status == 200
     reply = server.call("GET", "/v1/search?q=%D8%B3%D9%84%D8%A7%D9%85&limit=5")
     assert (reply.status, reply.body) == (200, [])
     reply = server.call("GET", "/v1/dupes")
     assert reply.status == 200
     assert reply.body["clusters"] == []
-    # Items uploaded twice (under two tokens) in the retry test are exact duplicates.
+    # The bytes uploaded twice (under two tokens, from two sources) are an exact duplicate.
     assert all(summary["acquisitions"] > 1 for summary in reply.body["exact"])
+    (mine,) = [s for s in reply.body["exact"] if s["sha256"] == hashlib.sha256(content).hexdigest()]
+    assert (mine["acquisitions"], mine["sources"]) == (2, ["dupes-a", "dupes-b"])
 
 
 # --- the served OpenAPI, fuzzed --------------------------------------------------------------
@@ -559,10 +728,10 @@ def test_no_operation_answers_with_a_server_error(server: Server, mode: Generati
     """Schemathesis generates requests for every operation of the served OpenAPI, valid ones
     and (negative mode) ones that break it; none may end in a 5xx. A few examples each keep
     the run to seconds."""
-    served = schemathesis.openapi.from_url(f"{server.url}/openapi.json")
+    auth = {"Authorization": f"Bearer {INTAKE_TOKEN}"}
+    served = schemathesis.openapi.from_url(f"{server.url}/openapi.json", headers=auth)
     operations = [result.ok() for result in served.get_all_operations()]
     assert len(operations) == 11
-    auth = {"Authorization": f"Bearer {INTAKE_TOKEN}"}
     for operation in operations:
 
         @given(case=operation.as_strategy(mode))

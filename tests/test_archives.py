@@ -4,8 +4,11 @@ nothing worse than a recorded refusal."""
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import hashlib
+import io
 import json
+import lzma
 import tarfile
 import zipfile
 from collections.abc import Callable
@@ -25,7 +28,7 @@ from pipelines.plan import Plan
 from pipelines.samples import archives, audio, hostile, photos
 from tests.flows import run_plan
 from tests.stage_contract import StageContract
-from workers.archives import ExpandConfig, ExpandResult, ExpandStage
+from workers.archives import ZIP, ExpandConfig, ExpandResult, ExpandStage, archive_format
 from workers.base import FailureReason, Kind, StageError, StageInput, StageOutput
 
 #: An Arabic file name as an old Windows tool writes it into a zip: cp1256 bytes, not UTF-8.
@@ -169,13 +172,34 @@ def test_a_path_held_twice_keeps_the_first_and_records_the_second(tmp_path: Path
     assert [entry.reason for entry in output.result.refused] == ["duplicate_path"]
 
 
-def test_directories_are_skipped(media: dict[str, Path], tmp_path: Path) -> None:
+@pytest.mark.parametrize("build", [archives.zip_archive, archives.tar_archive])
+def test_directories_are_skipped(media: dict[str, Path], tmp_path: Path, build: Builder) -> None:
     folder = tmp_path / "DCIM"
     folder.mkdir()
-    path = archives.tar_archive(tmp_path / "item", {"DCIM": folder, "DCIM/a.jpg": media["jpeg"]})
+    path = build(tmp_path / "item", {"DCIM": folder, "DCIM/a.jpg": media["jpeg"]})
     output = _expand(path, tmp_path / "work")
     assert (_paths(output.result), output.result.entries) == ([b"DCIM/a.jpg"], 2)
     assert output.result.refused == []
+
+
+@pytest.mark.parametrize(
+    ("build", "folders"),
+    [
+        (hostile.folders_with_data_zip, [b"DCIM/", b"notes"]),
+        (hostile.folder_with_size_tar, [b"DCIM"]),
+    ],
+)
+def test_directories_holding_data_are_refused_and_recorded(
+    tmp_path: Path, build: Callable[[Path, bytes], Path], folders: list[bytes]
+) -> None:
+    """A folder's bytes would never reach the store, and no one would know they were there."""
+    output = _expand(build(tmp_path / "item", b"hidden"), tmp_path / "work")
+    assert [(bytes.fromhex(e.path_hex), e.reason) for e in output.result.refused] == [
+        (folder, "directory_with_data") for folder in folders
+    ]
+    assert _paths(output.result) == [b"ok.txt"]
+    assert output.members[0].path.read_bytes() == b"hidden"
+    assert output.result.entries == len(folders) + 1
 
 
 @pytest.mark.parametrize("bomb", [hostile.zip_bomb, hostile.tar_bomb])
@@ -223,6 +247,67 @@ def test_caps_on_entries_and_bytes(
     error = _refusal(build(tmp_path / "item", members), tmp_path / "work", config)
     assert (error.reason, error.retryable) == (FailureReason.RESOURCE_LIMIT, False)
     assert cap in error.detail
+
+
+@pytest.mark.parametrize(
+    ("kind", "header_bytes", "headers"),
+    [
+        (tarfile.GNUTYPE_LONGNAME, 64 << 20, 1),
+        (tarfile.GNUTYPE_LONGLINK, 64 << 20, 1),
+        (tarfile.XHDTYPE, 64 << 20, 1),
+        (tarfile.XGLTYPE, 64 << 20, 1),
+        # Each under the cap, past it together: tarfile holds every one while it reads on.
+        (tarfile.GNUTYPE_LONGNAME, 768 << 10, 3),
+    ],
+)
+def test_a_tar_header_bomb_is_refused_before_it_is_read(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    kind: bytes,
+    header_bytes: int,
+    headers: int,
+) -> None:
+    """tarfile reads a long name or a pax header in one read of its declared size before the
+    stage sees the entry: a few KB of xz could take a worker's memory before any cap."""
+    path = hostile.tar_header_bomb(tmp_path / "item", header_bytes, kind, headers=headers)
+    assert path.stat().st_size < 16 << 10
+    reads: list[int] = []
+    read = lzma.LZMAFile.read
+
+    def measured(self: lzma.LZMAFile, size: int = -1) -> bytes:
+        data = read(self, size)
+        reads.append(len(data))
+        return data
+
+    monkeypatch.setattr(lzma.LZMAFile, "read", measured)
+    workdir = tmp_path / "work"
+    error = _refusal(path, workdir)
+    assert (error.reason, error.retryable) == (FailureReason.RESOURCE_LIMIT, False)
+    assert "headers" in error.detail
+    # No read got past the 1 MiB cap, nor did all of them together: nothing large was made.
+    assert max(reads) <= 1 << 20 and sum(reads) <= 1 << 20
+    assert list(workdir.iterdir()) == []
+
+
+@pytest.mark.parametrize("tar_format", [tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+def test_long_names_and_pax_records_of_real_files_pass_the_header_cap(
+    tmp_path: Path, tar_format: int
+) -> None:
+    # A name and a link target as long as Linux allows, an extended attribute as large.
+    name = ("a" * 255 + "/") * 15 + "b" * 252 + ".txt"
+    assert len(name) == 4096
+    path = tmp_path / "item"
+    with tarfile.open(path, "w:xz", format=tar_format) as archive:
+        note = tarfile.TarInfo(name)
+        note.size = 5
+        note.pax_headers = {"SCHILY.xattr.user.note": "x" * (64 << 10)}
+        archive.addfile(note, io.BytesIO(b"notes"))
+        link = tarfile.TarInfo("link")
+        link.type, link.linkname = tarfile.SYMTYPE, name
+        archive.addfile(link)
+    output = _expand(path, tmp_path / "work")
+    assert _paths(output.result) == [name.encode()]
+    assert [entry.reason for entry in output.result.refused] == ["symlink"]
 
 
 def test_an_archive_at_the_depth_cap_is_refused(media: dict[str, Path], tmp_path: Path) -> None:
@@ -478,28 +563,98 @@ def test_a_bomb_and_a_traversal_tar_through_the_pipeline(
     assert store.verify(fixity=True, actor="test").ok
 
 
+class _Pipe(io.RawIOBase):
+    """Somewhere to write that cannot seek, as a pipe: zipfile then puts each entry's sizes
+    in a data descriptor after its data, as the jar tool does."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self.data += data
+        return len(data)
+
+
+def _zip_of(path: Path, entries: dict[str, str], *, deflated: bool = False) -> Path:
+    """A zip of `entries` (name -> text) in order: stored, or deflated and streamed as the
+    jar tool writes them."""
+    pipe = _Pipe()
+    target: Any = pipe if deflated else path
+    method = zipfile.ZIP_DEFLATED if deflated else zipfile.ZIP_STORED
+    with zipfile.ZipFile(target, "w", method) as archive:
+        for name, text in entries.items():
+            archive.writestr(name, text)
+    if deflated:
+        path.write_bytes(bytes(pipe.data))
+    return path
+
+
+_MANIFEST = {"META-INF/MANIFEST.MF": "Manifest-Version: 1.0\n", "a/Main.class": "\xca\xfe"}
+
+
 @pytest.mark.parametrize(
-    ("first_entry", "label"),
+    ("entries", "deflated", "label"),
     [
-        ("[Content_Types].xml", "office document (OOXML)"),
-        ("mimetype", "OpenDocument or EPUB document"),
-        ("META-INF/MANIFEST.MF", "Java or Android package"),
+        (
+            {"[Content_Types].xml": "<Types/>", "word/document.xml": "<w:document/>"},
+            False,
+            "office document (OOXML)",
+        ),
+        (
+            {"mimetype": "application/vnd.oasis.opendocument.text", "content.xml": "<o/>"},
+            False,
+            "OpenDocument or EPUB document",
+        ),
+        (
+            {"mimetype": "application/epub+zip", "META-INF/container.xml": "<container/>"},
+            False,
+            "OpenDocument or EPUB document",
+        ),
+        (_MANIFEST, False, "Java or Android package"),
+        # The jar tool writes the META-INF/ folder first, deflated, sizes after the data.
+        ({"META-INF/": "", **_MANIFEST}, True, "Java or Android package"),
+        ({"AndroidManifest.xml": "\x03\x00", "classes.dex": "dex"}, False, "Android package"),
     ],
 )
 def test_documents_and_programs_in_zip_form_are_not_expanded(
-    tmp_path: Path, first_entry: str, label: str
+    tmp_path: Path, entries: dict[str, str], deflated: bool, label: str
 ) -> None:
     """A Word file or an APK is a zip by its bytes but one piece of evidence: it is
     described, not opened into its parts."""
     from workers.probe import ProbeStage
 
-    path = tmp_path / "document"
-    with zipfile.ZipFile(path, "w") as document:
-        document.writestr(first_entry, "<Types/>")
-        document.writestr("word/document.xml", "<w:document/>")
+    path = _zip_of(tmp_path / "document", entries, deflated=deflated)
     with pytest.raises(StageError) as refused:
         ProbeStage().run(StageInput("0" * 64, path, Kind.OTHER), tmp_path)
     assert (refused.value.reason, refused.value.detail) == (FailureReason.UNSUPPORTED_TYPE, label)
+
+
+@pytest.mark.parametrize(
+    ("entries", "deflated"),
+    [
+        # Folders an office file holds are folders a case zip may start with too.
+        ({"word/statement.docx": "x", "photos/a.jpg": "x"}, False),
+        ({"xl/": "", "xl/ledger.csv": "x"}, False),
+        ({"ppt/slides.pdf": "x"}, False),
+        ({"docProps/readme.txt": "x"}, False),
+        ({"_rels/notes.txt": "x"}, False),
+        ({"META-INF/container.xml": "x"}, False),
+        ({"META-INF/": "", "META-INF/notes.txt": "x"}, True),
+        # A file called mimetype is a marker only stored, naming an application/ type.
+        ({"mimetype": "text/plain", "a.txt": "x"}, False),
+        ({"mimetype": "application/epub+zip", "a.txt": "x"}, True),
+    ],
+)
+def test_zips_that_only_start_like_documents_are_expanded(
+    tmp_path: Path, entries: dict[str, str], deflated: bool
+) -> None:
+    path = _zip_of(tmp_path / "item", entries, deflated=deflated)
+    assert archive_format(path.read_bytes()[:4096]) is ZIP
+    output = _expand(path, tmp_path / "work")
+    assert _paths(output.result) == [name.encode() for name in entries if not name.endswith("/")]
 
 
 def test_a_later_arrival_of_an_expanded_archive_brings_its_members_again(
@@ -524,3 +679,76 @@ def test_a_later_arrival_of_an_expanded_archive_brings_its_members_again(
     assert arrivals == {("NGO-A drive 3", "RFA-1"), ("NGO-B", "RFA-2")}
     assert store.status("RFA-2").items == 4  # the tar, the inner zip and both files
     assert store.verify(fixity=False, actor="t").ok
+
+
+def test_an_archive_expanded_again_under_new_caps_records_nothing_new(
+    store: Store, config: QarinaConfig, media: dict[str, Path], tmp_path: Path
+) -> None:
+    """Reprocessing the expansion (raised caps make a new key) finds every member linked
+    and acquired already: no second ingest event per member, only the new result."""
+    from evidence.reprocess import Request, Selection
+    from pipelines.reprocess import reprocess_stage
+
+    folder = tmp_path / "intake"
+    folder.mkdir()
+    archives.zip_archive(folder / "export.zip", {"a.jpg": media["jpeg"], "b.png": media["png"]})
+    plan = Plan.default(settings=config)
+    _ingest(store, config, plan, folder)
+    before = _footprint(store)
+    raised = dataclasses.replace(
+        plan, stages={**plan.stages, "expand": ExpandStage(ExpandConfig(max_entries=200_000))}
+    )
+    request = Request(Selection(), None, 3, "tester", "entry cap raised")
+    assert reprocess_stage(store, raised, "expand", request).queued == 1
+    run_plan(store, raised, config)
+    items_, acquired, linked, stored, ingests = _footprint(store)
+    assert (items_, acquired, linked, ingests) == (before[0], before[1], before[2], before[4])
+    assert stored == before[3] + 1  # the new expansion's result, beside the superseded one
+
+
+def test_archives_that_hold_each_other_bring_an_arrival_once(
+    store: Store, config: QarinaConfig, tmp_path: Path
+) -> None:
+    """Links that loop (a zip quine holds itself; two archives may hold each other) must not
+    send a new arrival round them for ever."""
+    from evidence.store import Acquisition
+
+    shas = []
+    for name, width in (("a", 16), ("b", 24)):
+        blob = store.blobs.put(photos.striped(tmp_path / f"{name}.jpg", size=(width, 16)))
+        arrival = Acquisition("first", name.encode(), name.encode(), "tester")
+        store.register(blob, arrival, [], "t", 3)
+        shas.append(blob.sha256)
+    with store.database.writer.begin() as connection:
+        result_id = connection.execute(
+            sa.insert(results).values(
+                sha256=shas[0],
+                stage="expand",
+                stage_version="1",
+                config_hash="x",
+                status="ok",
+                skip_reason=None,
+                data={},
+                data_sha256="0" * 64,
+                provenance={},
+                created_at=dt.datetime.now(dt.UTC),
+            )
+        ).inserted_primary_key[0]
+        for archive, member in ((shas[0], shas[1]), (shas[1], shas[0]), (shas[0], shas[0])):
+            connection.execute(
+                sa.insert(archive_members).values(
+                    archive_sha256=archive,
+                    member_sha256=member,
+                    path=b"x/" + member[:8].encode(),
+                    depth=1,
+                    result_id=result_id,
+                )
+            )
+    again = store.blobs.put(tmp_path / "a.jpg")
+    store.register(again, Acquisition("second", b"a", b"a", "tester"), [], "t", 3)
+    plan = Plan.default(settings=config)
+    sources = {
+        sha: {arrival["source"] for arrival in _shown(store, plan, sha)["acquisitions"]}
+        for sha in shas
+    }
+    assert sources == {shas[0]: {"first", "second"}, shas[1]: {"first", "second"}}

@@ -101,7 +101,7 @@ def _states(store: Store) -> dict[tuple[str, str], str]:
 
 
 def test_request_priority_moves_queued_jobs_at_once(store: Store, tmp_path: Path) -> None:
-    requests.create(store.database, "RFA-1", 0, None, "qarina-request@anna")
+    requests.create(store.database, "RFA-1", "qarina-request@anna", priority=0)
     first = _arrive(store, tmp_path, "a", request="RFA-1")
     shared = _arrive(store, tmp_path, "b", request="RFA-1")
     _arrive(store, tmp_path, "b", request="RFA-2")  # the same content from another source
@@ -109,9 +109,9 @@ def test_request_priority_moves_queued_jobs_at_once(store: Store, tmp_path: Path
     leased = jobs.lease(store.database, DRIVER, [PROBE.key], 1, TTL)
     assert [job.sha256 for job in leased] == [outsider]
 
-    requests.create(store.database, "RFA-1", 10, NOW, "qarina-request@anna")
+    requests.create(store.database, "RFA-1", "qarina-request@anna", priority=10, deadline=NOW)
     assert _priorities(store) == {first: 10, shared: 10}
-    requests.create(store.database, "RFA-2", 20, None, "qarina-request@anna")
+    requests.create(store.database, "RFA-2", "qarina-request@anna", priority=20)
     assert _priorities(store) == {first: 10, shared: 20}
     assert requests.set_priority(store.database, "RFA-1", 30, "qarina-request@ben") == 2
     assert _priorities(store) == {first: 30, shared: 30}
@@ -135,7 +135,7 @@ def test_request_priority_moves_queued_jobs_at_once(store: Store, tmp_path: Path
 
 
 def test_intake_for_a_request_takes_its_priority(store: Store, tmp_path: Path) -> None:
-    requests.create(store.database, "RFA-7", 15, None, "qarina-request@anna")
+    requests.create(store.database, "RFA-7", "qarina-request@anna", priority=15)
     urgent = _arrive(store, tmp_path, "a", request="RFA-7")
     named_first = _arrive(store, tmp_path, "b", request="RFA-8", priority=4)
     assert _priorities(store) == {urgent: 15, named_first: 4}
@@ -174,7 +174,7 @@ def test_requeue_failed_and_dead_jobs(store: Store, tmp_path: Path) -> None:
     assert states[(slow, "probe")] == jobs.DEAD
 
     # Raised after the failures: requeued jobs must not keep the priority they failed with.
-    requests.create(store.database, "RFA-1", 40, None, "qarina-request@anna")
+    requests.create(store.database, "RFA-1", "qarina-request@anna", priority=40)
     elsewhere = records.JobSpec("probe", "2", "cfg")
     assert requeue_failed(store.database, [elsewhere.key], "qarina-requeue@ben", "x") == 0
     assert (
@@ -372,7 +372,7 @@ def test_progress_counts_work_to_come_and_work_ahead(
     plan = Plan.default(settings=config)
     first = plan.initial_jobs()
     deadline = dt.datetime.now(dt.UTC) + dt.timedelta(days=30)
-    requests.create(store.database, "RFA-1", 5, deadline, "tester")
+    requests.create(store.database, "RFA-1", "tester", priority=5, deadline=deadline)
     mine = [_arrive(store, tmp_path, f"r{index}", first, request="RFA-1") for index in range(4)]
     urgent = [_arrive(store, tmp_path, f"o{index}", first, priority=9) for index in range(4)]
     later = [_arrive(store, tmp_path, f"l{index}", first, priority=1) for index in range(2)]
@@ -412,7 +412,7 @@ def test_progress_counts_work_to_come_and_work_ahead(
     assert {stage.stage: stage.open for stage in everything.stages}["probe"] == 7
     with pytest.raises(requests.UnknownRequest):
         backlog_progress(store, plan, "RFA-404")
-    requests.create(store.database, "RFA-0", 1, deadline, "tester")
+    requests.create(store.database, "RFA-0", "tester", priority=1, deadline=deadline)
     empty = backlog_progress(store, plan, "RFA-0")
     assert empty.items.total == 0 and empty.verdict.state is Deadline.UNKNOWN
 
@@ -462,7 +462,9 @@ def test_progress_eta_and_verdicts_from_measured_throughput(
         (dt.timedelta(seconds=progress.eta.seconds * 0.9), Deadline.AT_RISK),
         (dt.timedelta(days=-1), Deadline.MISSED),
     ]:
-        requests.create(store.database, "RFA-2", 0, dt.datetime.now(dt.UTC) + deadline, "t")
+        requests.create(
+            store.database, "RFA-2", "t", priority=0, deadline=dt.datetime.now(dt.UTC) + deadline
+        )
         assert backlog_progress(store, plan, "RFA-2").verdict.state is verdict
 
     controls.set_paused(store.database, True, "qarina-pause@anna", "disk swap")
@@ -535,9 +537,17 @@ def test_cli_requests_requeue_pause_and_status(sqlite_config: QarinaConfig, tmp_
     }
     qarina("requeue", code=2)
     qarina("requeue", "--failed", "--stage", "nonsense", code=2)
+    qarina("requeue", "--failed", "--reason", "not-a-reason", code=2)
+    # A filter by failure reason takes only what ended that way.
+    assert (
+        json.loads(
+            qarina("requeue", "--failed", "--reason", "tool_timeout", "--dry-run", "--json")
+        )["requeued"]
+        == 0
+    )
     qarina("requeue", "--failed", "--request", "RFA-404", code=1)
     assert "requeued 1 failed" in qarina(
-        "requeue", "--failed", "--request", "RFA-2291", "--reason", "ffmpeg upgraded"
+        "requeue", "--failed", "--request", "RFA-2291", "--note", "ffmpeg upgraded"
     )
     shown = qarina("status", "--request", "RFA-2291")
     assert "request RFA-2291: priority 20, no deadline" in shown and "ETA" in shown

@@ -269,3 +269,19 @@ def test_opening_twice_is_idempotent(config: object, tmp_path: Path) -> None:
     url = config.db_url  # type: ignore[attr-defined]
     Store.open(url, tmp_path / "b1").close()
     Store.open(url, tmp_path / "b1").close()
+
+
+def test_an_intake_key_registers_once_and_a_reused_one_leaves_nothing(
+    store: Store, tmp_path: Path
+) -> None:
+    first = store.blobs.put(_file(tmp_path, "a", b"first bytes"))
+    other = store.blobs.put(_file(tmp_path, "b", b"other bytes under the same key"))
+    arrival = Acquisition("drop", b"a", b"/drop/a", "tester", intake_key="drop:1")
+    assert store.register(first, arrival, [PROBE], "t", 3).acquisition_id is not None
+    again = store.register(first, arrival, [PROBE], "t", 3)
+    reused = store.register(other, arrival, [PROBE], "t", 3)
+    assert again.acquisition_id is None and reused.acquisition_id is None
+    # The other bytes left no item, job or custody behind: nothing unexplained in the store.
+    assert store.show(other.sha256, CURRENT) is None
+    assert store.status().items == 1
+    assert store.verify(fixity=False, actor="t").chain.events == 1  # the one ingest

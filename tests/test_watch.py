@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import sqlalchemy as sa
@@ -26,10 +27,11 @@ from typer.testing import CliRunner
 from evidence.blobs import StoredBlob
 from evidence.schema import acquisitions, custody_events, items
 from evidence.store import Store
+from pipelines import watch
 from pipelines.bench.photos import make_photos
 from pipelines.cli import app
 from pipelines.config import QarinaConfig
-from pipelines.ingest import Intake, ingest_paths
+from pipelines.ingest import Intake, Tree, ingest_paths
 from pipelines.plan import Plan
 from pipelines.watch import DropFolder, PollReport, Watcher
 
@@ -213,6 +215,176 @@ def test_a_link_dropped_as_the_ingested_folder_is_never_followed(
     assert _names_in(drop) == {b".ingested", b"a.jpg"}
 
 
+def _swap_for_a_link(folder: Path, target: Path) -> None:
+    """What a hostile dropper does: the folder moves aside and a link to `target` takes its
+    name, between two steps of a watcher."""
+    folder.rename(folder.with_name(folder.name + "-moved"))
+    folder.symlink_to(target)
+
+
+@pytest.mark.allow_logged_errors
+@pytest.mark.parametrize("swapped_when", ["opened", "listed", "copied", "moved"])
+def test_a_subfolder_swapped_for_a_link_mid_pass_takes_nothing_from_its_target(
+    store: Store,
+    sqlite_config: QarinaConfig,
+    drop: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    swapped_when: str,
+) -> None:
+    """The link's target (another case's folder, the blob store) holds a file of the same
+    name: a watcher that went back by path would list, copy and move that one."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "a.jpg").write_bytes(b"not evidence, never to be taken")
+    (drop / "sub").mkdir()
+    _drop_file(drop, b"sub/a.jpg", b"dropped evidence")
+    swapped: list[bool] = []
+
+    def swap() -> None:
+        if not swapped:
+            swapped.append(True)
+            _swap_for_a_link(drop / "sub", outside)
+
+    if swapped_when == "opened":  # after the listing of the top saw a folder, before its open
+        real_open = os.open
+
+        def opening(path: object, flags: int, mode: int = 0o777, **named: object) -> int:
+            if path == b"sub":
+                swap()
+            return real_open(path, flags, mode, **named)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(os, "open", opening)
+    elif swapped_when == "listed":  # opened already, listed now
+        real_scandir = os.scandir
+        listings: list[object] = []
+
+        def listing(path: object) -> object:
+            listings.append(path)
+            if len(listings) == 2:
+                swap()
+            return real_scandir(path)  # type: ignore[call-overload]
+
+        monkeypatch.setattr(os, "scandir", listing)
+    else:
+        method = "put_below" if swapped_when == "copied" else "register"
+        real = getattr(Intake, method)
+
+        def then_swap(intake: Intake, *args: object) -> object:
+            if swapped_when == "copied":
+                swap()
+            done = real(intake, *args)
+            swap()
+            return done
+
+        monkeypatch.setattr(Intake, method, then_swap)
+    watcher = _watcher(store, sqlite_config, drop)
+    try:
+        watcher.poll()
+        assert swapped
+        monkeypatch.undo()
+        watcher.poll()  # the link is refused; the folder moved aside is taken
+    finally:
+        watcher.close()
+    assert (outside / "a.jpg").read_bytes() == b"not evidence, never to be taken"
+    assert [path.name for path in outside.iterdir()] == ["a.jpg"]
+    taken = {row.sha256 for row in _rows(store, items)}
+    assert taken == {hashlib.sha256(b"dropped evidence").hexdigest()}
+    assert (drop / ".refused" / "sub").is_symlink()
+    assert not (drop / ".ingested" / "sub").is_symlink()
+
+
+def test_a_file_that_cannot_be_moved_aside_holds_up_no_other(
+    store: Store,
+    sqlite_config: QarinaConfig,
+    drop: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Root passes over permissions, so a rename refused (EACCES, a read-only share) stands
+    in for what an operator's mistake does to a real watcher."""
+    _drop_file(drop, b"a-stuck.jpg", b"stuck")
+    _drop_file(drop, b"b.jpg", b"b")
+    (drop / "c").mkdir()
+    _drop_file(drop, b"c/d.jpg", b"d")
+    real_rename = os.rename
+
+    def refusing(source: bytes, *args: object, **named: object) -> None:
+        if source == b"a-stuck.jpg":
+            raise PermissionError(13, "Permission denied")
+        real_rename(source, *args, **named)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "rename", refusing)
+    watcher = _watcher(store, sqlite_config, drop)
+    try:
+        assert watcher.poll() == PollReport(ingested=3)
+        assert watcher.poll() == PollReport()  # passed over, not tried again
+        _drop_file(drop, b"e.jpg", b"e")
+        assert watcher.poll() == PollReport(ingested=1)
+    finally:
+        watcher.close()
+    assert _names_in(drop) == {b".ingested", b".refused", b"a-stuck.jpg", b"c"}
+    assert _names_in(drop / ".ingested") == {b"b.jpg", b"c", b"e.jpg"}
+    warnings = [record.getMessage() for record in caplog.records if "moved aside" in record.message]
+    assert warnings == ["a registered file cannot be moved aside (errno 13)"]
+    assert "stuck" not in caplog.text
+    monkeypatch.undo()
+    # A restart tries it again: registered already, it is only moved.
+    assert _poll(_watcher(store, sqlite_config, drop)) == PollReport(resumed=1)
+    assert len(_rows(store, acquisitions)) == 4
+
+
+@pytest.mark.allow_logged_errors
+def test_a_watcher_outlives_a_bug_and_logs_its_type_alone(
+    store: Store,
+    sqlite_config: QarinaConfig,
+    drop: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    _drop_file(drop, b"secret-name.jpg", b"x")
+    failures: list[None] = []
+    poll = Watcher.poll
+
+    def buggy(watcher: Watcher, stop: threading.Event | None = None) -> PollReport:
+        if len(failures) < 3:
+            failures.append(None)
+            raise KeyError("secret-name.jpg in SELECT ... WHERE name = 'secret-name.jpg'")
+        return poll(watcher, stop)
+
+    monkeypatch.setattr(Watcher, "poll", buggy)
+    stop = threading.Event()
+    reports: list[PollReport] = []
+    watcher = _watcher(store, sqlite_config, drop)
+    thread = threading.Thread(target=watcher.run, args=(stop, 0.01, reports.append))
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not any(report.ingested for report in reports):
+        assert time.monotonic() < deadline and thread.is_alive()
+        time.sleep(0.01)
+    stop.set()
+    thread.join()
+    logged = [(r.levelno, r.getMessage()) for r in caplog.records if "failed" in r.message]
+    assert logged == [(logging.ERROR, "a pass over a drop folder failed (KeyError); trying again")]
+    assert "secret" not in caplog.text
+
+
+def test_a_folder_recreated_while_watched_is_taken_again(
+    store: Store, sqlite_config: QarinaConfig, drop: Path
+) -> None:
+    watcher = _watcher(store, sqlite_config, drop)
+    try:
+        _drop_file(drop, b"first.jpg", b"first")
+        assert watcher.poll() == PollReport(ingested=1)
+        drop.rename(drop.with_name("drop-old"))
+        drop.mkdir()
+        _drop_file(drop, b"second.jpg", b"second")
+        assert watcher.poll() == PollReport(ingested=1)
+    finally:
+        watcher.close()
+    assert _names_in(drop / ".ingested") == {b"second.jpg"}
+
+
 def test_a_device_node_is_refused(store: Store, sqlite_config: QarinaConfig, drop: Path) -> None:
     try:
         os.mknod(drop / "null", stat.S_IFCHR | 0o600, os.makedev(1, 3))
@@ -239,19 +411,23 @@ def test_a_done_marker_takes_a_file_at_once_and_goes_with_it(
 
 
 def test_a_file_still_growing_is_taken_only_once_it_settles(
-    store: Store, sqlite_config: QarinaConfig, drop: Path
+    store: Store, sqlite_config: QarinaConfig, drop: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    watcher = _watcher(store, sqlite_config, drop, settle_s=0.4)
+    # The watcher's clock is the test's: no margin for a loaded machine to eat. (Steps are
+    # binary fractions, so the sums are exact.)
+    now = [1000.0]
+    monkeypatch.setattr(watch, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    watcher = _watcher(store, sqlite_config, drop, settle_s=0.5)
     try:
         path = _drop_file(drop, b"upload.mov", b"part one, ")
         assert watcher.poll() == PollReport(waiting=1)
-        time.sleep(0.25)
+        now[0] += 0.25
         with open(path, "ab") as handle:
             handle.write(b"part two")
         assert watcher.poll() == PollReport(waiting=1)
-        time.sleep(0.25)
-        assert watcher.poll() == PollReport(waiting=1)  # 0.25 s since it last changed
-        time.sleep(0.2)
+        now[0] += 0.4375
+        assert watcher.poll() == PollReport(waiting=1)  # 0.4375 s since it last changed
+        now[0] += 0.0625
         assert watcher.poll() == PollReport(ingested=1)
     finally:
         watcher.close()
@@ -283,19 +459,19 @@ def test_a_file_changed_while_it_was_copied_is_taken_again_as_its_new_version(
     store: Store, sqlite_config: QarinaConfig, drop: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = _drop_file(drop, b"rewritten.jpg", b"old")
-    put = Intake.put
+    put = Intake.put_below
 
-    def put_then_rewrite(intake: Intake, source: Path) -> StoredBlob | str:
-        stored = put(intake, source)
+    def put_then_rewrite(intake: Intake, tree: Tree, rel: bytes) -> StoredBlob | str:
+        stored = put(intake, tree, rel)
         with open(path, "ab") as handle:  # a writer that paused longer than settle_s
             handle.write(b" and new")
         return stored
 
-    monkeypatch.setattr(Intake, "put", put_then_rewrite)
+    monkeypatch.setattr(Intake, "put_below", put_then_rewrite)
     watcher = _watcher(store, sqlite_config, drop)
     try:
         assert watcher.poll() == PollReport()
-        monkeypatch.setattr(Intake, "put", put)
+        monkeypatch.setattr(Intake, "put_below", put)
         assert watcher.poll() == PollReport(ingested=1)
     finally:
         watcher.close()

@@ -10,8 +10,9 @@ Archives are also the classic attack on whatever unpacks them: a bomb that infla
 kilobytes into terabytes, a member named `../../etc/cron.d/x`, a link to a file outside. So the
 stage streams with the standard library (never `extractall`), never uses an entry's name as a
 path (members are written as `member-000001`, ...), counts bytes as it writes them and stops
-at the first cap passed, and refuses, recording them, entries that are links, devices or paths
-that leave the archive. Entry names are evidence in any encoding: they are kept as raw bytes
+at the first cap passed (a tar's headers too, which the library reads whole), and refuses,
+recording them, entries that are links, devices, directories holding data or paths that leave
+the archive. Entry names are evidence in any encoding: they are kept as raw bytes
 and written into results only as hex, and never into a failure's detail or a log line.
 """
 
@@ -56,6 +57,13 @@ _TAR_BLOCK = 512
 _CHUNK = 1 << 20
 _GIB = 1 << 30
 _MIB = 1 << 20
+#: The most one tar entry's headers may take in all: its 512-byte header block and any GNU
+#: long-name or long-link blocks and pax records ahead of it. tarfile reads each of those in
+#: one read of the size the archive declares, before the stage sees the entry, so the cap is
+#: applied to the reads themselves. Real headers are far smaller: a name or link target is at
+#: most 4,096 bytes (Linux's PATH_MAX), and the largest pax records tar tools write, a file's
+#: extended attributes, are at most 64 KiB in all (Linux's XATTR_LIST_MAX).
+_HEADER_CAP = _MIB
 
 
 @dataclass(frozen=True)
@@ -99,36 +107,53 @@ def _first_block(head: bytes, decompressor: Any) -> bytes:
         return b""
 
 
-#: Zip files that are documents or programs, told by their first entry's name: a Word or
-#: Excel file, an OpenDocument or EPUB (a stored `mimetype` first), a Java or Android
-#: package. They are one piece of evidence each, not a folder of parts to expand.
-_DOCUMENT_FIRST_ENTRIES: tuple[tuple[bytes, str], ...] = (
-    (b"[Content_Types].xml", "office document (OOXML)"),
-    (b"_rels/", "office document (OOXML)"),
-    (b"docProps/", "office document (OOXML)"),
-    (b"word/", "office document (OOXML)"),
-    (b"xl/", "office document (OOXML)"),
-    (b"ppt/", "office document (OOXML)"),
-    (b"mimetype", "OpenDocument or EPUB document"),
-    (b"META-INF/", "Java or Android package"),
-    (b"AndroidManifest.xml", "Android package"),
-)
-#: A zip local file header: signature, then fixed fields up to the name's length at 26.
-_ZIP_NAME_LENGTH_AT = 26
-_ZIP_NAME_AT = 30
+#: Zip files that are documents or programs, told by an entry their formats put first. They
+#: are one piece of evidence each, not a folder of parts to expand. Only names no case zip
+#: starts with by chance count: a folder such as `word/` or `_rels/` first is no marker (a
+#: document unpacked and zipped again, or a case folder so named, is a zip to expand).
+_DOCUMENT_FIRST_ENTRIES: dict[bytes, str] = {
+    b"[Content_Types].xml": "office document (OOXML)",
+    b"META-INF/MANIFEST.MF": "Java or Android package",
+    b"AndroidManifest.xml": "Android package",
+}
+#: A zip local file header up to the name: signature, version, flags, method, time, date,
+#: CRC, compressed and uncompressed sizes, name and extra field lengths.
+_ZIP_LOCAL = struct.Struct("<4s5H3L2H")
+_ZIP_LOCAL_MAGIC = b"PK\x03\x04"
+
+
+def _local_entry(head: bytes, at: int) -> tuple[bytes, int, int] | None:
+    """The name, compression method and data offset of the zip entry whose local header
+    starts at `at` in `head`; None when no whole header starts there."""
+    if at < 0 or not head.startswith(_ZIP_LOCAL_MAGIC, at) or len(head) < at + _ZIP_LOCAL.size:
+        return None
+    fields = _ZIP_LOCAL.unpack_from(head, at)
+    method, name_length, extra_length = fields[3], fields[9], fields[10]
+    name_at = at + _ZIP_LOCAL.size
+    return head[name_at : name_at + name_length], method, name_at + name_length + extra_length
 
 
 def document_container(head: bytes) -> str | None:
-    """What a zip that is really a document or a program is, from its first entry's name;
-    None for a plain zip (or no zip at all)."""
-    if not head.startswith(b"PK\x03\x04") or len(head) < _ZIP_NAME_AT:
+    """What a zip that is really a document or a program is, from the entry its format puts
+    first; None for a plain zip (or no zip at all).
+
+    The markers: OOXML's `[Content_Types].xml`; ODF's and EPUB's `mimetype` entry, which both
+    formats require stored uncompressed and naming an `application/` type (a notes file that
+    happens to be called `mimetype` does not); a Java manifest `META-INF/MANIFEST.MF`, first
+    or after the `META-INF/` folder, which is how the jar tool writes it; Android's
+    `AndroidManifest.xml`.
+    """
+    first = _local_entry(head, 0)
+    if first is None:
         return None
-    length = int.from_bytes(head[_ZIP_NAME_LENGTH_AT : _ZIP_NAME_LENGTH_AT + 2], "little")
-    first = head[_ZIP_NAME_AT : _ZIP_NAME_AT + length]
-    for prefix, label in _DOCUMENT_FIRST_ENTRIES:
-        if first.startswith(prefix):
-            return label
-    return None
+    name, method, data_at = first
+    if name == b"mimetype":
+        stored = method == zipfile.ZIP_STORED and head.startswith(b"application/", data_at)
+        return "OpenDocument or EPUB document" if stored else None
+    if name == b"META-INF/":
+        second = _local_entry(head, head.find(_ZIP_LOCAL_MAGIC, data_at))
+        name = b"" if second is None else second[0]
+    return _DOCUMENT_FIRST_ENTRIES.get(name)
 
 
 def archive_format(head: bytes) -> ArchiveFormat | None:
@@ -138,7 +163,7 @@ def archive_format(head: bytes) -> ArchiveFormat | None:
     its first 512 bytes are decompressed to see that, so a compressed bomb costs nothing here.
     A zip that is a document or a program (see `document_container`) is not one we expand.
     """
-    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+    if head.startswith((_ZIP_LOCAL_MAGIC, b"PK\x05\x06")):
         return None if document_container(head) else ZIP
     if _is_tar_header(head):
         return TAR
@@ -207,8 +232,9 @@ class ArchiveMember(JsonRecord):
 class RefusedEntry(JsonRecord):
     """An entry not extracted, and why: `absolute_path`, `parent_path` (a `..` component),
     `empty_path`, `duplicate_path` (the store links one member per path), `symlink`,
-    `hardlink`, `device`, `fifo`, `socket`, `encrypted`, `unsupported_compression` or
-    `unsupported_entry` (a tar type that is none of these)."""
+    `hardlink`, `device`, `fifo`, `socket`, `directory_with_data` (a directory that holds or
+    declares bytes, which a tool skipping directories never shows), `encrypted`,
+    `unsupported_compression` or `unsupported_entry` (a tar type that is none of these)."""
 
     path_hex: str
     reason: str
@@ -426,7 +452,8 @@ def _zip_entry(info: zipfile.ZipInfo) -> str:
     # Unix tools keep the file's mode in the upper half of the external attributes.
     mode = info.external_attr >> 16
     if info.is_dir() or stat.S_ISDIR(mode):
-        return _DIRECTORY
+        # zipfile would hand over a directory's bytes like a file's: recorded, not skipped.
+        return "directory_with_data" if info.file_size else _DIRECTORY
     special = _mode_entry(mode)
     if special is not None:
         return special
@@ -465,17 +492,32 @@ class _Stream(Protocol):
     def tell(self) -> int: ...
 
 
-class _LastRead:
-    """A tar stream that remembers the last bytes read from it. tarfile ends its iteration
-    silently on a damaged or truncated header as on the closing zero blocks; the last read
-    is that header, so the stage can tell them apart without seeking back, which a
-    compressed stream could only do by decompressing from the start again."""
+class _TarStream:
+    """The stream tarfile reads a tar through, which caps and counts every read before it is
+    made, since tarfile allocates what it asks for before the stage sees an entry.
 
-    def __init__(self, stream: _Stream) -> None:
+    Header reads (any read outside `member_data`) are capped at `_HEADER_CAP` per entry in
+    all, so a few KB of xz declaring a long name or pax record of gigabytes is refused before
+    a byte of it is decompressed, and so is a chain of headers each under the cap. Every read
+    first passes the stream's offset after it through the byte budget, as the bytes written
+    do. And the last read is kept: tarfile ends its iteration silently on a damaged or
+    truncated header as on the closing zero blocks; the last read is that header, so the
+    stage can tell them apart without seeking back, which a compressed stream could only do
+    by decompressing from the start again."""
+
+    def __init__(self, stream: _Stream, budget: _Budget) -> None:
         self._stream = stream
+        self._budget = budget
+        self._header_bytes = 0
+        self._in_data = False
         self.last = b""
 
     def read(self, size: int = -1) -> bytes:
+        if not self._in_data:
+            self._header_bytes += size
+            if size < 0 or self._header_bytes > _HEADER_CAP:
+                raise _limit(f"a tar entry's headers pass the cap of {_HEADER_CAP} bytes")
+        self._budget.check(self._stream.tell() + size)
         self.last = self._stream.read(size)
         return self.last
 
@@ -484,6 +526,18 @@ class _LastRead:
 
     def tell(self) -> int:
         return self._stream.tell()
+
+    @contextmanager
+    def member_data(self) -> Iterator[None]:
+        """While the stage handles an entry tarfile has read, reads are that member's data,
+        which `_Expansion.extract` takes in chunks and counts; the next entry's headers are
+        counted afresh."""
+        self._in_data = True
+        try:
+            yield
+        finally:
+            self._in_data = False
+            self._header_bytes = 0
 
 
 _TAR_REFUSALS = {
@@ -499,7 +553,9 @@ def _tar_entry(member: tarfile.TarInfo) -> str:
     if member.isreg():
         return _FILE
     if member.isdir():
-        return _DIRECTORY
+        # A directory's size must be 0: tarfile, like GNU tar, reads what follows it as the
+        # next header, so a size here declares bytes the archive cannot give as this entry's.
+        return "directory_with_data" if member.size else _DIRECTORY
     return _TAR_REFUSALS.get(member.type, "unsupported_entry")
 
 
@@ -517,9 +573,9 @@ def _decompressed(handle: IO[bytes], form: ArchiveFormat) -> Iterator[_Stream]:
 
 def _expand_tar(path: Path, form: ArchiveFormat, expansion: _Expansion) -> None:
     with path.open("rb") as handle, _decompressed(handle, form) as stream:
-        recorded = _LastRead(stream)
+        recorded = _TarStream(stream, expansion.budget)
         # surrogateescape keeps names that are not UTF-8 byte for byte. Reading, tarfile calls
-        # only read, seek and tell, which is all _LastRead has (the stub asks for a writer).
+        # only read, seek and tell, which is all _TarStream has (the stub asks for a writer).
         with tarfile.TarFile(
             fileobj=recorded,  # type: ignore[arg-type]
             mode="r",
@@ -531,10 +587,11 @@ def _expand_tar(path: Path, form: ArchiveFormat, expansion: _Expansion) -> None:
                 # extracted or skipped: a refused entry's data is inflated too.
                 expansion.budget.check(member.offset_data + member.size, member.size)
                 raw = member.name.encode("utf-8", "surrogateescape")
-                if expansion.admit(raw, _tar_entry(member)):
-                    # Only regular entries are admitted, and for those tarfile gives a reader.
-                    with cast(IO[bytes], archive.extractfile(member)) as data:
-                        expansion.extract(raw, data)
+                with recorded.member_data():
+                    if expansion.admit(raw, _tar_entry(member)):
+                        # Only regular entries are admitted; for those tarfile gives a reader.
+                        with cast(IO[bytes], archive.extractfile(member)) as data:
+                            expansion.extract(raw, data)
             ending = recorded.last
     if not ending:
         expansion.flags.append("no_end_marker")

@@ -396,7 +396,9 @@ class ProbeStage(Stage[ProbeConfig, ProbeResult]):
     """Decides an item's kind from its content and describes its container and streams."""
 
     name: ClassVar[str] = "probe"
-    version: ClassVar[str] = "1"
+    #: 2: zip and tar (plain, gzip, xz) are archives, checked before media signatures, where 1
+    #: refused them as unsupported (and could take a tar starting `ID3` for an MP3).
+    version: ClassVar[str] = "2"
     kinds: ClassVar[frozenset[Kind]] = frozenset(Kind)
     requires: ClassVar[tuple[str, ...]] = ()
     decides_kind: ClassVar[bool] = True

@@ -1,5 +1,6 @@
-"""The application: the operations of `intake`, `results` and `operations` under `/v1`, each
-behind a token, with errors answered without a file name reaching the log."""
+"""The application: the operations of `intake`, `results` and `operations` under `/v1`, every
+request behind the gate (a token, a bounded body), with errors answered without a file name
+reaching the log."""
 
 from __future__ import annotations
 
@@ -22,8 +23,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from evidence.store import Store
 from pipelines.api import intake, operations, results
-from pipelines.api.auth import load_tokens
+from pipelines.api.auth import Caller, load_tokens
 from pipelines.api.context import ApiSettings, RequestContext, caller
+from pipelines.api.gate import JSON_BODY_MAX_BYTES, Gate
 from pipelines.api.intake import UPLOAD_THREADS
 from pipelines.api.models import problem
 from pipelines.config import QarinaConfig
@@ -75,13 +77,25 @@ async def _invalid(_http: fastapi.Request, error: Exception) -> Response:
     return _AsciiJSON({"detail": jsonable_encoder(error.errors())}, 422)
 
 
-#: Every operation needs a token; the OpenAPI says so on each.
+#: Every operation needs a token; the OpenAPI says so on each (`caller` declares the bearer
+#: scheme), and that the gate refuses a body past its cap.
 router = fastapi.APIRouter(
-    prefix="/v1", dependencies=[Depends(caller)], responses=problem(401, "No known token.")
+    prefix="/v1",
+    dependencies=[Depends(caller)],
+    responses=problem(401, "No known token.")
+    | problem(413, f"Body larger than {JSON_BODY_MAX_BYTES} bytes."),
 )
 router.include_router(intake.router)
 router.include_router(results.router)
 router.include_router(operations.router)
+
+
+def _gated_caller(http: fastapi.Request) -> Caller:
+    """Stands in for `context.caller`: the gate compared the token before routing and left
+    its owner in the request's state, so the token is not compared again. The operations and
+    the OpenAPI still name `caller`, whose bearer dependency declares the security scheme."""
+    who: Caller = http.state.caller
+    return who
 
 
 def create_app(
@@ -119,6 +133,15 @@ def create_app(
         turns=threading.Lock() if store.database.is_sqlite else nullcontext(),
     )
     app.include_router(router)
+    app.dependency_overrides[caller] = _gated_caller
     app.add_exception_handler(RequestValidationError, _invalid)
+    # The last added runs first: errors are kept quiet around the gate, which runs before
+    # routing.
+    app.add_middleware(
+        Gate,
+        tokens=app.state.qarina.tokens,
+        body_max_bytes=JSON_BODY_MAX_BYTES,
+        unbounded=[app.url_path_for("upload")],
+    )
     app.add_middleware(_QuietErrors)
     return app

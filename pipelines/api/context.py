@@ -53,17 +53,25 @@ class RequestContext:
     #: api`, 2 cores). PostgreSQL takes many writers.
     turns: AbstractContextManager[Any]
 
-    def inside_roots(self, raw: str) -> Path:
-        """The real path of `raw` when it lies inside an allowed root (403 otherwise)."""
+    def inside_roots(self, raw: str) -> tuple[Path, tuple[bytes, ...]]:
+        """The allowed root (resolved) that `raw` names a path in, and the names below it,
+        as raw bytes (403 when no root holds it).
+
+        Only the spelling is compared (the root as given or as resolved, then names): the way
+        down from the root is walked by descriptor (`pipelines.ingest.ingest_below`), which
+        refuses any link on it. Resolving links here instead would check a path that a
+        folder swapped for a link afterwards sends elsewhere.
+        """
         try:
-            real = Path(os.path.realpath(raw))
-        except (OSError, ValueError):
+            path = Path(raw)
+            for given, root in zip(self.settings.allowed_roots, self.roots, strict=True):
+                for spelled in (root, Path(os.path.abspath(given))):
+                    if path.is_relative_to(spelled):
+                        below = path.relative_to(spelled).parts
+                        return root, tuple(os.fsencode(name) for name in below)
+        except ValueError:
             raise HTTPException(422, "not a usable path") from None
-        if not any(real.is_relative_to(root) for root in self.roots):
-            raise HTTPException(403, "outside the folders this service may register from")
-        if not os.path.lexists(real):
-            raise HTTPException(404, "no such file or folder")
-        return real
+        raise HTTPException(403, "outside the folders this service may register from")
 
     def too_large(self) -> HTTPException:
         return HTTPException(

@@ -30,7 +30,7 @@ from pipelines.api.models import (
     problem,
     to_utc,
 )
-from pipelines.ingest import Intake, ingest_paths
+from pipelines.ingest import Intake, NotBelow, ingest_below
 
 log = logging.getLogger(__name__)
 
@@ -53,17 +53,26 @@ router = fastapi.APIRouter()
 )
 def register_path(body: RegisterPath, context: Ctx, who: Authenticated) -> IngestSummaryOut:
     """Register a file, or every file under a folder, that is on this host already: each is
-    copied into the store by content, and ends as an item or a refusal in custody."""
-    path = context.inside_roots(body.path)
-    summary = ingest_paths(
-        context.store,
-        context.plan,
-        context.config.with_overrides(operator=who.operator),
-        [path],
-        body.source,
-        body.priority,
-        body.request,
-    )
+    copied into the store by content, and ends as an item or a refusal in custody.
+
+    The path is come down to from its allowed root by descriptor: a symlink anywhere below
+    the root (even one swapped in meanwhile) is refused with 403, never followed out."""
+    root, below = context.inside_roots(body.path)
+    try:
+        summary = ingest_below(
+            context.store,
+            context.plan,
+            context.config.with_overrides(operator=who.operator),
+            root,
+            below,
+            body.source,
+            body.priority,
+            body.request,
+        )
+    except NotBelow:
+        raise HTTPException(403, "outside the folders this service may register from") from None
+    except (FileNotFoundError, NotADirectoryError):
+        raise HTTPException(404, "no such file or folder") from None
     if summary.files:
         context.on_register()
     return IngestSummaryOut(**dataclasses.asdict(summary))

@@ -8,6 +8,8 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
+from workers.base import FailureReason
+
 #: A name an operator types (source, request reference): one line, no control characters.
 Label = Annotated[
     str,
@@ -182,9 +184,12 @@ class StatusOut(BaseModel):
 
 
 class RequeueIn(_Body):
-    reason: Reason = Field(description="Why, kept in each job's custody.")
+    note: Reason = Field(description="Why, kept in each job's custody.")
     stage: Label | None = Field(None, description="Only this stage.")
     request: Label | None = Field(None, description="Only items of this request.")
+    failure_reason: FailureReason | None = Field(
+        None, description="Only jobs that ended with this failure reason."
+    )
 
 
 class RequeueOut(BaseModel):
@@ -201,8 +206,11 @@ class PauseChangeOut(PauseOut):
 
 class RequestIn(_Body):
     ref: Label
-    priority: Priority = 0
-    deadline: Moment | None = Field(None, description="With its UTC offset.")
+    priority: Priority | None = Field(None, description="Kept when not given (new: 0).")
+    deadline: Moment | None = Field(
+        None, description="With its UTC offset; kept when not given."
+    )
+    clear_deadline: bool = Field(False, description="Remove the request's deadline.")
 
 
 class PriorityIn(_Body):

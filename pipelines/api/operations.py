@@ -44,9 +44,10 @@ def requeue(body: RequeueIn, context: Ctx, who: Authenticated) -> RequeueOut:
         context.store.database,
         keys,
         who.actor("requeue"),
-        body.reason,
+        body.note,
         stage=body.stage,
         request_ref=body.request,
+        failure_reason=body.failure_reason.value if body.failure_reason else None,
     )
     if count:
         context.on_register()
@@ -80,10 +81,15 @@ def resume(context: Ctx, who: Authenticated, body: PauseIn | None = None) -> Pau
 
 @router.post("/requests")
 def create_request(body: RequestIn, context: Ctx, who: Authenticated) -> RequestOut:
-    """Create a request for assistance, or set the priority and deadline of one; its items'
-    queued jobs take the priority at once."""
+    """Create a request for assistance, or change one (what is not given is kept); its
+    items' queued jobs take its priority at once."""
     made = requests.create(
-        context.store.database, body.ref, body.priority, body.deadline, who.actor("request")
+        context.store.database,
+        body.ref,
+        who.actor("request"),
+        priority=body.priority,
+        deadline=body.deadline,
+        clear_deadline=body.clear_deadline,
     )
     return RequestOut(**dataclasses.asdict(made))
 

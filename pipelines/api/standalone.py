@@ -19,7 +19,8 @@ from pipelines.session import open_store
 
 
 def wait_until_serving(process: subprocess.Popen[bytes], port: int, timeout_s: float) -> None:
-    """Return once the API that `process` runs (`python -m pipelines.api`) answers on `port`.
+    """Return once the API that `process` runs (`python -m pipelines.api`) answers on `port`:
+    with no token its answer is 401, whatever the path.
 
     Raises:
         RuntimeError: the process ended first, or nothing answered within `timeout_s`.
@@ -31,7 +32,7 @@ def wait_until_serving(process: subprocess.Popen[bytes], port: int, timeout_s: f
         try:
             connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
             connection.request("GET", "/openapi.json")
-            if connection.getresponse().status == 200:
+            if connection.getresponse().status == 401:
                 return
         except OSError:
             time.sleep(0.1)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import os
 import platform
 import shutil
@@ -30,7 +31,7 @@ def median(values: Sequence[float]) -> float:
 def percentile(values: Sequence[float], fraction: float) -> float:
     """Nearest-rank percentile: a value that was actually measured, never an interpolation."""
     ordered = sorted(values)
-    rank = max(1, round(fraction * len(ordered) + 0.5))
+    rank = max(1, math.ceil(fraction * len(ordered)))
     return float(ordered[min(rank, len(ordered)) - 1])
 
 

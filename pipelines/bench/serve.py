@@ -60,15 +60,23 @@ def _open_jobs(store: Store) -> int:
         )
 
 
-def _wait(condition: Any, what: str) -> None:
+def _wait(condition: Any, what: str, service: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + _PATIENCE_S
     while not condition():
+        if service.poll() is not None:
+            raise RuntimeError(f"the service ended ({service.returncode}) before {what}")
         if time.monotonic() > deadline:
             raise RuntimeError(f"the service did not finish {what} in {_PATIENCE_S:g} s")
         time.sleep(0.02)
 
 
-def _first_stage_latency(store: Store, plan: Plan, config: QarinaConfig, scratch: Path) -> float:
+def _first_stage_latency(
+    store: Store,
+    plan: Plan,
+    config: QarinaConfig,
+    scratch: Path,
+    service: subprocess.Popen[bytes],
+) -> float:
     folder = Path(tempfile.mkdtemp(prefix="single-", dir=scratch))
     photos.photo(folder / "single.jpg", size=(640, 480), seed=int(time.time_ns() % 100_000))
     [sha] = ingest_paths(store, plan, config, [folder], source="bench-single").sha256s
@@ -81,7 +89,7 @@ def _first_stage_latency(store: Store, plan: Plan, config: QarinaConfig, scratch
         with store.database.reader.connect() as connection:
             return connection.execute(query, {"sha": sha}).first()
 
-    _wait(lambda: probed() is not None, "a single registration")
+    _wait(lambda: probed() is not None, "a single registration", service)
     result_at, acquired_at = probed()
     shutil.rmtree(folder)
     return float((_as_time(result_at) - _as_time(acquired_at)).total_seconds())
@@ -107,15 +115,17 @@ def _serve_round(config: QarinaConfig, scratch: Path, batch: Path, count: int) -
     plan = Plan.default(settings=run_config)
     try:
         started = time.perf_counter()
-        warm = _first_stage_latency(store, plan, run_config, scratch)
+        warm = _first_stage_latency(store, plan, run_config, scratch, service)
         warm_s = time.perf_counter() - started
-        _wait(lambda: _open_jobs(store) == 0, "the warm-up")
-        singles = [_first_stage_latency(store, plan, run_config, scratch) for _ in range(_SINGLES)]
-        _wait(lambda: _open_jobs(store) == 0, "the single registrations")
+        _wait(lambda: _open_jobs(store) == 0, "the warm-up", service)
+        singles = [
+            _first_stage_latency(store, plan, run_config, scratch, service) for _ in range(_SINGLES)
+        ]
+        _wait(lambda: _open_jobs(store) == 0, "the single registrations", service)
         started = time.perf_counter()
         intake = ingest_paths(store, plan, run_config, [batch], source="bench-batch")
         ingest_s = time.perf_counter() - started
-        _wait(lambda: _open_jobs(store) == 0, "the batch")
+        _wait(lambda: _open_jobs(store) == 0, "the batch", service)
         wall_s = time.perf_counter() - started
     finally:
         service.send_signal(signal.SIGTERM)

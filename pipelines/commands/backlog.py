@@ -27,6 +27,7 @@ from pipelines.commands.base import app, config_of, console, out, write_json
 from pipelines.config import QarinaConfig
 from pipelines.plan import Plan
 from pipelines.session import open_store
+from workers.base import FailureReason
 
 request_app = typer.Typer(
     no_args_is_help=True, help="Requests for assistance: named sets of items, priority, deadline."
@@ -80,14 +81,13 @@ def request_create(
     store = open_store(config)
     try:
         existing = requests.get(store.database, ref)
-        if priority is None:
-            priority = existing.priority if existing else 0
-        if deadline is not None:
-            deadline = as_utc(deadline)
-        elif existing is not None and not no_deadline:
-            deadline = existing.deadline
         request = requests.create(
-            store.database, ref, priority, deadline, _actor(config, "request")
+            store.database,
+            ref,
+            _actor(config, "request"),
+            priority=priority,
+            deadline=as_utc(deadline) if deadline is not None else None,
+            clear_deadline=no_deadline,
         )
     finally:
         store.close()
@@ -156,6 +156,10 @@ def requeue(
     ] = False,
     stage: Annotated[str | None, typer.Option("--stage", help="Only this stage.")] = None,
     reason: Annotated[
+        str | None,
+        typer.Option("--reason", help="Only jobs that ended with this failure reason."),
+    ] = None,
+    note: Annotated[
         str, typer.Option(help="Why, in the operator's words; kept in each item's custody.")
     ] = "another try asked for by an operator",
     request: Annotated[
@@ -174,6 +178,9 @@ def requeue(
     if stage is not None and stage not in plan.stages:
         console.print(f"no stage {stage}; stages: {', '.join(plan.stages)}")
         raise typer.Exit(2)
+    if reason is not None and reason not in {failure.value for failure in FailureReason}:
+        console.print(f"no failure reason {reason}; reasons: {', '.join(FailureReason)}")
+        raise typer.Exit(2)
     current = plan.current_keys()
     store = open_store(config)
     try:
@@ -186,7 +193,7 @@ def requeue(
         failures = {
             (name, why): count
             for (name, why), count in report.failures_by_stage.items()
-            if stage is None or name == stage
+            if (stage is None or name == stage) and (reason is None or why == reason)
         }
         requeued = sum(failures.values())
         if not dry_run:
@@ -195,9 +202,10 @@ def requeue(
                 store.database,
                 keys,
                 _actor(config, "requeue"),
-                reason,
+                note,
                 stage=stage,
                 request_ref=request,
+                failure_reason=reason,
             )
     finally:
         store.close()
@@ -275,13 +283,12 @@ def duration(seconds: float) -> str:
     """Two units at most: an estimate from minutes of throughput is no more precise."""
     whole = round(seconds)
     units = (("d", 86_400), ("h", 3_600), ("min", 60), ("s", 1))
-    parts: list[str] = []
-    for name, size in units:
-        if whole >= size or (name == "s" and not parts):
-            parts.append(f"{whole // size} {name}")
-            whole %= size
-        if len(parts) == 2 or (parts and whole == 0):
-            break
+    at = next((at for at, (_, size) in enumerate(units) if whole >= size), len(units) - 1)
+    name, size = units[at]
+    parts = [f"{whole // size} {name}"]
+    # The second unit is the next smaller one (1 h 5 min, never 1 h 1 s), left out at 0.
+    if at + 1 < len(units) and (rest := whole % size // units[at + 1][1]):
+        parts.append(f"{rest} {units[at + 1][0]}")
     return " ".join(parts)
 
 

@@ -17,7 +17,9 @@ _DEFAULT_HTTP = "127.0.0.1:8470"
 
 
 def _host_port(value: str) -> tuple[str, int]:
+    """HOST:PORT, with an IPv6 host in brackets ([::1]:8470)."""
     host, _, port = value.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]") if host.startswith("[") else host
     if not host or not port.isdigit():
         raise typer.BadParameter("expected HOST:PORT")
     return host, int(port)
@@ -67,7 +69,7 @@ def serve(
 ) -> None:
     """Process whatever arrives (HTTP API, drop folders, other intake) until SIGTERM."""
     from pipelines.api import ApiSettings, TokensFileError
-    from pipelines.service import ServeOptions
+    from pipelines.service import ComponentFailed, ServeOptions
     from pipelines.service import serve as run_service
     from pipelines.watch import DropFolder
 
@@ -77,11 +79,15 @@ def serve(
     if address:
         config = config.with_overrides(ray_address=address)
     folders = watch or []
-    names = source or []
+    names, priorities, requests = source or [], priority or [], request or []
     if len(names) != len(folders):
         console.print("give one --source for each --watch folder, in the same order")
         raise typer.Exit(2)
-    priorities, requests = priority or [], request or []
+    for option, given in (("--priority", priorities), ("--request", requests)):
+        if given and len(given) != len(folders):
+            # Paired by position: one missing would silently shift the rest to other folders.
+            console.print(f"give {option} for every --watch folder, in the same order, or none")
+            raise typer.Exit(2)
     drops = [
         DropFolder(
             folder.resolve(),
@@ -115,6 +121,9 @@ def serve(
     except TokensFileError as error:
         console.print(f"API tokens: {error}")
         raise typer.Exit(2) from None
+    except ComponentFailed as error:
+        console.print(f"stopped because a part of the service ended: {error}")
+        raise typer.Exit(1) from None
     out.print(
         f"stopped: committed {summary.committed} outcomes ({summary.failed} failures);"
         f" {summary.handed_back} unfinished jobs handed back"

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import lzma
 import os
+import stat
 import struct
 import tarfile
 import zipfile
@@ -122,4 +124,68 @@ def encrypted_zip(path: Path, payload: bytes) -> Path:
     data[data.index(b"PK\x03\x04") + 6] |= 0x01
     data[data.index(b"PK\x01\x02") + 8] |= 0x01
     path.write_bytes(bytes(data))
+    return path
+
+
+def tar_header_bomb(
+    path: Path, header_bytes: int, kind: bytes = tarfile.GNUTYPE_LONGNAME, *, headers: int = 1
+) -> Path:
+    """A tar.xz of one small file, `photo.jpg`, behind `headers` headers of type `kind` (a GNU
+    long name or long link, a pax extended or global header) of `header_bytes` each: tarfile
+    reads each such header in one read of its declared size, so about 10 KB of xz per 64 MiB
+    asks a reader for all of it at once. Pax headers hold one `path` record of that size.
+    Written in 1 MiB pieces, so making it takes no such memory."""
+    compressor = lzma.LZMACompressor(lzma.FORMAT_XZ, preset=0)
+    pieces: list[bytes] = []
+
+    def write(data: bytes) -> None:
+        pieces.append(compressor.compress(data))
+
+    for _ in range(headers):
+        header = tarfile.TarInfo("././@LongLink")
+        header.type, header.size = kind, header_bytes
+        write(header.tobuf(tarfile.GNU_FORMAT))
+        if kind in (tarfile.XHDTYPE, tarfile.XGLTYPE):
+            # A pax record counts its own length's digits: "<length> path=<value>\n".
+            digits = len(str(header_bytes))
+            write(b"%d path=" % header_bytes)
+            tail, ending = header_bytes - digits - len(" path="), b"\n"
+        else:
+            tail, ending = header_bytes, b"\x00"
+        for start in range(0, tail - 1, 1 << 20):
+            write(b"a" * min(1 << 20, tail - 1 - start))
+        write(ending + bytes(-header_bytes % tarfile.BLOCKSIZE))
+    photo = tarfile.TarInfo("photo.jpg")
+    photo.size = 4
+    write(photo.tobuf(tarfile.GNU_FORMAT) + b"\xff\xd8\xff\xd9".ljust(tarfile.BLOCKSIZE, b"\0"))
+    write(bytes(2 * tarfile.BLOCKSIZE))
+    pieces.append(compressor.flush())
+    path.write_bytes(b"".join(pieces))
+    return path
+
+
+def folders_with_data_zip(path: Path, payload: bytes) -> Path:
+    """A zip of `DCIM/` (a folder by its name) and `notes` (a folder by its Unix mode), both
+    holding `payload`, beside `ok.txt` holding it too: a tool that skips folders unpacks the
+    one file and never shows the other bytes."""
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("DCIM/", payload)
+        folder = zipfile.ZipInfo("notes")
+        folder.external_attr = (stat.S_IFDIR | 0o755) << 16
+        archive.writestr(folder, payload)
+        archive.writestr("ok.txt", payload)
+    return path
+
+
+def folder_with_size_tar(path: Path, payload: bytes) -> Path:
+    """A tar of a directory `DCIM` whose header declares `len(payload)` bytes, then `ok.txt`
+    holding `payload`. A directory's size must be 0 and no data follows it (tarfile and GNU
+    tar read the next block as the next header), so this one declares what it cannot hold."""
+    with tarfile.open(path, "w", format=tarfile.GNU_FORMAT) as archive:
+        folder = tarfile.TarInfo("DCIM")
+        folder.type, folder.size = tarfile.DIRTYPE, len(payload)
+        archive.addfile(folder)
+        harmless = tarfile.TarInfo("ok.txt")
+        harmless.size = len(payload)
+        archive.addfile(harmless, io.BytesIO(payload))
     return path

@@ -1,0 +1,97 @@
+"""The driver loop steered from outside: a stop hands back what did not finish within its
+grace, and intake in the same process wakes an idle service at once."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from evidence.records import Outcome
+from evidence.schema import jobs
+from evidence.store import Store
+from pipelines.config import QarinaConfig
+from pipelines.execute import Task
+from pipelines.ingest import ingest_paths
+from pipelines.plan import Plan
+from pipelines.runner import LoopControl, RunSummary, SequentialExecutor, run_queue
+from pipelines.samples import photos
+
+
+class _NeverFinishes:
+    """An executor whose batches never come back, as a stage stuck on one item would be."""
+
+    def __init__(self) -> None:
+        self.submitted: list[Task] = []
+
+    def free_slots(self, stage: str) -> int:
+        return 0 if self.submitted else 1
+
+    def submit(self, stage: str, tasks: list[Task]) -> None:
+        self.submitted += tasks
+
+    def collect(self, timeout_s: float) -> list[tuple[list[Task], list[Outcome]]]:
+        time.sleep(min(timeout_s, 0.05))
+        return []
+
+    def close(self) -> None:
+        self.submitted.clear()
+
+
+def _states(store: Store) -> list[str]:
+    with store.database.reader.connect() as connection:
+        return list(connection.execute(sa.select(jobs.c.state).order_by(jobs.c.id)).scalars())
+
+
+def _in_thread(action: object) -> tuple[threading.Thread, list[RunSummary]]:
+    done: list[RunSummary] = []
+    thread = threading.Thread(target=lambda: done.append(action()), daemon=True)  # type: ignore[operator]
+    thread.start()
+    return thread, done
+
+
+def test_a_stop_hands_back_leases_still_running_after_the_grace(
+    store: Store, config: QarinaConfig, tmp_path: Path
+) -> None:
+    photos.photo(tmp_path / "p.jpg", size=(64, 48))
+    plan = Plan.default(settings=config)
+    ingest_paths(store, plan, config, [tmp_path / "p.jpg"], source="test")
+    control = LoopControl(forever=True, grace_s=0.2)
+    executor = _NeverFinishes()
+    thread, done = _in_thread(lambda: run_queue(store, plan, executor, config, control=control))
+    deadline = time.monotonic() + 10
+    while _states(store) != ["leased"]:
+        assert time.monotonic() < deadline, "the job was never leased"
+        time.sleep(0.01)
+    control.stop.set()
+    thread.join(timeout=10)
+    assert not thread.is_alive(), "the driver did not stop"
+    assert done[0].handed_back == 1 and done[0].committed == 0
+    assert _states(store) == ["queued"]  # back in the queue, for this or another driver
+
+
+def test_intake_wakes_an_idle_service_at_once(
+    store: Store, config: QarinaConfig, tmp_path: Path
+) -> None:
+    plan = Plan.default(["probe"], settings=config)
+    # A poll so slow that only the wake-up can explain a quick start.
+    control = LoopControl(forever=True, idle_poll_s=30.0)
+    executor = SequentialExecutor(plan, config)
+    thread, done = _in_thread(lambda: run_queue(store, plan, executor, config, control=control))
+    try:
+        time.sleep(0.3)  # the loop is idle, waiting
+        photos.photo(tmp_path / "p.jpg", size=(64, 48))
+        ingest_paths(store, plan, config, [tmp_path / "p.jpg"], source="test")
+        started = time.monotonic()
+        control.wake.set()
+        while _states(store) != ["done"]:
+            assert time.monotonic() - started < 5, "the woken driver did not take the job"
+            time.sleep(0.01)
+    finally:
+        control.stop.set()
+        control.wake.set()
+        thread.join(timeout=10)
+        executor.close()
+    assert done[0].committed == 1
