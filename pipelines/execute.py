@@ -7,6 +7,7 @@ returns small outcomes: only hashes and JSON travel back to the driver, never me
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
@@ -44,6 +45,7 @@ from workers.base import (
     StageEnvironment,
     StageError,
     StageInput,
+    StageOutput,
     StageSkipped,
     result_to_json,
 )
@@ -163,48 +165,109 @@ class StageHost:
         self.stage.teardown()
 
     def run_batch(self, tasks: Sequence[Task]) -> list[Outcome]:
+        if self.stage.shares_work and len(tasks) > 1:
+            return self._run_shared(tasks)
         return [self.run_one(task) for task in tasks]
 
     def run_one(self, task: Task) -> Outcome:
-        job = task.job
         started = dt.datetime.now(dt.UTC)
         clock = time.perf_counter()
-        kind = Kind(job.kind) if job.kind else Kind.OTHER
-        artifacts = {sha256: Path(path) for sha256, path in task.artifacts.items()}
-        item = StageInput(
-            job.sha256, Path(task.path), kind, task.upstream, artifacts, depth=task.depth
-        )
         inconsistent = self._inconsistency(task)
         if inconsistent is not None:
-            return Failure(
-                FailureReason.INTEGRITY_ERROR.value,
-                inconsistent,
-                False,
-                self._provenance(started, clock, task),
-            )
+            return self._inconsistent(task, inconsistent, started, clock)
         with tempfile.TemporaryDirectory(prefix=f"qarina-{self.stage.name}-") as scratch:
             try:
-                output = self.stage.run(item, Path(scratch))
-                data = result_to_json(output.result)
-                stored = [self._store_artifact(artifact) for artifact in output.artifacts]
-                members = [self._store_member(member) for member in output.members]
-            except StageSkipped as skip:
-                return Success({}, self._provenance(started, clock, task), skip_reason=skip.reason)
-            except Exception as error:  # every exception becomes a classified failure
-                reason, detail, retryable = classify(error, job)
-                # An item whose kind cannot be decided is `other` (a later success says more).
-                return Failure(
-                    reason.value,
-                    detail,
-                    retryable,
-                    self._provenance(started, clock, task),
-                    item_kind=Kind.OTHER.value if self.stage.decides_kind else None,
+                output: StageOutput[Any] | Exception = self.stage.run(
+                    self._input(task), Path(scratch)
                 )
+            except Exception as error:  # every exception becomes a classified outcome
+                output = error
+            return self._outcome(task, output, self._provenance(started, clock, task))
+
+    def _run_shared(self, tasks: Sequence[Task]) -> list[Outcome]:
+        """A batch run at once by a stage whose items share work: the batch's time is shared
+        out evenly, and each item's provenance says how many shared it and for how long."""
+        started = dt.datetime.now(dt.UTC)
+        clock = time.perf_counter()
+        outcomes: dict[int, Outcome] = {}
+        runnable = []
+        for index, task in enumerate(tasks):
+            inconsistent = self._inconsistency(task)
+            if inconsistent is None:
+                runnable.append(index)
+            else:
+                outcomes[index] = self._inconsistent(task, inconsistent, started, clock)
+        with contextlib.ExitStack() as scratches:
+            folders = [
+                Path(scratches.enter_context(
+                    tempfile.TemporaryDirectory(prefix=f"qarina-{self.stage.name}-")
+                ))
+                for _ in runnable
+            ]  # fmt: skip
+            pairs = zip(runnable, folders, strict=True)
+            outputs = self.stage.run_many(
+                [(self._input(tasks[index]), folder) for index, folder in pairs]
+            )
+            elapsed = time.perf_counter() - clock
+            for index, output in zip(runnable, outputs, strict=True):
+                provenance = {
+                    **self._provenance(started, clock, tasks[index]),
+                    "duration_s": round(elapsed / len(runnable), 6),
+                    "shared_batch": {"items": len(runnable), "duration_s": round(elapsed, 6)},
+                }
+                outcomes[index] = self._outcome(tasks[index], output, provenance)
+        return [outcomes[index] for index in range(len(tasks))]
+
+    def _input(self, task: Task) -> StageInput:
+        job = task.job
+        return StageInput(
+            job.sha256,
+            Path(task.path),
+            Kind(job.kind) if job.kind else Kind.OTHER,
+            task.upstream,
+            {sha256: Path(path) for sha256, path in task.artifacts.items()},
+            depth=task.depth,
+        )
+
+    def _inconsistent(
+        self, task: Task, why: str, started: dt.datetime, clock: float
+    ) -> Failure:
+        return Failure(
+            FailureReason.INTEGRITY_ERROR.value,
+            why,
+            False,
+            self._provenance(started, clock, task),
+        )
+
+    def _outcome(
+        self, task: Task, output: StageOutput[Any] | Exception, provenance: dict[str, Any]
+    ) -> Outcome:
+        """One item's outcome from what the stage gave back for it, its derived files and
+        members stored (while its scratch folder still exists)."""
+        job = task.job
+        try:
+            if isinstance(output, Exception):
+                raise output
+            data = result_to_json(output.result)
+            stored = [self._store_artifact(artifact) for artifact in output.artifacts]
+            members = [self._store_member(member) for member in output.members]
+        except StageSkipped as skip:
+            return Success({}, provenance, skip_reason=skip.reason)
+        except Exception as error:  # every exception becomes a classified failure
+            reason, detail, retryable = classify(error, job)
+            # An item whose kind cannot be decided is `other` (a later success says more).
+            return Failure(
+                reason.value,
+                detail,
+                retryable,
+                provenance,
+                item_kind=Kind.OTHER.value if self.stage.decides_kind else None,
+            )
         item_kind = data.get("kind") if self.stage.decides_kind else None
         follow_ups = self.plan.follow_ups(job.stage, item_kind or job.kind)
         return Success(
             data,
-            self._provenance(started, clock, task),
+            provenance,
             artifacts=stored,
             item_kind=item_kind,
             follow_ups=follow_ups,

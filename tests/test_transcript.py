@@ -39,11 +39,15 @@ from workers.base import (
 )
 from workers.probe import ProbeStage
 from workers.transcript import (
+    Packing,
     Segment,
     TranscriptConfig,
+    TranscriptResult,
     TranscriptStage,
+    _Recording,
     decode_audio,
     engine_failure,
+    pack_windows,
     segment_flags,
     to_srt,
     to_webvtt,
@@ -169,11 +173,11 @@ def test_speech_gives_timed_segments_with_figures_and_subtitles(
         == hashlib.sha256((assembled.path / "model.bin").read_bytes()).hexdigest()
     )
     assert result["language"] == "ar" and result["language_probability"] is None
-    assert (result["device"], result["compute_type"], result["mode"]) == (
-        "cpu",
-        "int8",
-        "sequential",
-    )
+    assert (result["device"], result["compute_type"], result["mode"]) == ("cpu", "int8", "packed")
+    # A short note is packed even alone: the same rules whether it came alone or with others.
+    assert result["packing"] == {
+        "items": [_item(path).sha256], "position": 0, "offset_s": 0.0, "attempt": 1
+    }
     assert result["segments"], "espeak speech must give at least one segment"
     for segment in result["segments"]:
         assert 0 <= segment["start"] < segment["end"] <= result["duration_s"] + 0.5
@@ -301,6 +305,12 @@ def test_pipeline_stores_transcripts_and_search_finds_them(
         if shown[sha]["results"]["transcript"]["skip_reason"]  # type: ignore[index]
     ]
     assert len(skipped) == 1
+    # The three were leased together: each provenance names the batch whose time it shares,
+    # and each packed result the window it was heard in.
+    transcripts = {sha: shown[sha]["results"]["transcript"] for sha in spoken}  # type: ignore[index]
+    assert {t["provenance"]["shared_batch"]["items"] for t in transcripts.values()} == {3}
+    for sha, transcript in transcripts.items():
+        assert sha in skipped or sha in transcript["data"]["packing"]["items"]
 
     segments = shown[note_sha]["results"]["transcript"]["data"]["segments"]  # type: ignore[index]
     words = [word for segment in segments for word in normalise(segment["text"]).split()]
@@ -369,3 +379,140 @@ def test_an_engine_failure_while_decoding_is_retried_as_resource_limit(
         stage.run(_item(note), tmp_path)
     assert (failed.value.reason, failed.value.retryable) == (FailureReason.RESOURCE_LIMIT, True)
 
+
+
+# --- packing short recordings -----------------------------------------------------------------
+
+
+def test_pack_windows_take_recordings_in_order_while_they_fit() -> None:
+    speech_s = [5.0, 5.0, 20.0, 1.0, 27.0, 28.0]
+    assert pack_windows(speech_s, gap_s=1.0, window_s=28.0) == [[0, 1], [2, 3], [4], [5]]
+    assert pack_windows([], gap_s=1.0, window_s=28.0) == []
+
+
+class _WordsEngine:
+    """Stands in for the model on a packed window: one segment across two recordings and one
+    within the second, with words at known times; it records the options it was given."""
+
+    def __init__(self) -> None:
+        self.options: dict[str, Any] = {}
+
+    def transcribe(self, window: Any, **options: Any) -> tuple[Any, Any]:
+        self.options = options
+
+        def word(start: float, end: float, text: str) -> SimpleNamespace:
+            return SimpleNamespace(start=start, end=end, word=text)
+
+        figures = {"avg_logprob": -0.25, "no_speech_prob": 0.01, "temperature": 0.0}
+        pieces = [
+            SimpleNamespace(start=0.0, end=3.6, text=" أ ب ج", **figures,
+                            words=[word(0.1, 0.5, " أ"), word(1.0, 1.8, " ب"),
+                                   word(3.1, 3.6, " ج")]),
+            SimpleNamespace(start=3.6, end=3.9, text=" د", **figures, words=[word(3.6, 3.9, " د")]),
+        ]  # fmt: skip
+        return iter(pieces), SimpleNamespace(duration=len(window) / 16_000)
+
+
+def test_a_packed_window_gives_each_recording_its_own_words_at_its_own_times(
+    models_dir: Path, tmp_path: Path
+) -> None:
+    """The split is checked against an engine whose words lie at known times: the first
+    recording's speech starts 0.5 s into it (VAD dropped the rest), the second's at once, and
+    a 1 s gap lies between them in the window."""
+    stage = TranscriptStage()
+    stage.setup(StageEnvironment(models_dir, device="cpu"))
+    engine = _WordsEngine()
+    stage._model = engine
+    rng = np.random.default_rng(7)
+    first = rng.normal(0, 0.1, 48_000).astype(np.float32)
+    second = rng.normal(0, 0.1, 32_000).astype(np.float32)
+    recordings = [
+        _Recording(0, StageInput("a" * 64, tmp_path, Kind.AUDIO), tmp_path, first,
+                   [{"start": 8_000, "end": 40_000}], first[8_000:40_000]),
+        _Recording(1, StageInput("b" * 64, tmp_path, Kind.AUDIO), tmp_path, second,
+                   [{"start": 0, "end": 16_000}], second[:16_000]),
+    ]  # fmt: skip
+    one, two = stage._transcribe_packed(recordings)
+    assert engine.options["vad_filter"] is False and engine.options["temperature"] == 0.0
+    assert engine.options["word_timestamps"] is True
+    assert [(s.start, s.end, s.text) for s in one.segments] == [(0.6, 2.3, "أ ب")]
+    assert [(s.start, s.end, s.text) for s in two.segments] == [(0.1, 0.6, "ج"), (0.6, 0.9, "د")]
+    assert all(s.avg_logprob == -0.25 and not s.flags for s in one.segments + two.segments)
+    assert (one.text, two.text) == ("أ ب", "ج د")
+    assert one.packing == Packing(["a" * 64, "b" * 64], 0, 0.0)
+    assert two.packing == Packing(["a" * 64, "b" * 64], 1, 3.0)
+    assert (one.speech_s, two.speech_s, one.duration_s, two.duration_s) == (2.0, 1.0, 3.0, 2.0)
+    assert TranscriptResult.from_json(result_to_json(two)) == two
+
+
+def test_a_batch_packs_short_notes_and_keeps_each_outcome_apart(
+    loaded: TranscriptStage, tmp_path: Path
+) -> None:
+    """Three notes share one window, silence is never heard by the model, and a broken note
+    fails alone; a long-speech or auto-language item would run in windows of its own."""
+    notes = [audio.speech(tmp_path / f"note{n}", phrase) for n, phrase in
+             enumerate((ARABIC, "مرحبا بكم", "شكرا جزيلا"))]  # fmt: skip
+    quiet = audio.ambient(tmp_path / "quiet", "anullsrc=r=16000:cl=mono", seconds=3.0)
+    broken = tmp_path / "broken"
+    broken.write_bytes(b"\x00" * 4000)
+    paths = [notes[0], quiet, notes[1], broken, notes[2]]
+    batch = []
+    for number, path in enumerate(paths):
+        (tmp_path / f"work{number}").mkdir()
+        item = _item(path) if path != broken else StageInput("f" * 64, broken, Kind.AUDIO)
+        batch.append((item, tmp_path / f"work{number}"))
+    outcomes = loaded.run_many(batch)
+    assert isinstance(outcomes[3], StageError)
+    assert outcomes[3].reason is FailureReason.CORRUPT_MEDIA
+    results = [outcome.result for outcome in outcomes if not isinstance(outcome, Exception)]
+    spoken = [results[0], results[2], results[3]]
+    assert {result.mode for result in results} == {"packed"}
+    shared = [batch[0][0].sha256, batch[2][0].sha256, batch[4][0].sha256]
+    assert [result.packing for result in spoken] == [
+        Packing(shared, position, result.packing.offset_s if result.packing else -1.0)
+        for position, result in enumerate(spoken)
+    ]
+    for result in spoken:
+        assert result.segments, "each note's words come back to it"
+        assert all(0 <= s.start < s.end <= result.duration_s + 0.05 for s in result.segments)
+    silent = results[1]
+    assert (silent.segments, silent.text, silent.speech_s, silent.packing) == ([], "", 0.0, None)
+
+
+class _FirstOnlyEngine:
+    """Hears only the start of each window, as the model does when it skips a stretch."""
+
+    def __init__(self) -> None:
+        self.windows: list[float] = []
+
+    def transcribe(self, window: Any, **options: Any) -> tuple[Any, Any]:
+        self.windows.append(len(window) / 16_000)
+        word = SimpleNamespace(start=0.1, end=0.5, word=" أ")
+        piece = SimpleNamespace(start=0.1, end=0.5, text=" أ", avg_logprob=-0.2,
+                                no_speech_prob=0.0, temperature=0.0, words=[word])  # fmt: skip
+        return iter([piece]), SimpleNamespace()
+
+
+def test_a_recording_skipped_in_its_window_is_packed_again_once(
+    models_dir: Path, tmp_path: Path
+) -> None:
+    stage = TranscriptStage()
+    stage.setup(StageEnvironment(models_dir, device="cpu"))
+    engine = _FirstOnlyEngine()
+    stage._model = engine
+    speech = np.random.default_rng(3).normal(0, 0.1, 16_000).astype(np.float32)
+    recordings = [
+        _Recording(n, StageInput(str(n) * 64, tmp_path, Kind.AUDIO), tmp_path, speech,
+                   [{"start": 0, "end": 16_000}], speech)
+        for n in range(3)
+    ]  # fmt: skip
+    outcomes = stage._transcribe_packable(recordings)
+    # One window of three, then the two it skipped, then nothing more for the one still unheard.
+    assert engine.windows == [5.0, 3.0]
+    first, second, third = (outcomes[recording] for recording in recordings)
+    assert isinstance(first, TranscriptResult) and isinstance(second, TranscriptResult)
+    assert isinstance(third, TranscriptResult)
+    assert (first.text, second.text, third.text) == ("أ", "أ", "")
+    assert first.packing == Packing(["0" * 64, "1" * 64, "2" * 64], 0, 0.0, attempt=1)
+    assert second.packing == Packing(["1" * 64, "2" * 64], 0, 0.0, attempt=2)
+    assert third.packing == Packing(["1" * 64, "2" * 64], 1, 2.0, attempt=2)

@@ -11,7 +11,7 @@ import dataclasses
 import hashlib
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -270,6 +270,9 @@ class Stage(ABC, Generic[C, R]):
     decides_kind: ClassVar[bool] = False
     #: Items handed to one call; small files take milliseconds and a Ray call costs about 1 ms.
     batch_size: ClassVar[int] = 1
+    #: True for a stage whose `run_many` makes items share work (transcription packs several
+    #: short recordings into one model window): the runtime hands it a batch at once.
+    shares_work: ClassVar[bool] = False
 
     def __init__(self, config: C) -> None:
         self.config = config
@@ -293,6 +296,20 @@ class Stage(ABC, Generic[C, R]):
     def tool_versions(self) -> dict[str, str]:
         """Versions of the external tools and libraries this stage used, for provenance."""
         return {}
+
+    def run_many(
+        self, items: Sequence[tuple[StageInput, Path]]
+    ) -> list[StageOutput[R] | Exception]:
+        """Process several items, each with its own scratch folder, at once: for stages
+        that share work between items (`shares_work`). One item's exception (a StageError, a
+        StageSkipped or a bug) stands in its place in the list, so it never costs the others."""
+        outcomes: list[StageOutput[R] | Exception] = []
+        for item, workdir in items:
+            try:
+                outcomes.append(self.run(item, workdir))
+            except Exception as error:  # the item's own outcome, classified by the caller
+                outcomes.append(error)
+        return outcomes
 
     @abstractmethod
     def run(self, item: StageInput, workdir: Path) -> StageOutput[R]:

@@ -14,6 +14,7 @@ quiet moment, so a ten-hour interception needs the memory of a short one.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import re
@@ -81,7 +82,7 @@ class TranscriptConfig(StageConfig):
     `model` is `base` (the packaged Whisper base) or a CTranslate2 Whisper folder
     (QARINA_WHISPER_MODEL); `language` is an ISO code, or `auto` to detect and record it.
     `mode` `auto` batches on a GPU and decodes sequentially (with beam search and context)
-    on a CPU.
+    on a CPU, where recordings with little speech are packed together (`pack_*`).
     """
 
     model: str = "base"
@@ -96,6 +97,15 @@ class TranscriptConfig(StageConfig):
     condition_on_previous_text: bool = False
     mode: str = "auto"
     batch_size: int = 8
+    #: Recordings with at most this much speech (after VAD) share model windows: alone, a
+    #: one-word voice note pays a full 30-s encoder window and a decode. 0 packs nothing.
+    pack_speech_s: float = 20.0
+    #: Recordings longer than this are not looked at for packing (their VAD would run twice).
+    pack_max_duration_s: float = 300.0
+    #: Silence put between packed recordings, so the model ends a segment between them.
+    pack_gap_s: float = 1.0
+    #: Packed audio per model window, gaps included: under Whisper's 30 s, so it is one.
+    pack_window_s: float = 28.0
     cpu_threads: int = 2
     #: Seconds of wall clock per second of audio, on top of a fixed five minutes.
     budget_per_audio_s: float = 2.0
@@ -124,10 +134,25 @@ class Segment(JsonRecord):
 
 
 @dataclass(frozen=True)
+class Packing(JsonRecord):
+    """How a packed transcript ran: the items whose speech shared its model window, in that
+    order, and where this item's speech began in it. The model heard the item beside the
+    others, so its words can differ from a run alone; this says beside which, so the run can
+    be repeated."""
+
+    items: list[str]
+    position: int
+    offset_s: float
+    #: 2 for a recording packed again because its first window gave it no word.
+    attempt: int = 1
+
+
+@dataclass(frozen=True)
 class TranscriptResult(JsonRecord):
     """A transcript with its provenance: `text` holds only segments without flags.
 
     `language_probability` is None when the language was forced rather than detected.
+    `mode` `packed` with `packing` None: VAD found no speech, and no model heard the item.
     """
 
     language: str
@@ -142,14 +167,17 @@ class TranscriptResult(JsonRecord):
     text: str
     flagged_segments: int
     flags: list[str]
+    packing: Packing | None = None
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Self:
+        packing = data.get("packing")
         return cls(
             **{
                 **data,
                 "model": ModelRef.from_json(data["model"]),
                 "segments": [Segment.from_json(segment) for segment in data["segments"]],
+                "packing": None if packing is None else Packing.from_json(packing),
             }
         )
 
@@ -231,18 +259,57 @@ def window_bounds(samples: np.ndarray, window: int, search: int, frame: int) -> 
     return edges
 
 
+@dataclass(frozen=True, eq=False)
+class _Recording:
+    """One item's audio on its way into a packed window: where its outcome goes in the batch,
+    its samples, and the speech VAD found in them (sample indexes, and those samples joined)."""
+
+    index: int
+    item: StageInput
+    workdir: Path
+    samples: np.ndarray
+    chunks: list[dict[str, int]]
+    speech: np.ndarray
+
+    def original_time(self, local_s: float, is_end: bool = False) -> float:
+        """A time in the joined speech as a time in the recording."""
+        from faster_whisper.vad import SpeechTimestampsMap
+
+        local_s = min(max(local_s, 0.0), len(self.speech) / SAMPLE_RATE)
+        timeline = SpeechTimestampsMap(self.chunks, SAMPLE_RATE, time_precision=3)
+        return float(timeline.get_original_time(local_s, is_end=is_end))
+
+
+def pack_windows(speech_s: Sequence[float], gap_s: float, window_s: float) -> list[list[int]]:
+    """Consecutive recordings (by index) that share a window, in batch order: a window takes
+    the next one while its speech, with a gap before it, still fits."""
+    windows: list[list[int]] = []
+    filled = math.inf
+    for index, seconds in enumerate(speech_s):
+        if filled + gap_s + seconds > window_s:
+            windows.append([])
+            filled = -gap_s
+        windows[-1].append(index)
+        filled += gap_s + seconds
+    return windows
+
+
 class TranscriptStage(Stage[TranscriptConfig, TranscriptResult]):
     """Transcribe the first audio stream of a video or audio item with faster-whisper.
 
     The model is loaded once per worker in setup(); on a GPU node the runtime gives the actor
-    a GPU and this stage uses batched inference there.
+    a GPU and this stage uses batched inference there. On a CPU, a batch's recordings with
+    little speech are packed into shared model windows (`run_many`).
     """
 
     name = "transcript"
-    version = "1"
+    version = "2"
     kinds = frozenset({Kind.VIDEO, Kind.AUDIO})
     requires = ("probe",)
     resources = Resources(num_cpus=2.0, memory_mb=2048, gpus_when_available=1.0)
+    #: Enough voice notes to fill a few windows (about a dozen one-word notes fill one).
+    batch_size = 32
+    shares_work = True
 
     def __init__(self, config: TranscriptConfig | None = None) -> None:
         super().__init__(config or TranscriptConfig())
@@ -303,33 +370,123 @@ class TranscriptStage(Stage[TranscriptConfig, TranscriptResult]):
         return versions
 
     def run(self, item: StageInput, workdir: Path) -> StageOutput[TranscriptResult]:
-        """Transcribe one item and write WebVTT and SRT beside the result.
+        """Transcribe one item and write WebVTT and SRT beside the result: a batch of one,
+        so an item follows the same rules whether it came alone or with others.
 
         Raises:
             StageSkipped: `no_audio` for a video without an audio stream.
             StageError: model_error when no model could be loaded, corrupt_media when the
                 audio does not decode, tool_timeout past the time budget.
         """
+        (outcome,) = self.run_many([(item, workdir)])
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    def run_many(
+        self, items: Sequence[tuple[StageInput, Path]]
+    ) -> list[StageOutput[TranscriptResult] | Exception]:
+        """Transcribe a batch: recordings with little speech share model windows (their
+        results say with which), the rest are transcribed one by one in windows of their own.
+        Each outcome is the item's own; a shared window's engine failure is the failure of
+        each item in it (and retried, like any engine failure)."""
+        outcomes: list[StageOutput[TranscriptResult] | Exception | None] = [None] * len(items)
+        packable: list[_Recording] = []
+        for index, (item, workdir) in enumerate(items):
+            try:
+                samples = self._audio(item, workdir)
+                recording = self._packable(index, item, workdir, samples)
+                if recording is None:
+                    outcomes[index] = _with_subtitles(self._transcribe(samples), workdir)
+                elif recording.speech.size == 0:
+                    outcomes[index] = _with_subtitles(self._unheard(recording), workdir)
+                else:
+                    packable.append(recording)
+            except Exception as error:  # the item's own outcome, classified by the runtime
+                outcomes[index] = error
+        for recording, outcome in self._transcribe_packable(packable).items():
+            if isinstance(outcome, Exception):
+                outcomes[recording.index] = outcome
+                continue
+            try:
+                outcomes[recording.index] = _with_subtitles(outcome, recording.workdir)
+            except OSError as error:  # its scratch folder's, not the others'
+                outcomes[recording.index] = error
+        return [outcome for outcome in outcomes if outcome is not None]
+
+    def _transcribe_packable(
+        self, packable: list[_Recording]
+    ) -> dict[_Recording, TranscriptResult | Exception]:
+        """Pack the recordings into windows and transcribe each window; the recordings that
+        came back without a word although VAD heard speech (the model skipped a stretch of
+        a window, as it sometimes does) are packed again among themselves, once."""
+        outcomes: dict[_Recording, TranscriptResult | Exception] = {}
+        for attempt in (1, 2):
+            unheard = []
+            windows = pack_windows(
+                [len(recording.speech) / SAMPLE_RATE for recording in packable],
+                self.config.pack_gap_s,
+                self.config.pack_window_s,
+            )
+            for window in windows:
+                recordings = [packable[index] for index in window]
+                try:
+                    results = self._transcribe_packed(recordings, attempt)
+                except Exception as error:  # each item's own outcome
+                    outcomes.update(dict.fromkeys(recordings, error))
+                    continue
+                for recording, result in zip(recordings, results, strict=True):
+                    outcomes[recording] = result
+                    if not result.segments:
+                        unheard.append(recording)
+            packable = unheard
+        return outcomes
+
+    def _audio(self, item: StageInput, workdir: Path) -> np.ndarray:
         probe = item.upstream_result("probe", ProbeResult)
         if item.kind is Kind.VIDEO and probe is not None and not probe.has_audio:
             raise StageSkipped("no_audio")
         if self._model is None or self._model_ref is None:
             raise StageError(FailureReason.MODEL_ERROR, self._setup_error or "model not loaded")
-        samples = decode_audio(item.path, workdir / "audio.pcm", duration_of(probe))
-        budget = 300.0 + self.config.budget_per_audio_s * len(samples) / SAMPLE_RATE
-        result = self._transcribe(samples, time.monotonic() + budget)
-        vtt, srt = workdir / "transcript.vtt", workdir / "transcript.srt"
-        vtt.write_text(to_webvtt(result.segments), encoding="utf-8")
-        srt.write_text(to_srt(result.segments), encoding="utf-8")
-        return StageOutput(
-            result,
-            (
-                ArtifactFile(vtt, "text/vtt", "transcript_vtt"),
-                ArtifactFile(srt, "application/x-subrip", "transcript_srt"),
-            ),
-        )
+        return decode_audio(item.path, workdir / "audio.pcm", duration_of(probe))
 
-    def _transcribe(self, samples: np.ndarray, deadline: float) -> TranscriptResult:
+    def _packable(
+        self, index: int, item: StageInput, workdir: Path, samples: np.ndarray
+    ) -> _Recording | None:
+        """The recording ready to pack, or None when it runs alone: packing needs the
+        sequential decode, a forced language (one window, one language) and VAD, and pays
+        only for recordings with little speech."""
+        from faster_whisper.vad import VadOptions, get_speech_timestamps
+
+        config = self.config
+        if (
+            self.mode != "sequential"
+            or config.language == "auto"
+            or not config.vad
+            or len(samples) > config.pack_max_duration_s * SAMPLE_RATE
+        ):
+            return None
+        audio = samples.astype(np.float32) / 32768.0
+        chunks = get_speech_timestamps(
+            audio,
+            VadOptions(threshold=config.vad_threshold, speech_pad_ms=config.vad_speech_pad_ms),
+        )
+        if sum(chunk["end"] - chunk["start"] for chunk in chunks) > (
+            config.pack_speech_s * SAMPLE_RATE
+        ):
+            return None
+        speech = (
+            np.concatenate([audio[chunk["start"] : chunk["end"]] for chunk in chunks])
+            if chunks
+            else np.zeros(0, dtype=np.float32)
+        )
+        return _Recording(index, item, workdir, audio, chunks, speech)
+
+    def _deadline(self, audio_s: float) -> float:
+        return time.monotonic() + 300.0 + self.config.budget_per_audio_s * audio_s
+
+    def _transcribe(self, samples: np.ndarray) -> TranscriptResult:
+        deadline = self._deadline(len(samples) / SAMPLE_RATE)
         edges = window_bounds(
             samples,
             int(WINDOW_S * SAMPLE_RATE),
@@ -341,35 +498,124 @@ class TranscriptStage(Stage[TranscriptConfig, TranscriptResult]):
         language, probability = self.config.language, None
         for start, end in itertools.pairwise(edges):
             window = samples[start:end].astype(np.float32) / 32768.0
-            pieces, info = self._model_call(window, language)
+            options = transcribe_options(
+                self.config, language, batched=self._pipeline is not None
+            )
+            pieces, info = self._model_call(window, options)
             if self.config.language == "auto" and start == 0:
                 language, probability = info.language, round(float(info.language_probability), 4)
             speech_s += float(info.duration_after_vad if self.config.vad else info.duration)
+            offset = start / SAMPLE_RATE
             for piece in _from_engine(pieces):
-                if time.monotonic() > deadline:
-                    raise StageError(FailureReason.TOOL_TIMEOUT, "transcription over budget")
-                segments.append(self._segment(piece, window, start / SAMPLE_RATE, segments))
-        text = " ".join(segment.text for segment in segments if not segment.flags)
-        flagged = sum(1 for segment in segments if segment.flags)
+                _check(deadline)
+                span = window[int(piece.start * SAMPLE_RATE) : int(piece.end * SAMPLE_RATE)]
+                segments.append(
+                    self._segment(
+                        piece.text, offset + piece.start, offset + piece.end, piece, span, segments
+                    )
+                )
+        return self._result(language, probability, len(samples), speech_s, segments, self.mode)
+
+    def _unheard(self, recording: _Recording) -> TranscriptResult:
+        """A packable recording in which VAD found no speech: what a run alone gives too."""
+        return self._result(self.config.language, None, len(recording.samples), 0.0, [], "packed")
+
+    def _transcribe_packed(
+        self, recordings: list[_Recording], attempt: int = 1
+    ) -> list[TranscriptResult]:
+        """One model window holding several recordings' speech, a silent gap between each;
+        every word goes back to the recording its middle falls in (or nearest to), each run
+        of one segment's words in one recording becomes a segment of that recording.
+
+        Temperature fallback is off here: sampled text never enters the trusted text, so it
+        could change only doubtful segments, and it would decode the whole window again,
+        every recording in it, for one recording's failed segment."""
+        gap = np.zeros(int(self.config.pack_gap_s * SAMPLE_RATE), dtype=np.float32)
+        offsets: list[float] = []
+        parts: list[np.ndarray] = []
+        filled = 0
+        for recording in recordings:
+            if parts:
+                parts.append(gap)
+                filled += len(gap)
+            offsets.append(filled / SAMPLE_RATE)
+            parts.append(recording.speech)
+            filled += len(recording.speech)
+        window = np.concatenate(parts)
+        deadline = self._deadline(len(window) / SAMPLE_RATE)
+        options = {
+            **transcribe_options(self.config, self.config.language, batched=False),
+            "vad_filter": False,
+            "temperature": 0.0,
+            "word_timestamps": True,
+        }
+        options.pop("vad_parameters")
+        pieces, _ = self._model_call(window, options)
+        segments: list[list[Segment]] = [[] for _ in recordings]
+        for piece in _from_engine(pieces):
+            _check(deadline)
+            # A segment without words (nothing but punctuation) goes back whole.
+            words = [(word.start, word.end, word.word) for word in piece.words or ()] or [
+                (piece.start, piece.end, piece.text)
+            ]
+            for owner, run in itertools.groupby(
+                words, key=lambda word: _owner((word[0] + word[1]) / 2, offsets, recordings)
+            ):
+                run_words = list(run)
+                recording, offset = recordings[owner], offsets[owner]
+                start = recording.original_time(run_words[0][0] - offset)
+                end = recording.original_time(run_words[-1][1] - offset, is_end=True)
+                text = "".join(word[2] for word in run_words)
+                span = recording.samples[int(start * SAMPLE_RATE) : int(end * SAMPLE_RATE)]
+                segments[owner].append(
+                    self._segment(text, start, end, piece, span, segments[owner])
+                )
+        sha256s = [recording.item.sha256 for recording in recordings]
+        return [
+            dataclasses.replace(
+                self._result(
+                    self.config.language,
+                    None,
+                    len(recording.samples),
+                    len(recording.speech) / SAMPLE_RATE,
+                    segments[position],
+                    "packed",
+                ),
+                packing=Packing(sha256s, position, round(offsets[position], 3), attempt),
+            )
+            for position, recording in enumerate(recordings)
+        ]
+
+    def _result(
+        self,
+        language: str,
+        probability: float | None,
+        samples: int,
+        speech_s: float,
+        segments: list[Segment],
+        mode: str,
+    ) -> TranscriptResult:
         model = self._model_ref
         assert model is not None
+        flagged = sum(1 for segment in segments if segment.flags)
         return TranscriptResult(
             language=language,
             language_probability=probability,
             model=ModelRef(model.name, model.sha256),
             device=self._device.kind,
             compute_type=self._device.compute_type,
-            mode=self.mode,
-            duration_s=round(len(samples) / SAMPLE_RATE, 3),
+            mode=mode,
+            duration_s=round(samples / SAMPLE_RATE, 3),
             speech_s=round(speech_s, 3),
             segments=segments,
-            text=text,
+            text=" ".join(segment.text for segment in segments if not segment.flags),
             flagged_segments=flagged,
             flags=["doubtful_segments"] if flagged else [],
         )
 
-    def _model_call(self, window: np.ndarray, language: str) -> tuple[Iterator[Any], Any]:
-        options = transcribe_options(self.config, language, batched=self._pipeline is not None)
+    def _model_call(
+        self, window: np.ndarray, options: dict[str, Any]
+    ) -> tuple[Iterator[Any], Any]:
         engine = self._pipeline if self._pipeline is not None else self._model
         try:
             result: tuple[Iterator[Any], Any] = engine.transcribe(window, **options)
@@ -378,10 +624,17 @@ class TranscriptStage(Stage[TranscriptConfig, TranscriptResult]):
         return result
 
     def _segment(
-        self, piece: Any, window: np.ndarray, offset: float, earlier: list[Segment]
+        self,
+        text: str,
+        start: float,
+        end: float,
+        piece: Any,
+        span: np.ndarray,
+        earlier: list[Segment],
     ) -> Segment:
-        text = piece.text.strip()
-        span = window[int(piece.start * SAMPLE_RATE) : int(piece.end * SAMPLE_RATE)]
+        """A segment from the engine's text over `span` (its audio), with the figures of the
+        engine segment it came from: a packed segment's share of one has that one's."""
+        text = text.strip()
         ratio = compression_ratio(text)
         flags = segment_flags(
             text,
@@ -393,14 +646,47 @@ class TranscriptStage(Stage[TranscriptConfig, TranscriptResult]):
             float(piece.temperature or 0.0),
         )
         return Segment(
-            start=round(offset + piece.start, 3),
-            end=round(offset + piece.end, 3),
+            start=round(start, 3),
+            end=round(end, 3),
             text=text,
             avg_logprob=round(float(piece.avg_logprob), 4),
             no_speech_prob=round(float(piece.no_speech_prob), 4),
             compression_ratio=round(ratio, 3),
             flags=flags,
         )
+
+
+def _owner(middle_s: float, offsets: Sequence[float], recordings: Sequence[_Recording]) -> int:
+    """The recording a word at `middle_s` of a packed window belongs to: the one it falls in,
+    or, in a gap, the nearest."""
+
+    def distance(position: int) -> float:
+        start = offsets[position]
+        end = start + len(recordings[position].speech) / SAMPLE_RATE
+        return max(start - middle_s, middle_s - end, 0.0)
+
+    return min(range(len(recordings)), key=distance)
+
+
+def _check(deadline: float) -> None:
+    if time.monotonic() > deadline:
+        raise StageError(FailureReason.TOOL_TIMEOUT, "transcription over budget")
+
+
+def _with_subtitles(
+    result: TranscriptResult, workdir: Path
+) -> StageOutput[TranscriptResult]:
+    """The result with its WebVTT and SRT written beside it in the item's scratch folder."""
+    vtt, srt = workdir / "transcript.vtt", workdir / "transcript.srt"
+    vtt.write_text(to_webvtt(result.segments), encoding="utf-8")
+    srt.write_text(to_srt(result.segments), encoding="utf-8")
+    return StageOutput(
+        result,
+        (
+            ArtifactFile(vtt, "text/vtt", "transcript_vtt"),
+            ArtifactFile(srt, "application/x-subrip", "transcript_srt"),
+        ),
+    )
 
 
 def engine_failure(error: RuntimeError) -> StageError:
