@@ -46,6 +46,7 @@ from workers.transcript import (
     TranscriptStage,
     _Recording,
     decode_audio,
+    decode_audio_many,
     engine_failure,
     pack_windows,
     segment_flags,
@@ -384,9 +385,9 @@ def test_an_engine_failure_while_decoding_is_retried_as_resource_limit(
 # --- packing short recordings -----------------------------------------------------------------
 
 
-def test_pack_windows_take_recordings_in_order_while_they_fit() -> None:
+def test_pack_windows_put_each_recording_in_the_first_that_has_room() -> None:
     speech_s = [5.0, 5.0, 20.0, 1.0, 27.0, 28.0]
-    assert pack_windows(speech_s, gap_s=1.0, window_s=28.0) == [[0, 1], [2, 3], [4], [5]]
+    assert pack_windows(speech_s, gap_s=1.0, window_s=28.0) == [[0, 1, 3], [2], [4], [5]]
     assert pack_windows([], gap_s=1.0, window_s=28.0) == []
 
 
@@ -424,13 +425,13 @@ def test_a_packed_window_gives_each_recording_its_own_words_at_its_own_times(
     engine = _WordsEngine()
     stage._model = engine
     rng = np.random.default_rng(7)
-    first = rng.normal(0, 0.1, 48_000).astype(np.float32)
-    second = rng.normal(0, 0.1, 32_000).astype(np.float32)
+    first = rng.normal(0, 3000, 48_000).astype(np.int16)
+    second = rng.normal(0, 3000, 32_000).astype(np.int16)
     recordings = [
         _Recording(0, StageInput("a" * 64, tmp_path, Kind.AUDIO), tmp_path, first,
-                   [{"start": 8_000, "end": 40_000}], first[8_000:40_000]),
+                   [{"start": 8_000, "end": 40_000}], first[8_000:40_000] / 32768.0),
         _Recording(1, StageInput("b" * 64, tmp_path, Kind.AUDIO), tmp_path, second,
-                   [{"start": 0, "end": 16_000}], second[:16_000]),
+                   [{"start": 0, "end": 16_000}], second[:16_000] / 32768.0),
     ]  # fmt: skip
     one, two = stage._transcribe_packed(recordings)
     assert engine.options["vad_filter"] is False and engine.options["temperature"] == 0.0
@@ -500,10 +501,10 @@ def test_a_recording_skipped_in_its_window_is_packed_again_once(
     stage.setup(StageEnvironment(models_dir, device="cpu"))
     engine = _FirstOnlyEngine()
     stage._model = engine
-    speech = np.random.default_rng(3).normal(0, 0.1, 16_000).astype(np.float32)
+    samples = np.random.default_rng(3).normal(0, 3000, 16_000).astype(np.int16)
     recordings = [
-        _Recording(n, StageInput(str(n) * 64, tmp_path, Kind.AUDIO), tmp_path, speech,
-                   [{"start": 0, "end": 16_000}], speech)
+        _Recording(n, StageInput(str(n) * 64, tmp_path, Kind.AUDIO), tmp_path, samples,
+                   [{"start": 0, "end": 16_000}], samples / 32768.0)
         for n in range(3)
     ]  # fmt: skip
     outcomes = stage._transcribe_packable(recordings)
@@ -516,3 +517,22 @@ def test_a_recording_skipped_in_its_window_is_packed_again_once(
     assert first.packing == Packing(["0" * 64, "1" * 64, "2" * 64], 0, 0.0, attempt=1)
     assert second.packing == Packing(["1" * 64, "2" * 64], 0, 0.0, attempt=2)
     assert third.packing == Packing(["1" * 64, "2" * 64], 1, 2.0, attempt=2)
+
+
+def test_files_decoded_together_give_what_each_gives_alone_and_a_bad_one_fails_alone(
+    tmp_path: Path,
+) -> None:
+    notes = [audio.speech(tmp_path / f"note{n}", ARABIC, voice_format=voice_format)
+             for n, voice_format in enumerate(("wav", "ogg-opus", "mp3"))]  # fmt: skip
+    broken = tmp_path / "broken"
+    broken.write_bytes(b"\x00" * 4000)
+    paths = [notes[0], broken, notes[1], notes[2]]
+    sources = [(path, tmp_path / f"{number}.pcm", 5.0) for number, path in enumerate(paths)]
+    together = decode_audio_many(sources)
+    failed = together[1]
+    assert isinstance(failed, StageError) and failed.reason is FailureReason.CORRUPT_MEDIA
+    for number, path in enumerate(paths):
+        if path == broken:
+            continue
+        alone = decode_audio(path, tmp_path / f"alone{number}.pcm", 5.0)
+        assert np.array_equal(np.asarray(together[number]), np.asarray(alone))
