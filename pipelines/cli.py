@@ -646,6 +646,54 @@ def bench_transcript(
     write_json(run_bench(config_of(ctx), corpus, output, runs=runs, minutes=minutes))
 
 
+@bench_app.command("backlog-mix")
+def bench_backlog_mix(
+    ctx: typer.Context,
+    corpus: Annotated[
+        Path | None,
+        typer.Option(help="Folder ingested as one backlog (default: ../shared/corpus)."),
+    ] = None,
+    runs: Annotated[int, typer.Option(help="Runs, each on a fresh store; medians.")] = 1,
+    peer: Annotated[
+        bool,
+        typer.Option(
+            "--peer",
+            help="Also time direct faster-whisper, PySceneDetect and pdqhash on the same items.",
+        ),
+    ] = False,
+    compare: Annotated[
+        Path | None,
+        typer.Option(
+            help="An earlier run's JSON: list items whose outcomes (transcripts aside) differ;"
+            " exit 1 when any do."
+        ),
+    ] = None,
+    output: Annotated[Path, typer.Option(help="JSON results.")] = Path(
+        "bench-results/backlog-mix.json"
+    ),
+) -> None:
+    """A real mixed folder end to end on local Ray: wall time, items/s, each stage's share."""
+    from pipelines.bench.backlog_mix import bench_backlog_mix as run_bench
+    from pipelines.bench.backlog_mix import render
+
+    try:
+        result = run_bench(
+            config_of(ctx),
+            output,
+            corpus=corpus,
+            runs=runs,
+            peer=peer,
+            compare=compare,
+            progress=console,
+        )
+    except (FileNotFoundError, whisper.ModelMissing) as error:
+        console.print(str(error))
+        raise typer.Exit(2) from None
+    out.print(render(result))
+    if result.get("compare", {}).get("differing_items"):
+        raise typer.Exit(1)
+
+
 @bench_app.command("cluster")
 def bench_cluster(
     ctx: typer.Context,

@@ -42,22 +42,35 @@ from workers.transcript import (
     transcribe_options,
 )
 
+_CPU = whisper.Device("cpu", "int8")
+
+
+def whisper_engine(
+    model: whisper.WhisperModel,
+    config: TranscriptConfig,
+    batched: bool,
+    device: whisper.Device = _CPU,
+) -> Any:
+    """faster-whisper on its own, as a script would load it: the peer the stage is timed
+    against (batched inference for the GPU's way, the model itself for the CPU's)."""
+    from faster_whisper import BatchedInferencePipeline, WhisperModel
+
+    loaded = WhisperModel(
+        str(model.path),
+        device=device.kind,
+        compute_type=device.compute_type,
+        cpu_threads=config.cpu_threads,
+        local_files_only=True,
+    )
+    return BatchedInferencePipeline(loaded) if batched else loaded
+
 
 def _direct(
     model: whisper.WhisperModel, path: Path, config: TranscriptConfig, batched: bool
 ) -> float:
     """Seconds for faster-whisper alone: model load plus transcription, segments consumed."""
-    from faster_whisper import BatchedInferencePipeline, WhisperModel
-
     started = time.perf_counter()
-    loaded = WhisperModel(
-        str(model.path),
-        device="cpu",
-        compute_type="int8",
-        cpu_threads=config.cpu_threads,
-        local_files_only=True,
-    )
-    engine = BatchedInferencePipeline(loaded) if batched else loaded
+    engine = whisper_engine(model, config, batched)
     options = transcribe_options(config, config.language, batched)
     segments, _ = engine.transcribe(str(path), **options)
     list(segments)
