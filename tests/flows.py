@@ -17,10 +17,10 @@ from workers.keyframes import KeyframesStage
 DEFAULT_KEYS = Plan.default().current_keys()
 
 
-class KeyframesV2(KeyframesStage):
+class KeyframesNext(KeyframesStage):
     """The keyframes stage as a newer version would be: the same name, another version."""
 
-    version: ClassVar[str] = "2"
+    version: ClassVar[str] = str(int(KeyframesStage.version) + 1)
 
 
 def run_plan(store: Store, plan: Plan, config: QarinaConfig) -> None:

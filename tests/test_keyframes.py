@@ -53,6 +53,12 @@ def _cut_frames(result: KeyframesResult, kind: str | None = None) -> list[int]:
     return [cut.frame_index for cut in result.cuts if kind is None or cut.kind == kind]
 
 
+def _phone(gop: int) -> tuple[str, ...]:
+    """x264 options for what phones write: a keyframe every `gop` frames and nowhere else
+    (no scene-cut keyframes), no B-frames."""
+    return ("-g", str(gop), "-sc_threshold", "0", "-bf", "0")
+
+
 class TestKeyframesContract(StageContract):
     stage_class = KeyframesStage
     config: ClassVar[KeyframesConfig] = KeyframesConfig()
@@ -70,7 +76,7 @@ class TestKeyframesContract(StageContract):
     [
         pytest.param((), id="scene-cut-keyframes"),
         pytest.param(("-g", "12", "-sc_threshold", "0"), id="fixed-gop-b-frames"),
-        pytest.param(("-g", "30", "-sc_threshold", "0", "-bf", "0"), id="fixed-gop-no-b-frames"),
+        pytest.param(_phone(30), id="fixed-gop-no-b-frames"),
     ],
 )
 def test_hard_cuts_are_found_at_their_frames(tmp_path: Path, encoder: tuple[str, ...]) -> None:
@@ -87,6 +93,30 @@ def test_hard_cuts_are_found_at_their_frames(tmp_path: Path, encoder: tuple[str,
     assert result.decoder == "cpu"
     assert result.flags == []
     assert result.corrupt_frames == 0
+
+
+def test_a_stretch_is_left_once_its_cut_is_found(tmp_path: Path) -> None:
+    """Keyframes 4 s apart, the first two around a cut at frame 40: once the cut is
+    confirmed and the frame then decoded looks like the keyframe at 100, frames up to 100
+    are not decoded. The still shot from 100 to 200 is not decoded at all."""
+    path = videos.video_with_hard_cuts(tmp_path / "item", (40, 210), encoder=_phone(100))
+    result, _ = _run(path, tmp_path)
+    assert _cut_frames(result) == [40]
+    assert result.frames_total == 250
+    # The three keyframes, frames 0-100 and the last stretch (200-249, always decoded)
+    # would be 154 frames.
+    assert result.frames_decoded < 150
+
+
+def test_a_dissolve_right_after_a_cut_is_found(tmp_path: Path) -> None:
+    """A cut and a dissolve within one phone GOP: leaving the stretch after the cut must not
+    cost the dissolve."""
+    path = videos.video_with_cut_then_dissolve(tmp_path / "item", encoder=_phone(60))
+    result, _ = _run(path, tmp_path)
+    hard, dissolve = result.cuts
+    assert (hard.frame_index, hard.kind) == (20, "hard")
+    assert dissolve.kind == "gradual" and abs(dissolve.frame_index - 42) <= 4
+    assert result.frames_total == 135
 
 
 def test_fade_and_dissolve_are_gradual_cuts(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from evidence.schema import custody_events
 from evidence.store import Acquisition, Store
 from pipelines.config import QarinaConfig
 from pipelines.plan import Plan
-from tests.flows import KeyframesV2
+from tests.flows import KeyframesNext
 from workers.base import Kind
 from workers.keyframes import KeyframesConfig
 
@@ -29,7 +29,7 @@ def test_a_key_covers_options_and_the_keys_of_what_the_stage_reads(
 ) -> None:
     plan = Plan.default(settings=sqlite_config)
     newer = replace(
-        plan, stages={**plan.stages, "keyframes": KeyframesV2(KeyframesConfig(interval_s=5.0))}
+        plan, stages={**plan.stages, "keyframes": KeyframesNext(KeyframesConfig(interval_s=5.0))}
     )
     detected = Plan.default(settings=sqlite_config.with_overrides(transcript_language="auto"))
     # The probe reads nothing: its key is its options' hash, as before keys covered reads.
@@ -37,7 +37,7 @@ def test_a_key_covers_options_and_the_keys_of_what_the_stage_reads(
     # Photos' hashes read no keyframes: a new keyframes version leaves them current.
     assert newer.key("hashes", Kind.PHOTO) == plan.key("hashes", Kind.PHOTO)
     assert newer.key("hashes", Kind.VIDEO) != plan.key("hashes", Kind.VIDEO)
-    assert newer.key("keyframes").stage_version == "2"
+    assert newer.key("keyframes").stage_version == KeyframesNext.version
     assert plan.keys("hashes") == {plan.key("hashes", Kind.PHOTO), plan.key("hashes", Kind.VIDEO)}
     # The language changes the transcript's key and nothing else's.
     changed = {

@@ -20,9 +20,9 @@ from pipelines.ingest import ingest_paths
 from pipelines.plan import Plan
 from pipelines.reprocess import reprocess_stage
 from pipelines.samples import audio, videos
-from tests.flows import KeyframesV2, run_plan
+from tests.flows import KeyframesNext, run_plan
 from workers.base import Kind
-from workers.keyframes import KeyframesConfig
+from workers.keyframes import KeyframesConfig, KeyframesStage
 
 
 def _reads_what_its_plan_names(shown: dict[str, Any], plan: Plan) -> None:
@@ -63,7 +63,7 @@ def test_reprocessed_results_read_the_upstream_their_plan_names(
     detected = Plan.default(settings=sqlite_config.with_overrides(transcript_language="auto"))
     second = replace(
         detected,
-        stages={**detected.stages, "keyframes": KeyframesV2(KeyframesConfig(interval_s=0.5))},
+        stages={**detected.stages, "keyframes": KeyframesNext(KeyframesConfig(interval_s=0.5))},
     )
     store = Store.open(sqlite_config.db_url, sqlite_config.blob_root)
     try:
@@ -116,7 +116,8 @@ def test_reprocessed_results_read_the_upstream_their_plan_names(
     [replaced] = why["transcript"]["replaces"]
     assert replaced["config_hash"] == first.key("transcript").config_hash
     assert "option language: ar -> auto" in replaced["changed"]
-    assert "stage_version: 1 -> 2" in why["keyframes"]["replaces"][0]["changed"]
+    change = f"stage_version: {KeyframesStage.version} -> {KeyframesNext.version}"
+    assert change in why["keyframes"]["replaces"][0]["changed"]
 
 
 def test_reprocess_and_status_commands(sqlite_config: QarinaConfig, tmp_path: Path) -> None:

@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 
 from workers.keyframes import KeyframesConfig
-from workers.shots import LUMA_BLOCKS, Cut, CutRules, ShotDetector, Signature, merge_cuts
+from workers.shots import (
+    LUMA_BLOCKS,
+    Cut,
+    CutRules,
+    ShotDetector,
+    Signature,
+    is_hard_cut,
+    merge_cuts,
+)
 
 #: Luma blocks and two chroma planes of a quarter of that each.
 _LENGTH = LUMA_BLOCKS * 3 // 2
@@ -43,6 +51,16 @@ def test_a_hard_cut_is_found_on_its_frame() -> None:
     assert cut.kind == "hard"
     assert (cut.first, cut.index, cut.last) == (29 * TICKS, 30 * TICKS, 30 * TICKS)
     assert cut.score > 30
+
+
+def test_the_hard_cut_rule_weighs_a_change_against_its_neighbours() -> None:
+    rules = CutRules()
+    assert is_hard_cut(30.0, [1.0, 2.0, 1.0, 2.0], rules)
+    # Camera motion: every frame changes a lot, so a large change is no cut.
+    assert not is_hard_cut(30.0, [12.0, 14.0, 11.0, 13.0], rules)
+    # Too small to be a cut whatever its neighbours; a lone large change is one.
+    assert not is_hard_cut(rules.min_cut_score - 1, [0.0, 0.0], rules)
+    assert is_hard_cut(rules.min_cut_score, [], rules)
 
 
 def test_a_linear_fade_to_black_is_one_gradual_cut_in_its_middle() -> None:

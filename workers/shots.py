@@ -14,7 +14,7 @@ motion is not. Memory stays bounded for any length: signatures are kept for a bo
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -78,6 +78,20 @@ class Cut:
 def difference(first: Signature, second: Signature) -> float:
     """How much two signatures differ: the mean absolute difference of their blocks."""
     return float(np.abs(first.astype(np.int16) - second.astype(np.int16)).mean())
+
+
+def is_hard_cut(score: float, neighbours: Sequence[float], rules: CutRules) -> bool:
+    """The adaptive hard-cut rule for one frame-to-frame change: at least `min_cut_score`, and
+    `cut_ratio` times the mean change of its neighbours (up to `cut_window` on each side).
+
+    Shared with the keyframes stage, which applies it while decoding to know that a stretch
+    it decodes holds a cut before the run reaches the detector.
+    """
+    if score < rules.min_cut_score:
+        return False
+    if not neighbours:
+        return True
+    return score >= rules.cut_ratio * max(sum(neighbours) / len(neighbours), 1e-3)
 
 
 def _is_black(signature: Signature | _F32) -> bool:
@@ -169,8 +183,7 @@ class ShotDetector:
                 )
                 if other != position
             ]
-            mean = sum(neighbours) / len(neighbours) if neighbours else 0.0
-            if not neighbours or score >= rules.cut_ratio * max(mean, 1e-3):
+            if is_hard_cut(score, neighbours, rules):
                 cuts.append(Cut(position, "hard", score, first=position - 1, last=position))
         return cuts
 

@@ -3,16 +3,20 @@
 The keyframes stage promises to be faster than decoding every frame and at least as accurate
 as PySceneDetect's adaptive detector, so both claims are measured in one run on the same
 clips: the phone-like test clip of `pipelines.samples.phone_clips`, cut together from real
-footage and real photos in the shared corpus with every cut recorded while it is made, and
-encoded three ways (x264's defaults, without B-frames, and with a phone's fixed one-second
-GOP), since a keyframe-first detector must not depend on the encoder placing keyframes at
-the cuts.
+footage and real photos in the shared corpus (panned, zoomed and shaken as if handheld) with
+every cut recorded while it is made, and encoded three ways (x264's defaults, without
+B-frames, and with a phone's fixed one-second GOP: `fixedgop`), since a keyframe-first
+detector must not depend on the encoder placing keyframes at the cuts.
 
 Reported per clip, medians of `runs`:
 - seconds and fps of the stage's `run` (after `setup`, with the probe result given, as the
   runtime calls it), of PySceneDetect's `detect(path, AdaptiveDetector())` with its defaults,
   and of `ffmpeg -threads 2 -i CLIP -f null -`; the ratios ours/PySceneDetect (target <= 0.5)
   and ours/ffmpeg (target <= 0.75), each the median of per-run ratios measured moments apart;
+- the same ratios in CPU seconds (user + system, all threads; ffmpeg's as a child process).
+  On a machine others share, wall-clock ratios swing with their load (a contender that
+  gets both cores one moment gets a third of them the next), while CPU seconds measure the
+  work each did; a loaded worker node, like this machine, is bound by that work;
 - precision, recall and F1 of cut detection for both detectors at +-2 frames;
 - the stage's peak memory, read in a fresh process so nothing else inflates it (target < 1 GiB).
 """
@@ -122,6 +126,13 @@ def _ffmpeg_decode(ffmpeg: str, clip: Path) -> None:
     )
 
 
+def _cpu_s(who: int) -> float:
+    """User plus system CPU seconds so far of this process (all its threads) or of its
+    finished children."""
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _sha256(path: Path) -> str:
     with path.open("rb") as handle:
         return hashlib.file_digest(handle, "sha256").hexdigest()
@@ -134,18 +145,19 @@ class _OurStage:
         self.stage = KeyframesStage(KeyframesConfig())
         self.stage.setup()
 
-    def run(self, clip: Path, workdir: Path) -> tuple[float, dict[str, Any]]:
-        """Probe (untimed), then time the keyframes run alone; returns seconds and result."""
+    def run(self, clip: Path, workdir: Path) -> tuple[float, float, dict[str, Any]]:
+        """Probe (untimed), then time the keyframes run alone; returns seconds, CPU seconds
+        and the result."""
         sha256 = _sha256(clip)
         probe_dir, keyframes_dir = workdir / "probe", workdir / "keyframes"
         probe_dir.mkdir(parents=True)
         keyframes_dir.mkdir()
         probe = ProbeStage().run(StageInput(sha256, clip, Kind.OTHER), probe_dir).result
         item = StageInput(sha256, clip, Kind.VIDEO, {"probe": result_to_json(probe)})
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), _cpu_s(resource.RUSAGE_SELF)
         output = self.stage.run(item, keyframes_dir)
         elapsed = time.perf_counter() - started
-        return elapsed, result_to_json(output.result)
+        return elapsed, _cpu_s(resource.RUSAGE_SELF) - cpu, result_to_json(output.result)
 
     def close(self) -> None:
         self.stage.teardown()
@@ -205,11 +217,14 @@ def _clip_round(
 ) -> dict[str, Any]:
     """One run of the three contenders on one clip, back to back."""
     _warm_cache(clip)
+    children = _cpu_s(resource.RUSAGE_CHILDREN)
     ffmpeg_s = timed(lambda: _ffmpeg_decode(ffmpeg, clip))
-    started = time.perf_counter()
+    ffmpeg_cpu = _cpu_s(resource.RUSAGE_CHILDREN) - children
+    started, cpu = time.perf_counter(), _cpu_s(resource.RUSAGE_SELF)
     pyscenedetect = pyscenedetect_cuts(clip)
     pyscenedetect_s = time.perf_counter() - started
-    ours_s, ours = stage.run(clip, workdir)
+    pyscenedetect_cpu = _cpu_s(resource.RUSAGE_SELF) - cpu
+    ours_s, ours_cpu, ours = stage.run(clip, workdir)
     return {
         # How much of the video the stage decoded: the reason it can beat a full decode.
         "ours_frames_decoded": ours.get("frames_decoded"),
@@ -221,6 +236,11 @@ def _clip_round(
         "ours_fps": round(frames / ours_s, 1),
         "ours_to_pyscenedetect": round(ours_s / pyscenedetect_s, 3),
         "ours_to_ffmpeg_decode": round(ours_s / ffmpeg_s, 3),
+        "ffmpeg_decode_cpu_s": round(ffmpeg_cpu, 3),
+        "pyscenedetect_cpu_s": round(pyscenedetect_cpu, 3),
+        "ours_cpu_s": round(ours_cpu, 3),
+        "ours_to_pyscenedetect_cpu": round(ours_cpu / pyscenedetect_cpu, 3),
+        "ours_to_ffmpeg_decode_cpu": round(ours_cpu / ffmpeg_cpu, 3),
         "pyscenedetect_cuts": pyscenedetect,
         "ours_cuts": ours["cuts"],
     }
@@ -253,16 +273,17 @@ def _clip_summary(
             name: {
                 "seconds": round(median([run[f"{name}_s"] for run in measured]), 3),
                 "fps": round(median([run[f"{name}_fps"] for run in measured]), 1),
+                "cpu_seconds": round(median([run[f"{name}_cpu_s"] for run in measured]), 3),
             }
             for name in timing_keys
         },
         "ratios": {
-            "ours_to_pyscenedetect": round(
-                median([run["ours_to_pyscenedetect"] for run in measured]), 3
-            ),
-            "ours_to_ffmpeg_decode": round(
-                median([run["ours_to_ffmpeg_decode"] for run in measured]), 3
-            ),
+            key: round(median([run[key] for run in measured]), 3)
+            for key in ("ours_to_pyscenedetect", "ours_to_ffmpeg_decode")
+        },
+        "cpu_ratios": {
+            key: round(median([run[f"{key}_cpu"] for run in measured]), 3)
+            for key in ("ours_to_pyscenedetect", "ours_to_ffmpeg_decode")
         },
         "accuracy": {
             "pyscenedetect_adaptive": match_cuts(last["pyscenedetect_cuts"], truth),
@@ -389,12 +410,14 @@ def _headline(clips: dict[str, dict[str, Any]], memory: dict[str, Any]) -> str:
     lines = []
     for name, clip in clips.items():
         times, ratios, accuracy = clip["median"], clip["ratios"], clip["accuracy"]
+        cpu = clip["cpu_ratios"]
         ours, peer = accuracy["ours"], accuracy["pyscenedetect_adaptive"]
         lines.append(
             f"{name}: ours {times['ours']['seconds']} s ({times['ours']['fps']} fps),"
             f" PySceneDetect {times['pyscenedetect']['seconds']} s"
-            f" (x{ratios['ours_to_pyscenedetect']}), ffmpeg decode"
-            f" {times['ffmpeg_decode']['seconds']} s (x{ratios['ours_to_ffmpeg_decode']});"
+            f" (x{ratios['ours_to_pyscenedetect']}, CPU x{cpu['ours_to_pyscenedetect']}),"
+            f" ffmpeg decode {times['ffmpeg_decode']['seconds']} s"
+            f" (x{ratios['ours_to_ffmpeg_decode']}, CPU x{cpu['ours_to_ffmpeg_decode']});"
             f" F1 ours {ours['f1']} (P {ours['precision']} R {ours['recall']}),"
             f" PySceneDetect {peer['f1']} (P {peer['precision']} R {peer['recall']})"
         )

@@ -6,8 +6,8 @@ it is made, encoded three ways: x264's defaults (B-frames, a keyframe at every s
 without B-frames (`-bf 0`), and as phones encode (a fixed one-second GOP with no scene-cut
 keyframes and no B-frames), since a keyframe-first detector must not depend on the encoder
 placing keyframes at the cuts. Synthetic test patterns would flatter any detector; real
-pictures with slow pans and zooms, low-light footage with a flashlight switching on, and
-dissolves and fades are what the stage meets in a backlog.
+pictures with slow pans and zooms, handheld shake, low-light footage with a flashlight
+switching on, and dissolves and fades are what the stage meets in a backlog.
 """
 
 from __future__ import annotations
@@ -88,8 +88,18 @@ VIDEO_WINDOWS = (
 )
 #: Photo shot lengths in frames, cycled: 1.1 to 2.8 s, so shots are short and uneven.
 _PHOTO_FRAMES = (54, 40, 72, 33, 84, 48, 63, 36, 78, 45)
-_MOTIONS = ("pan-right", "zoom-in", "pan-down", "pan-left", "zoom-out", "pan-up")
-#: Every fifth shot (from the third) is real footage, the others pan or zoom over a photo.
+_MOTIONS = (
+    "pan-right", "zoom-in", "handheld", "pan-down", "pan-left", "zoom-out", "handheld", "pan-up",
+)  # fmt: skip
+#: A handheld shot sways about the middle of the photo's margin as (share of the margin's
+#: half, Hz, phase) terms per axis: a slow sway (60 px at 1080p), a faster wobble and a
+#: hand's tremor, together up to about 15 px a frame, as a phone held by a standing person
+#: moves without stabilisation. Sums of sines of unrelated frequencies: irregular to the eye,
+#: yet the same on every machine.
+_SHAKE_X = ((0.25, 0.5, 0.0), (0.05, 1.7, 1.0), (0.012, 6.1, 2.0))
+_SHAKE_Y = ((0.25, 0.37, 2.0), (0.05, 1.3, 3.0), (0.012, 5.3, 4.0))
+#: Every fifth shot (from the third) is real footage, the others pan, zoom or shake over a
+#: photo.
 _VIDEO_EVERY, _VIDEO_FIRST = 5, 2
 #: Every sixth boundary (from the third) is gradual, dissolves and fades alternating.
 _GRADUAL_EVERY, _GRADUAL_FIRST = 6, 3
@@ -232,17 +242,19 @@ def _shot_filter(index: int, shot: Shot, size: tuple[int, int], fade_out: bool) 
 
 
 def _motion_filter(motion: str, last: int, size: tuple[int, int]) -> str:
-    """A slow pan across the photo's margin, or a 20% zoom, over the shot's length."""
+    """A slow pan across the photo's margin, handheld shake about its middle, or a 20% zoom,
+    over the shot's length."""
     width, height = size
     progress = f"n/{last}"
-    pans = {
+    crops = {
         "pan-right": (f"(iw-ow)*{progress}", "(ih-oh)/2"),
         "pan-left": (f"(iw-ow)*(1-{progress})", "(ih-oh)/2"),
         "pan-down": ("(iw-ow)/2", f"(ih-oh)*{progress}"),
         "pan-up": ("(iw-ow)/2", f"(ih-oh)*(1-{progress})"),
+        "handheld": (_shake("(iw-ow)/2", _SHAKE_X), _shake("(ih-oh)/2", _SHAKE_Y)),
     }
-    if motion in pans:
-        x, y = pans[motion]
+    if motion in crops:
+        x, y = crops[motion]
         return f"crop={width}:{height}:x='{x}':y='{y}'"
     on_progress = f"on/{last}"
     zoom = (
@@ -253,6 +265,12 @@ def _motion_filter(motion: str, last: int, size: tuple[int, int]) -> str:
     return (
         f"zoompan=z='{zoom}':x='iw/2-iw/zoom/2':y='ih/2-ih/zoom/2':d=1:s={width}x{height}:fps={FPS}"
     )
+
+
+def _shake(half_margin: str, terms: Sequence[tuple[float, float, float]]) -> str:
+    """A crop offset swaying about the middle of the margin, an ffmpeg expression in `n`."""
+    sway = "+".join(f"{share}*sin(2*PI*{hz}*n/{FPS}+{phase})" for share, hz, phase in terms)
+    return f"{half_margin}*(1+{sway})"
 
 
 def _filter_graph(shots: Sequence[Shot], size: tuple[int, int]) -> str:

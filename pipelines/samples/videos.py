@@ -186,6 +186,30 @@ def video_with_fade_and_dissolve(path: Path, *, size: str = "160x90") -> Path:
     return path
 
 
+def video_with_cut_then_dissolve(path: Path, *, encoder: Sequence[str] = ()) -> Path:
+    """135 frames at 25 fps: a hard cut at frame 20, then a 0.6 s dissolve (frames 35-49,
+    middle 42) into a third shot, still to the end: a cut and a dissolve within two seconds,
+    as a phone could hold in one GOP.
+
+    With a fixed keyframe interval of 60 (`-g 60 -sc_threshold 0 -bf 0`), the cut and the
+    whole dissolve lie between the first two keyframes, and nothing changes between the
+    second and the third.
+    """
+    ffmpeg(
+        *_lavfi("testsrc2=size=160x90:rate=25:duration=0.8"),
+        *_lavfi("smptebars=size=160x90:rate=25:duration=1.2"),
+        *_lavfi("rgbtestsrc=size=160x90:rate=25:duration=4"),
+        *_x264(
+            path,
+            "-filter_complex",
+            "[1:v][2:v]xfade=transition=fade:duration=0.6:offset=0.6[bc];"
+            "[0:v][bc]concat=n=2:v=1:a=0,format=yuv420p[v]",
+            "-map", "[v]", *encoder,
+        ),
+    )  # fmt: skip
+    return path
+
+
 def static_video(path: Path, seconds: float = 7.0) -> Path:
     """One unchanging shot (SMPTE bars), for frames at a regular interval."""
     ffmpeg(*_lavfi(f"smptebars=size=160x90:rate=10:duration={seconds:g}"), *_x264(path, "-g", "10"))
