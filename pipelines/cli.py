@@ -599,6 +599,19 @@ def bench_photos(
     write_json(run_bench(config_of(ctx), count, output))
 
 
+@bench_app.command("tiny")
+def bench_tiny(
+    ctx: typer.Context,
+    count: Annotated[int, typer.Option(help="Generated tiny photos (64x64 to 320x240).")] = 5000,
+    runs: Annotated[int, typer.Option(help="Rounds; the median is reported.")] = 3,
+    output: Annotated[Path, typer.Option(help="JSON results.")] = Path("bench-results/tiny.json"),
+) -> None:
+    """Tiny photos through probe, metadata and hashes on Ray, against a plain-loop floor."""
+    from pipelines.bench.tiny import bench_tiny as run_bench
+
+    write_json(run_bench(config_of(ctx), count, output, runs=runs))
+
+
 @bench_app.command("backlog")
 def bench_backlog(
     ctx: typer.Context,

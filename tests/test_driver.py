@@ -1,15 +1,19 @@
 """The driver loop steered from outside: a stop hands back what did not finish within its
-grace, and intake in the same process wakes an idle service at once."""
+grace, and intake in the same process wakes an idle service at once; and what the loop asks
+of the store: one lease for every free slot of a stage, one commit for every finished batch."""
 
 from __future__ import annotations
 
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
+import pytest
 import sqlalchemy as sa
 
-from evidence.records import Outcome
+from evidence import jobs as jobq
+from evidence.records import LeasedJob, Outcome, Success
 from evidence.schema import jobs
 from evidence.store import Store
 from pipelines.config import QarinaConfig
@@ -38,6 +42,28 @@ class _NeverFinishes:
 
     def close(self) -> None:
         self.submitted.clear()
+
+
+class _AllAtOnce:
+    """An executor with room for three batches that finishes all it holds at the next look."""
+
+    def __init__(self) -> None:
+        self.held: list[list[Task]] = []
+        self.batch_sizes: list[int] = []
+
+    def free_slots(self, stage: str) -> int:
+        return 3 - len(self.held)
+
+    def submit(self, stage: str, tasks: list[Task]) -> None:
+        self.held.append(tasks)
+        self.batch_sizes.append(len(tasks))
+
+    def collect(self, timeout_s: float) -> list[tuple[list[Task], list[Outcome]]]:
+        done, self.held = self.held, []
+        return [(tasks, [Success({}, {}) for _ in tasks]) for tasks in done]
+
+    def close(self) -> None:
+        self.held.clear()
 
 
 def _states(store: Store) -> list[str]:
@@ -95,3 +121,35 @@ def test_intake_wakes_an_idle_service_at_once(
         thread.join(timeout=10)
         executor.close()
     assert done[0].committed == 1
+
+
+def test_one_lease_fills_every_free_slot_and_one_commit_takes_every_finished_batch(
+    store: Store, config: QarinaConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for index in range(40):
+        (tmp_path / f"item-{index}").write_bytes(f"item {index}".encode())
+    plan = Plan.default(["probe"], settings=config)
+    ingest_paths(store, plan, config, sorted(tmp_path.glob("item-*")), source="test")
+    leases: list[list[tuple[int, int]]] = []
+    commits: list[int] = []
+
+    def lease_each(*args: Any) -> list[list[LeasedJob]]:
+        leased = real_lease_each(*args)
+        leases.append([(limit, len(got)) for (_, limit), got in zip(args[2], leased, strict=True)])
+        return leased
+
+    def commit(*args: Any) -> jobq.CommitReport:
+        commits.append(len(args[1]))
+        return real_commit(*args)
+
+    real_lease_each, real_commit = jobq.lease_each, jobq.commit
+    monkeypatch.setattr(jobq, "lease_each", lease_each)
+    monkeypatch.setattr(jobq, "commit", commit)
+    executor = _AllAtOnce()
+    summary = run_queue(store, plan, executor, config)
+    batch = plan.stages["probe"].batch_size
+    assert leases[0] == [(3 * batch, 40)]  # three slots, one lease
+    assert all(got == 0 for call in leases[1:] for _, got in call)
+    assert executor.batch_sizes == [batch, batch, 40 - 2 * batch]
+    assert commits == [40] and summary.committed == 40
+    assert _states(store) == ["done"] * 40

@@ -189,6 +189,70 @@ def test_retryable_failures_retry_then_die_final_failures_stop(
     assert store.status().failures_by_reason == {"tool_timeout": 1, "corrupt_media": 1}
 
 
+def test_one_commit_of_many_outcomes_keeps_each_outcome_apart(store: Store, tmp_path: Path) -> None:
+    """A batch commit (one statement per kind of write) does for each outcome what a commit
+    of it alone would: a stale one, or one delivered twice, is refused without costing the
+    others, a failure is retried, a skip queues nothing that needs an ok result, and custody
+    follows the batch's order."""
+    fresh, late, flaky, skipped = (
+        _register(store, _file(tmp_path, name, name.encode()))
+        for name in ("fresh", "late", "flaky", "skipped")
+    )
+    [expired] = jobs.lease(store.database, "driver-1", [PROBE.key], 1, dt.timedelta(seconds=-1))
+    assert expired.sha256 == fresh and jobs.release_expired(store.database) == 1
+    leased = {
+        job.sha256: job for job in jobs.lease(store.database, "driver-2", [PROBE.key], 9, TTL)
+    }
+    assert set(leased) == {fresh, late, flaky, skipped}
+    photo = _ok({"kind": "photo"}, item_kind="photo", follow_ups=[META])
+    batch: list[tuple[records.LeasedJob, records.Outcome]] = [
+        (leased[late], photo),
+        (expired, photo),  # its lease moved on to driver-2
+        (leased[flaky], records.Failure("tool_timeout", "slow", True, item_kind="other")),
+        (leased[skipped], records.Success({}, {}, skip_reason="no_video", follow_ups=[META])),
+        (leased[fresh], photo),
+        (leased[late], photo),  # delivered again
+    ]
+    report = jobs.commit(store.database, batch, "batch")
+    assert (report.committed, report.stale) == (4, 2)
+    with store.database.reader.connect() as connection:
+        events = connection.execute(
+            sa.select(custody_events.c.action, custody_events.c.item_sha256)
+            .where(custody_events.c.actor == "batch")
+            .order_by(custody_events.c.seq)
+        ).all()
+        stored = connection.execute(sa.text("SELECT sha256 FROM results")).scalars().all()
+    assert [tuple(event) for event in events] == [
+        ("result", late), ("failure", flaky), ("skip", skipped), ("result", fresh),
+    ]  # fmt: skip
+    assert sorted(stored) == sorted([late, skipped, fresh])
+    follow_ups = jobs.lease(store.database, "driver-2", [META.key], 9, TTL)
+    assert sorted(job.sha256 for job in follow_ups) == sorted([late, fresh])
+    assert {job.kind for job in follow_ups} == {"photo"}
+    [retry] = jobs.lease(store.database, "driver-2", [PROBE.key], 9, TTL)
+    assert (retry.sha256, retry.attempts) == (flaky, 1)
+    record = store.show(flaky, CURRENT)
+    assert record is not None and record["kind"] == "other"
+    assert store.verify(fixity=False, actor="t").ok
+
+
+def test_one_lease_for_several_stages_takes_what_each_lease_would(
+    store: Store, tmp_path: Path
+) -> None:
+    first, second, third = (
+        _register(store, _file(tmp_path, name, name.encode())) for name in ("1st", "2nd", "3rd")
+    )
+    probes = jobs.lease(store.database, "owner", [PROBE.key], 2, TTL)
+    photo = _ok({"kind": "photo"}, item_kind="photo", follow_ups=[META])
+    jobs.commit(store.database, [(job, photo) for job in probes], "test")
+    leased = jobs.lease_each(
+        store.database, "owner", [([PROBE.key], 5), ([META.key], 1), ([META.key], 0)], TTL
+    )
+    assert [[job.sha256 for job in stage] for stage in leased] == [[third], [first], []]
+    assert {job.sha256 for job in probes} == {first, second}
+    assert jobs.lease_each(store.database, "owner", [([PROBE.key], 5)], TTL) == [[]]
+
+
 def test_dead_owner_leases_return_to_queue(store: Store, tmp_path: Path) -> None:
     _register(store, _file(tmp_path, "a", b"a"))
     jobs.lease(store.database, "host:1:dead", [PROBE.key], 1, TTL)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import shutil
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,7 @@ from pipelines.config import QarinaConfig
 from pipelines.ingest import ingest_paths
 from pipelines.plan import Plan
 from pipelines.ray_runtime import RayExecutor, start_ray
-from pipelines.runner import Executor, SequentialExecutor, run_queue
+from pipelines.runner import Executor, RunSummary, SequentialExecutor, run_queue
 from pipelines.samples import photos
 
 #: 12 MP, the size of a typical phone photo.
@@ -72,7 +74,7 @@ def make_photos(folder: Path, count: int, size: tuple[int, int] = PHOTO_SIZE) ->
     }
 
 
-def _stage_work(store: Store) -> dict[str, dict[str, float]]:
+def stage_work(store: Store) -> dict[str, dict[str, float]]:
     """Per stage: results and the sum of their `duration_s` (time inside the stage itself)."""
     work: dict[str, dict[str, float]] = {}
     with store.database.reader.connect() as connection:
@@ -86,7 +88,7 @@ def _stage_work(store: Store) -> dict[str, dict[str, float]]:
     return work
 
 
-def _completion(store: Store, count: int) -> dict[str, Any]:
+def completion(store: Store, count: int) -> dict[str, Any]:
     """Did every item end done in every stage? A benchmark of failed items measures nothing."""
     report = store.status()
     stages = {stage.stage: stage.counts for stage in report.stages}
@@ -107,26 +109,49 @@ def _completion(store: Store, count: int) -> dict[str, Any]:
     }
 
 
-def _photo_run(
-    config: QarinaConfig, scratch: Path, photos: Path, count: int, *, use_ray: bool
-) -> dict[str, Any]:
-    """Ingest the photos into a fresh SQLite store, then process the queue to the end."""
-    name = "ray" if use_ray else "sequential"
-    run_config = fresh_data(config, scratch, name)
-    data = run_config.data_dir
-    # The stages this benchmark has always measured, so its figures stay comparable over time.
-    plan = Plan.default(["probe", "metadata"])
+@dataclass(frozen=True)
+class QueueRun:
+    """One benchmark run from a fresh store: ingest timed, Ray's startup timed apart, then the
+    queue worked off; with what every item ended as and each stage's work (see `stage_work`)."""
+
+    new_items: int
+    ingest_s: float
+    ray_startup_s: float
+    #: Whether this run started Ray (and shut it down): not when the caller had it running.
+    ray_started_here: bool
+    summary: RunSummary
+    completion: dict[str, Any]
+    stage_work: dict[str, dict[str, float]]
+
+    @property
+    def stage_work_s(self) -> float:
+        return sum(entry["duration_s_sum"] for entry in self.stage_work.values())
+
+
+def queue_run(
+    config: QarinaConfig,
+    scratch: Path,
+    folder: Path,
+    count: int,
+    stages: Sequence[str],
+    *,
+    use_ray: bool,
+    source: str,
+) -> QueueRun:
+    """Ingest the files under `folder` into a fresh SQLite data folder, then process the queue
+    of `stages` to the end, on a private local Ray as `qarina run` starts it, or sequentially."""
+    run_config = fresh_data(config, scratch, "ray" if use_ray else "sequential")
+    plan = Plan.default(stages)
     store = Store.open(run_config.db_url, run_config.blob_root)
     started_ray = False
     try:
         started = time.perf_counter()
-        intake = ingest_paths(store, plan, run_config, [photos], source="bench-photos")
+        intake = ingest_paths(store, plan, run_config, [folder], source=source)
         ingest_s = time.perf_counter() - started
         startup_s = 0.0
         executor: Executor
         if use_ray:
             started_ray = not ray.is_initialized()
-            # The embedded default, as `qarina run` starts it: a private local instance.
             startup_s = timed(lambda: start_ray(None))
             executor = RayExecutor(plan, run_config)
         else:
@@ -135,20 +160,36 @@ def _photo_run(
             summary = run_queue(store, plan, executor, run_config)
         finally:
             executor.close()
-        processing_s = summary.wall_s
-        completion = _completion(store, count)
-        work = _stage_work(store)
+        done = completion(store, count)
+        work = stage_work(store)
     finally:
         store.close()
         if started_ray:
             ray.shutdown()
-        shutil.rmtree(data, ignore_errors=True)
-    stage_work_s = sum(entry["duration_s_sum"] for entry in work.values())
+        shutil.rmtree(run_config.data_dir, ignore_errors=True)
+    return QueueRun(intake.new_items, ingest_s, startup_s, started_ray, summary, done, work)
+
+
+def _photo_run(
+    config: QarinaConfig, scratch: Path, photos: Path, count: int, *, use_ray: bool
+) -> dict[str, Any]:
+    """Ingest the photos into a fresh SQLite store, then process the queue to the end."""
+    # The stages this benchmark has always measured, so its figures stay comparable over time.
+    run = queue_run(
+        config,
+        scratch,
+        photos,
+        count,
+        ["probe", "metadata"],
+        use_ray=use_ray,
+        source="bench-photos",
+    )
+    ingest_s, startup_s, processing_s = run.ingest_s, run.ray_startup_s, run.summary.wall_s
     wall_s = ingest_s + startup_s + processing_s
     return {
-        "runner": name,
-        "ray_started_here": started_ray if use_ray else None,
-        "new_items": intake.new_items,
+        "runner": "ray" if use_ray else "sequential",
+        "ray_started_here": run.ray_started_here if use_ray else None,
+        "new_items": run.new_items,
         "ingest_s": round(ingest_s, 3),
         "ray_startup_s": round(startup_s, 3),
         "processing_s": round(processing_s, 3),
@@ -158,13 +199,13 @@ def _photo_run(
         "items_per_s_excl_startup": round(count / (ingest_s + processing_s), 2),
         "ingest_items_per_s": round(count / ingest_s, 2),
         "processing_items_per_s": round(count / processing_s, 2),
-        "jobs_committed": summary.committed,
-        "jobs_failed": summary.failed,
-        "stage_work": work,
-        "stage_work_s": round(stage_work_s, 3),
+        "jobs_committed": run.summary.committed,
+        "jobs_failed": run.summary.failed,
+        "stage_work": run.stage_work,
+        "stage_work_s": round(run.stage_work_s, 3),
         # Above 1 means stages ran in parallel; the rest up to 1 is driver, store and transport.
-        "stage_work_per_processing_s": round(stage_work_s / processing_s, 3),
-        "completion": completion,
+        "stage_work_per_processing_s": round(run.stage_work_s / processing_s, 3),
+        "completion": run.completion,
     }
 
 
