@@ -64,6 +64,10 @@ class StageActor:
     def run_batch(self, tasks: list[Task]) -> list[Outcome]:
         return self._host.run_batch(tasks)
 
+    def ready(self) -> None:
+        """Answers once the actor is placed and set up: the executor's sign that Ray found
+        it a node."""
+
 
 #: A pool idle this long may give its actors to a busier stage that cannot grow otherwise.
 _IDLE_RETIRE_S = 2.0
@@ -72,6 +76,12 @@ _IDLE_RETIRE_S = 2.0
 #: about a second of CPU to start and only helps a stage that keeps its actors busy.
 _GROW_UTILISATION = 0.75
 _WINDOW_S = (1.0, 5.0)  # shortest window that may justify growth, longest kept
+#: An actor not ready after this long is taken to wait for a node with room. Its stage may
+#: fit the cluster's CPUs in sum, yet no single node (2 CPUs for transcripts, when idle pools
+#: hold 1.75 spread over two 2-CPU nodes): idle pools then give their actors back for it.
+#: Setting up a stage (a model, exiftool) takes a few seconds too, and a needless retirement
+#: costs only a restart later.
+_PLACEMENT_WAIT_S = 5.0
 
 
 @dataclass
@@ -81,6 +91,8 @@ class _Pool:
     max_size: int
     actors: list[Any] = field(default_factory=list)
     in_flight: dict[Any, int] = field(default_factory=dict)  # actor -> batches on it
+    #: Actors not yet ready: actor -> (the reference their `ready` call answers, created at).
+    starting: dict[Any, tuple[Any, float]] = field(default_factory=dict)
     idle_since: float = field(default_factory=time.monotonic)
     window_start: float = field(default_factory=time.monotonic)
     work_s: float = 0.0  # stage run time reported by outcomes since window_start
@@ -94,6 +106,22 @@ class _Pool:
         if now - self.window_start > _WINDOW_S[1]:
             self.window_start, self.work_s = now, 0.0
         self.work_s += sum(float(outcome.provenance.get("duration_s", 0.0)) for outcome in outcomes)
+
+    def waits_for_a_node(self) -> bool:
+        """Whether an actor of this pool has waited too long to be placed."""
+        if not self.starting:
+            return False
+        references = {reference: actor for actor, (reference, _) in self.starting.items()}
+        ready, _ = ray.wait(list(references), num_returns=len(references), timeout=0)
+        for reference in ready:
+            del self.starting[references[reference]]
+        now = time.monotonic()
+        return any(now - created >= _PLACEMENT_WAIT_S for _, created in self.starting.values())
+
+    def forget(self, actor: Any) -> None:
+        self.actors.remove(actor)
+        del self.in_flight[actor]
+        self.starting.pop(actor, None)
 
     def wants_more(self) -> bool:
         """Busy enough over the recent window that another actor would share real work."""
@@ -163,11 +191,12 @@ class RayExecutor:
             max_restarts=0,
             max_concurrency=1,
         )
-        actor = actor_class.remote(
+        actor: Any = actor_class.remote(
             pool.stage, str(self._config.blob_root), self._plan, self._config.stage_environment()
         )
         pool.actors.append(actor)
         pool.in_flight[actor] = 0
+        pool.starting[actor] = (actor.ready.remote(), time.monotonic())
         return actor
 
     def _make_room(self, wanting: _Pool) -> None:
@@ -179,10 +208,7 @@ class RayExecutor:
         for pool in self._pools.values():
             if pool is wanting or pool.busy or now - pool.idle_since < _IDLE_RETIRE_S:
                 continue
-            for actor in pool.actors:
-                ray.kill(actor, no_restart=True)
-            pool.actors.clear()
-            pool.in_flight.clear()
+            _retire(pool)
 
     def free_slots(self, stage: str) -> int:
         pool = self._pools[stage]
@@ -190,9 +216,12 @@ class RayExecutor:
         below_max = len(pool.actors) < pool.max_size
         if saturated and below_max and pool.wants_more() and not self._can_grow(pool):
             self._make_room(pool)
-        elif pool.busy and self._cpus_in_use() > self._total_cpus + 1e-9:
-            # Every stage with work got an actor whatever the budget said, so one of them
-            # may wait for CPUs that idle pools hold: without this it would wait forever.
+        elif pool.busy and (
+            self._cpus_in_use() > self._total_cpus + 1e-9 or pool.waits_for_a_node()
+        ):
+            # Every stage with work got an actor whatever the budget said, and CPUs in sum
+            # are not a node with room: an actor may wait for CPUs that idle pools hold, and
+            # without this it would wait forever.
             self._make_room(pool)
         actors = len(pool.actors) + (1 if self._can_grow(pool) else 0)
         return actors * self._config.batches_per_actor - pool.busy
@@ -243,8 +272,7 @@ class RayExecutor:
             # The node may be gone with it: size pools by what is left.
             self._total_cpus = float(ray.cluster_resources().get("CPU", self._total_cpus))  # type: ignore[no-untyped-call]
             if actor in pool.in_flight:
-                pool.actors.remove(actor)
-                del pool.in_flight[actor]
+                pool.forget(actor)
                 ray.kill(actor, no_restart=True)
             reason = FailureReason.TOOL_CRASH
             if isinstance(error, OutOfMemoryError) or "OutOfMemory" in str(error):
@@ -256,7 +284,13 @@ class RayExecutor:
 
     def close(self) -> None:
         for pool in self._pools.values():
-            for actor in pool.actors:
-                ray.kill(actor, no_restart=True)
-            pool.actors.clear()
-            pool.in_flight.clear()
+            _retire(pool)
+
+
+def _retire(pool: _Pool) -> None:
+    """Kill every actor of the pool; the next batch of its stage starts a fresh one."""
+    for actor in pool.actors:
+        ray.kill(actor, no_restart=True)
+    pool.actors.clear()
+    pool.in_flight.clear()
+    pool.starting.clear()

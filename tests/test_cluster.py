@@ -57,6 +57,14 @@ def _busy_actor_pids() -> list[int]:
     ]
 
 
+def _long_busy_actor_pids() -> list[int]:
+    """Ray workers busy in two looks 0.2 s apart: inside a batch long enough to be killed in
+    it. One caught at the end of a short batch would die idle, and no job would be retried."""
+    first = _busy_actor_pids()
+    time.sleep(0.2)
+    return [pid for pid in _busy_actor_pids() if pid in first]
+
+
 @pytest.fixture
 def pg_url(request: pytest.FixtureRequest) -> str:
     url: str = request.getfixturevalue("postgres_database")
@@ -187,9 +195,8 @@ def test_a_ray_worker_process_killed_mid_job_is_retried_without_duplicates(
     driver = _driver(ray_cluster, data, pg_url)
     _wait_for_results(pg_url, 5, driver)
     deadline = time.monotonic() + 120
-    while not (busy := _busy_actor_pids()):
+    while not (busy := _long_busy_actor_pids()):
         assert time.monotonic() < deadline and driver.poll() is None
-        time.sleep(0.02)
     os.kill(busy[0], signal.SIGKILL)
     _finish(driver)
     _check_everything_ended_once(pg_url, data)
