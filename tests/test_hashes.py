@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -15,6 +16,7 @@ from PIL import Image
 from pipelines.plan import Plan
 from pipelines.samples import hostile, photos, videos
 from tests.stage_contract import StageContract
+from workers import pdq_crops
 from workers.base import FailureReason, Kind, StageError, StageInput, StageSkipped
 from workers.hashes import DIHEDRAL, HashesConfig, HashesStage, hex_distance
 from workers.images import decode_for_analysis
@@ -97,6 +99,36 @@ def test_crop_variant_and_probes_are_hashed(tmp_path: Path) -> None:
     hashed = _hash(path, tmp_path)
     assert set(hashed) == {"full", "crop5"}
     assert len(hashed["full"]["probes"]) == 80 * 64
+
+
+@pytest.mark.parametrize("size", [(320, 240), (192, 256), (64, 64), (1000, 750), (97, 61)])
+def test_crops_hashed_together_are_pdqhash_bits(tmp_path: Path, size: tuple[int, int]) -> None:
+    """`pdq_crops` gives each crop the bits pdqhash gives that crop cut out (PDQ's window
+    sizes, edges and decimation depend on the crop's size, so sizes vary here); rounding
+    may flip a bit only where a coefficient lies at the median."""
+    path = photos.scene_jpeg(tmp_path / "a.jpg", seed=sum(size), size=size)
+    with Image.open(path) as image:
+        rgb = np.asarray(image.convert("RGB"))
+    height, width = rgb.shape[:2]
+    boxes = [
+        (left, top, width - right, height - bottom)
+        for left, top, right, bottom in itertools.product((0, 1, 3, width // 12), repeat=4)
+        if width - right - left >= 5 and height - bottom - top >= 5
+    ]
+    together = pdq_crops.crop_hashes(pdq_crops.luma(rgb), boxes)
+    differing = []
+    for bits, (left, top, right, bottom) in zip(together, boxes, strict=True):
+        alone, quality = pdqhash.compute(np.ascontiguousarray(rgb[top:bottom, left:right]))
+        assert quality >= 50
+        differing.append(int((alone.astype(bool) != bits).sum()))
+    assert max(differing) <= 2
+    assert sum(count > 0 for count in differing) <= len(boxes) // 100
+
+
+def test_a_crop_under_five_pixels_hashes_to_zeros_as_in_pdqhash() -> None:
+    rgb = np.random.default_rng(0).integers(0, 255, (40, 30, 3), dtype=np.uint8)
+    [bits] = pdq_crops.crop_hashes(pdq_crops.luma(rgb), [(0, 0, 4, 40)])
+    assert not bits.any() and not pdqhash.compute(np.ascontiguousarray(rgb[:, :4]))[0].any()
 
 
 def test_mirrored_copy_matches_a_dihedral_hash(tmp_path: Path) -> None:

@@ -9,11 +9,13 @@ plain loop with no store and no Ray, one process per core.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import multiprocessing
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +114,24 @@ def _loop(
     return began
 
 
+@contextlib.contextmanager
+def _one_math_thread() -> Iterator[None]:
+    """Processes started inside get one BLAS/OpenMP thread each, as Ray gives a 1-CPU actor
+    (OMP_NUM_THREADS=1): one process per core with a thread pool per core each would time-
+    share the cores, and the floor would measure the contention, not the stages."""
+    names = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+    before = {name: os.environ.get(name) for name in names}
+    os.environ.update(dict.fromkeys(names, "1"))
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def _floor_run(folder: Path, workers: int) -> dict[str, Any]:
     """The stages in a plain loop, one process per core, each file in exactly one of them."""
     files = sorted(str(path) for path in folder.iterdir())
@@ -121,8 +141,9 @@ def _floor_run(folder: Path, workers: int) -> dict[str, Any]:
         context.Process(target=_floor_worker, args=(files[index::workers], start, report))
         for index in range(workers)
     ]
-    for process in processes:
-        process.start()
+    with _one_math_thread():
+        for process in processes:
+            process.start()
     finished = [report.get() for _ in processes]
     for process in processes:
         process.join()
