@@ -108,10 +108,12 @@ def test_a_stretch_is_left_once_its_cut_is_found(tmp_path: Path) -> None:
     assert result.frames_decoded < 150
 
 
-def test_a_dissolve_right_after_a_cut_is_found(tmp_path: Path) -> None:
-    """A cut and a dissolve within one phone GOP: leaving the stretch after the cut must not
-    cost the dissolve."""
-    path = videos.video_with_cut_then_dissolve(tmp_path / "item", encoder=_phone(60))
+@pytest.mark.parametrize("gop", [60, 30, 35])
+def test_a_dissolve_right_after_a_cut_is_found(tmp_path: Path, gop: int) -> None:
+    """A cut and a dissolve (frames 35-49) within one phone GOP, in the GOP after the cut's,
+    or starting on the keyframe that ends the cut's GOP: leaving a stretch after its cut
+    must not cost the dissolve."""
+    path = videos.video_with_cut_then_dissolve(tmp_path / "item", encoder=_phone(gop))
     result, _ = _run(path, tmp_path)
     hard, dissolve = result.cuts
     assert (hard.frame_index, hard.kind) == (20, "hard")

@@ -21,11 +21,12 @@ detectors slow; this one decodes as little as it can:
    in one more sequential demux pass.
 
 On the 62 s 1080p clip of `qarina bench keyframes` (32 cuts; pans, zooms and handheld
-shake over real photos) this takes, in CPU seconds, 0.42x `ffmpeg -threads 2 -i CLIP -f
-null -` encoded with x264's defaults, but 0.79x (0.55x PySceneDetect) encoded as phones do
-(1 s GOP, no B-frames, no keyframes at cuts): with a cut every two seconds, most stretches
-hold one (medians of 3 paired runs, 2 vCPU, loaded; version 1 took 1.00x). Wall-clock
-ratios on a shared machine swing with its load.
+shake over real photos) this takes, in CPU seconds, 0.40x `ffmpeg -threads 2 -i CLIP -f
+null -` (0.28x PySceneDetect) encoded with x264's defaults, and 0.59x (0.49x PySceneDetect)
+encoded as phones do (1 s GOP, no B-frames, no keyframes at cuts), where with a cut every
+two seconds most stretches hold one (medians of 3 runs, 2 vCPU; version 1 took 1.00x of
+ffmpeg there). Decoding runs on one thread: a stage that stops early on frame threads
+would find its result depending on the node's core count, and its actor has one CPU.
 
 The shot detector itself (hard cuts, fades and dissolves) lives in `workers.shots`; this
 module decides what to decode, feeds it the signatures, and chooses the frames. Memory stays
@@ -42,7 +43,7 @@ import math
 from array import array
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import cache
 from pathlib import Path
@@ -386,9 +387,8 @@ class _Stretch:
     """Frames pass 2 decodes, by index: from the keyframe at `start` up to the next keyframe
     at `end` (for the last stretch, the last frame).
 
-    `tail` is pass 1's signature of the keyframe at `end`, where it kept one and no stretch
-    to decode starts there; `neighbours` the median change between the keyframes around
-    `end` (see `_settled`). `settled_from` is
+    `tail` is pass 1's signature of the keyframe at `end`, where it kept one; `neighbours`
+    the median change between the keyframes around `end` (see `_settled`). `settled_from` is
     the first frame after which no packet up to `end` is as large as a cut, or None when the
     stretch is decoded whole in any case (one too long to judge from its ends).
     """
@@ -442,7 +442,7 @@ class KeyframesStage(Stage[KeyframesConfig, KeyframesResult]):
         counts = budgeted_counts(duration, config.min_budget_s, config.budget_per_media_s)
         decoded = _Decoded()
         with open_container(item.path, hwaccel) as container:
-            stream = video_stream(container)
+            stream = video_stream(container, one_thread=True)
             intra = stream.codec_context.codec.intra_only
             fps = float(stream.guessed_rate or stream.average_rate or 25)
             time_base = stream.time_base or Fraction(1, 90000)
@@ -456,7 +456,7 @@ class KeyframesStage(Stage[KeyframesConfig, KeyframesResult]):
             stretches, trusted = self._stretches(index, key_changes, tails)
             if stretches:
                 with open_container(item.path, hwaccel) as container:
-                    stream = video_stream(container)
+                    stream = video_stream(container, one_thread=True)
                     self._refine(container, stream, index, stretches, counts, decoded, detector)
         if counts.decoded == 0:
             raise StageError(FailureReason.DECODE_ERROR, "not one video frame decodes")
@@ -476,13 +476,13 @@ class KeyframesStage(Stage[KeyframesConfig, KeyframesResult]):
         found += trusted
         if any(cut.kind == "hard" and cut.index - cut.first > 1 for cut in found):
             with open_container(item.path, hwaccel) as container:
-                stream = video_stream(container)
+                stream = video_stream(container, one_thread=True)
                 found = self._place_exactly(container, stream, index, found, counts)
         cuts = merge_cuts(found, index.seconds, config.cut_rules())
         boundaries = [0, *[cut.index for cut in cuts], len(index.pts)]
         choices, limited = self._choose(index, boundaries, decoded)
         with open_container(item.path, hwaccel) as container:
-            stream = video_stream(container)
+            stream = video_stream(container, one_thread=True)
             rotation = rotation_of(probe)
             frames, artifacts = self._extract(
                 container, stream, index, choices, rotation, workdir, counts
@@ -616,11 +616,6 @@ class KeyframesStage(Stage[KeyframesConfig, KeyframesResult]):
             if not (doubt or long_gap or spike):
                 continue
             settled_from = None if long_gap else start + 1 + int(spikes[-1]) if spike else start
-            if stretches and stretches[-1].end == start:
-                # The stretch before runs into this one: it is decoded to its end, since a
-                # transition starting at this keyframe needs the frames before it (the
-                # detector tells a dissolve from camera motion by what it leaves behind).
-                stretches[-1] = replace(stretches[-1], tail=None)
             stretches.append(_Stretch(start, end, tail, neighbours, settled_from))
         return stretches, trusted
 
@@ -651,15 +646,17 @@ class KeyframesStage(Stage[KeyframesConfig, KeyframesResult]):
         are half the decoding); `_place_exactly` revisits the few cuts that fall among them.
         Loop filtering is skipped: it smooths block edges a 64x36 signature cannot see.
 
-        A stretch that no other follows is left early right after a hard cut in it is
-        confirmed (`cut_window` frames on), when the frame then decoded already looks like
-        the keyframe that ends the stretch by the rule that lets pass 1 leave two keyframes
-        alone (`_settled`), and no packet after it looks like another cut: the rest is the
-        new shot. With a keyframe every second or two and none placed at cuts, as phones
-        encode, a cut falls inside a stretch and the frames after it are a good part of this
-        pass. Decoding stops only right after a hard cut, never inside a fade or dissolve,
-        whose middle would look like its end. The keyframe that ends such a stretch is
-        compared through its pass-1 signature, not decoded again.
+        A stretch is left early right after a hard cut in it is confirmed (`cut_window`
+        frames on), when the frame then decoded already looks like the keyframe that ends
+        the stretch by the rule that lets pass 1 leave two keyframes alone (`_settled`), and
+        no packet after it looks like another cut: the rest is the new shot. With a keyframe
+        every second or two and none placed at cuts, as phones encode, a cut falls inside a
+        stretch and the frames after it are a good part of this pass. Decoding stops only
+        right after a hard cut, never inside a fade or dissolve, whose middle would look like
+        its end. The keyframe that ends such a stretch is compared through its pass-1
+        signature, not decoded again. A stretch left early ends the detector's run even when
+        the next stretch starts at its end: what it skipped looks like that keyframe, as two
+        keyframes pass 1 leaves alone do, so the next run starts as after such a pair.
         """
         stream.codec_context.options = {"skip_loop_filter": "all"}
         stream.codec_context.skip_frame = "BIDIR"
@@ -681,9 +678,9 @@ class KeyframesStage(Stage[KeyframesConfig, KeyframesResult]):
             decoded, and the run ended unless the stretch decoded next carries it on."""
             nonlocal previous
             stretch = stretches[current]
-            if not (stopped or tail_seen) and stretch.tail is not None:
-                detector.add(int(index.pts[stretch.end]), stretch.tail)
             follows = following == current + 1 and stretches[following].start == stretch.end
+            if not (stopped or tail_seen or follows) and stretch.tail is not None:
+                detector.add(int(index.pts[stretch.end]), stretch.tail)
             if stopped or not follows:
                 detector.end_run()
                 previous = None

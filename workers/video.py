@@ -92,14 +92,26 @@ def open_container(
         ) from None
 
 
-def video_stream(container: av.container.InputContainer) -> av.VideoStream:
+def video_stream(
+    container: av.container.InputContainer, *, one_thread: bool = False
+) -> av.VideoStream:
+    """The container's first video stream that is not cover art.
+
+    `one_thread` decodes on the calling thread only. A stage that stops decoding early must:
+    frame threads hand frames back late, so how many a stage had decoded when it stopped
+    would depend on the node's core count, and with it the result. It is also what a 1-CPU
+    actor is given: frame threads on a busy node cost CPU time without adding any.
+    """
     streams = [
         s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic
     ]
     if not streams:
         raise StageSkipped("no_video")
     stream = streams[0]
-    stream.thread_type = "AUTO"
+    if one_thread:
+        stream.codec_context.thread_count = 1
+    else:
+        stream.thread_type = "AUTO"
     return stream
 
 

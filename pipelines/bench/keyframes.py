@@ -16,7 +16,11 @@ Reported per clip, medians of `runs`:
 - the same ratios in CPU seconds (user + system, all threads; ffmpeg's as a child process).
   On a machine others share, wall-clock ratios swing with their load (a contender that
   gets both cores one moment gets a third of them the next), while CPU seconds measure the
-  work each did; a loaded worker node, like this machine, is bound by that work;
+  work each did; a loaded worker node, like this machine, is bound by that work. The stage
+  decodes on one thread (its Ray actor is given one CPU, and its result must not depend on
+  a node's core count), the peers on every core, so the targets are judged on CPU seconds,
+  the worst clip counting; the wall-clock ratios of one clip on an idle machine are
+  reported beside them;
 - precision, recall and F1 of cut detection for both detectors at +-2 frames;
 - the stage's peak memory, read in a fresh process so nothing else inflates it (target < 1 GiB).
 """
@@ -353,7 +357,7 @@ def bench_keyframes(
         memory_dir = Path(tempfile.mkdtemp(prefix="memory-", dir=scratch))
         memory = _stage_peak_memory(made.paths["bframes"], memory_dir)
     worst = {
-        key: max(clip["ratios"][key] for clip in clips.values())
+        key: max(clip["cpu_ratios"][key] for clip in clips.values())
         for key in ("ours_to_pyscenedetect", "ours_to_ffmpeg_decode")
     }
     result: dict[str, Any] = {
@@ -393,6 +397,10 @@ def bench_keyframes(
             "ours_to_pyscenedetect": _TARGET_TO_PYSCENEDETECT,
             "ours_to_ffmpeg_decode": _TARGET_TO_FFMPEG,
             "peak_mib": _TARGET_PEAK_MIB,
+            # A keyframes actor is given one CPU, and a backlog is bound by CPU time: the
+            # targets are judged on CPU seconds. Wall-clock ratios for one clip stay in
+            # `ratios`, the stage on one thread against peers that use every core.
+            "judged_on": "cpu_ratios",
             "met_speed_vs_pyscenedetect": worst["ours_to_pyscenedetect"]
             <= _TARGET_TO_PYSCENEDETECT,
             "met_speed_vs_ffmpeg_decode": worst["ours_to_ffmpeg_decode"] <= _TARGET_TO_FFMPEG,
