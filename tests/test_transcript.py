@@ -374,7 +374,7 @@ def test_an_engine_failure_while_decoding_is_retried_as_resource_limit(
 ) -> None:
     stage = TranscriptStage()
     stage.setup(StageEnvironment(models_dir, device="cpu"))
-    stage._model = _EngineOutOfMemory()
+    stage._model = stage._window_engine = _EngineOutOfMemory()
     note = audio.speech(tmp_path / "note", "مرحبا")
     with pytest.raises(StageError) as failed:
         stage.run(_item(note), tmp_path)
@@ -423,7 +423,7 @@ def test_a_packed_window_gives_each_recording_its_own_words_at_its_own_times(
     stage = TranscriptStage()
     stage.setup(StageEnvironment(models_dir, device="cpu"))
     engine = _WordsEngine()
-    stage._model = engine
+    stage._window_engine = engine
     rng = np.random.default_rng(7)
     first = rng.normal(0, 3000, 48_000).astype(np.int16)
     second = rng.normal(0, 3000, 32_000).astype(np.int16)
@@ -433,9 +433,10 @@ def test_a_packed_window_gives_each_recording_its_own_words_at_its_own_times(
         _Recording(1, StageInput("b" * 64, tmp_path, Kind.AUDIO), tmp_path, second,
                    [{"start": 0, "end": 16_000}], second[:16_000] / 32768.0),
     ]  # fmt: skip
-    one, two = stage._transcribe_packed(recordings)
+    [[one, two]] = stage._transcribe_packed([recordings])
     assert engine.options["vad_filter"] is False and engine.options["temperature"] == 0.0
     assert engine.options["word_timestamps"] is True
+    assert engine.options["clip_timestamps"] == [{"start": 0.0, "end": 4.0}]
     assert [(s.start, s.end, s.text) for s in one.segments] == [(0.6, 2.3, "أ ب")]
     assert [(s.start, s.end, s.text) for s in two.segments] == [(0.1, 0.6, "ج"), (0.6, 0.9, "د")]
     assert all(s.avg_logprob == -0.25 and not s.flags for s in one.segments + two.segments)
@@ -481,17 +482,38 @@ def test_a_batch_packs_short_notes_and_keeps_each_outcome_apart(
 
 
 class _FirstOnlyEngine:
-    """Hears only the start of each window, as the model does when it skips a stretch."""
+    """Hears only the start of each window, as the model does when it skips a stretch; with
+    `fails_shared`, a call of several windows fails as a whole."""
 
-    def __init__(self) -> None:
+    def __init__(self, fails_shared: bool = False) -> None:
         self.windows: list[float] = []
+        self.calls: list[int] = []
+        self.fails_shared = fails_shared
 
-    def transcribe(self, window: Any, **options: Any) -> tuple[Any, Any]:
-        self.windows.append(len(window) / 16_000)
-        word = SimpleNamespace(start=0.1, end=0.5, word=" أ")
-        piece = SimpleNamespace(start=0.1, end=0.5, text=" أ", avg_logprob=-0.2,
-                                no_speech_prob=0.0, temperature=0.0, words=[word])  # fmt: skip
-        return iter([piece]), SimpleNamespace()
+    def transcribe(self, audio: Any, **options: Any) -> tuple[Any, Any]:
+        clips = options["clip_timestamps"]
+        self.calls.append(len(clips))
+        if self.fails_shared and len(clips) > 1:
+            raise RuntimeError("CUDA failed with error out of memory")
+        pieces = []
+        for clip in clips:
+            self.windows.append(round(clip["end"] - clip["start"], 3))
+            at = clip["start"] + 0.1
+            word = SimpleNamespace(start=at, end=at + 0.4, word=" أ")
+            figures = {"avg_logprob": -0.2, "no_speech_prob": 0.0, "temperature": 0.0}
+            pieces.append(
+                SimpleNamespace(start=at, end=at + 0.4, text=" أ", words=[word], **figures)
+            )
+        return iter(pieces), SimpleNamespace()
+
+
+def _recordings(tmp_path: Path, count: int, seconds: float) -> list[_Recording]:
+    samples = np.random.default_rng(3).normal(0, 3000, int(seconds * 16_000)).astype(np.int16)
+    return [
+        _Recording(n, StageInput(str(n) * 64, tmp_path, Kind.AUDIO), tmp_path, samples,
+                   [{"start": 0, "end": len(samples)}], samples / 32768.0)
+        for n in range(count)
+    ]  # fmt: skip
 
 
 def test_a_recording_skipped_in_its_window_is_packed_again_once(
@@ -500,13 +522,8 @@ def test_a_recording_skipped_in_its_window_is_packed_again_once(
     stage = TranscriptStage()
     stage.setup(StageEnvironment(models_dir, device="cpu"))
     engine = _FirstOnlyEngine()
-    stage._model = engine
-    samples = np.random.default_rng(3).normal(0, 3000, 16_000).astype(np.int16)
-    recordings = [
-        _Recording(n, StageInput(str(n) * 64, tmp_path, Kind.AUDIO), tmp_path, samples,
-                   [{"start": 0, "end": 16_000}], samples / 32768.0)
-        for n in range(3)
-    ]  # fmt: skip
+    stage._window_engine = engine
+    recordings = _recordings(tmp_path, 3, 1.0)
     outcomes = stage._transcribe_packable(recordings)
     # One window of three, then the two it skipped, then nothing more for the one still unheard.
     assert engine.windows == [5.0, 3.0]
@@ -536,3 +553,23 @@ def test_files_decoded_together_give_what_each_gives_alone_and_a_bad_one_fails_a
             continue
         alone = decode_audio(path, tmp_path / f"alone{number}.pcm", 5.0)
         assert np.array_equal(np.asarray(together[number]), np.asarray(alone))
+
+
+@pytest.mark.parametrize("fails_shared", [False, True])
+def test_windows_share_one_call_and_a_failed_call_is_retried_window_by_window(
+    models_dir: Path, tmp_path: Path, fails_shared: bool
+) -> None:
+    """Three recordings too long to share a window are heard in one batched call, each word
+    back on its own window's timeline; when that call fails, each window is heard alone."""
+    stage = TranscriptStage()
+    stage.setup(StageEnvironment(models_dir, device="cpu"))
+    engine = _FirstOnlyEngine(fails_shared)
+    stage._window_engine = engine
+    recordings = _recordings(tmp_path, 3, 15.0)
+    outcomes = stage._transcribe_packable(recordings)
+    assert engine.calls == ([3, 1, 1, 1] if fails_shared else [3])
+    for recording in recordings:
+        result = outcomes[recording]
+        assert isinstance(result, TranscriptResult)
+        assert [(s.start, s.end, s.text) for s in result.segments] == [(0.1, 0.5, "أ")]
+        assert result.packing == Packing([recording.item.sha256], 0, 0.0, attempt=1)
