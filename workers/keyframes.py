@@ -836,10 +836,10 @@ class KeyframesStage(Stage[KeyframesConfig, KeyframesResult]):
         """Pass 3: decode each chosen frame at full resolution and write it as a JPEG.
 
         One sequential demux feeds the decoder, for each chosen frame, the packets from the
-        keyframe before it up to it. Seeking to each instead (a seek flushes the decoder and
-        its frame threads) took 2.9 s against 1.6 s for the same 32 frames of the bench's
-        phone clip (1080p; medians of 5, 2 vCPU, loaded). Frames that no longer decode are
-        left out.
+        keyframe before it up to it. Seeking to each instead (a seek flushes the decoder)
+        took 2.9 s against 1.6 s for the same 32 frames of the bench's phone clip (1080p;
+        medians of 5, 2 vCPU, loaded, measured while decoding still used frame threads).
+        Frames that no longer decode are left out.
         """
         frames: list[Keyframe] = []
         artifacts: list[ArtifactFile] = []

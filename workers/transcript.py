@@ -605,10 +605,7 @@ class TranscriptStage(Stage[TranscriptConfig, TranscriptResult]):
             "without_timestamps": False,
         }
         options.pop("vad_parameters")
-        try:
-            pieces, _ = self._window_engine.transcribe(audio, **options)
-        except RuntimeError as error:
-            raise engine_failure(error) from None
+        pieces, _ = self._model_call(audio, options, self._window_engine)
         heard: list[list[Any]] = [[] for _ in windows]
         for piece in _from_engine(pieces):
             _check(deadline)
@@ -706,8 +703,13 @@ class TranscriptStage(Stage[TranscriptConfig, TranscriptResult]):
             flags=["doubtful_segments"] if flagged else [],
         )
 
-    def _model_call(self, window: np.ndarray, options: dict[str, Any]) -> tuple[Iterator[Any], Any]:
-        engine = self._pipeline if self._pipeline is not None else self._model
+    def _model_call(
+        self, window: np.ndarray, options: dict[str, Any], engine: Any = None
+    ) -> tuple[Iterator[Any], Any]:
+        """`engine` on `window`, its failures classified; by default the batched pipeline
+        where the mode is batched, else the model."""
+        if engine is None:
+            engine = self._pipeline if self._pipeline is not None else self._model
         try:
             result: tuple[Iterator[Any], Any] = engine.transcribe(window, **options)
         except RuntimeError as error:
