@@ -491,40 +491,71 @@ def eval_transcript(
     corpus: Annotated[Path, typer.Option(help="Folder with transcripts.tsv and the clips.")] = Path(
         "../shared/corpus/audio_ar"
     ),
+    tune: Annotated[
+        bool,
+        typer.Option(
+            "--tune",
+            help="Try the candidate settings on the choosing half and run with the best there.",
+        ),
+    ] = False,
     output: Annotated[Path, typer.Option(help="JSON results.")] = Path(
         "bench-results/eval-transcript.json"
     ),
 ) -> None:
-    """WER and CER of the pipeline beside direct faster-whisper, per clip and overall."""
-    from pipelines.transcript_eval import evaluate_transcripts
+    """WER and CER of the pipeline beside direct faster-whisper, per clip, per half of the
+    corpus (the half settings are chosen on, the half held out) and overall."""
+    from pipelines.transcript_eval import HALVES, evaluate_transcripts
 
-    evaluation = evaluate_transcripts(corpus, config_of(ctx).models_dir).as_json()
+    evaluation = evaluate_transcripts(corpus, config_of(ctx).models_dir, tune=tune).as_json()
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(evaluation, ensure_ascii=False, indent=2), encoding="utf-8")
-    table = Table("clip", "pipeline WER", "direct WER", "pipeline CER", "direct CER")
+    table = Table(
+        "clip", "half", "pipeline WER", "direct WER", "pipeline CER", "direct CER",
+        "direct CER, no VAD",
+    )  # fmt: skip
     for clip in evaluation["per_clip"]:
         table.add_row(
             clip["file"] + (" (sampled)" if clip["sampled"] else ""),
+            clip["half"],
             f"{clip['pipeline_wer']:.2f}",
             f"{clip['direct_wer']:.2f}",
             f"{clip['pipeline_cer']:.2f}",
             f"{clip['direct_cer']:.2f}",
+            f"{clip['direct_no_vad_cer']:.2f}",
         )
     out.print(table)
-    overall = evaluation["overall"]
+    if "tuning" in evaluation:
+        tried = Table("settings (choosing half)", "clips", "char errors", "CER", "WER")
+        for trial in evaluation["tuning"]["tried"]:
+            tried.add_row(
+                ", ".join(f"{name}={value}" for name, value in trial["settings"].items()),
+                str(trial["clips"]),
+                str(trial["char_errors"]),
+                f"{trial['cer']:.4f}",
+                f"{trial['wer']:.4f}",
+            )
+        out.print(tried)
     out.print(
         f"{evaluation['clips']} clips, model {evaluation['model']['name']}"
-        f" ({evaluation['model']['sha256'][:16]}): pipeline WER {overall['pipeline_wer']:.3f}"
-        f" CER {overall['pipeline_cer']:.3f}; direct faster-whisper WER"
-        f" {overall['direct_wer']:.3f} CER {overall['direct_cer']:.3f}"
+        f" ({evaluation['model']['sha256'][:16]}), settings {evaluation['settings']}"
     )
-    for subset in ("deterministic_clips", "sampled_clips"):
-        rates = evaluation[subset]
-        if rates:
+    scopes = [("all clips", evaluation, evaluation["direct_no_vad"]["overall"])]
+    scopes += [
+        (f"{half} half", evaluation["halves"][half], evaluation["direct_no_vad"][half])
+        for half in HALVES
+    ]
+    for scope, figures, no_vad in scopes:
+        for subset in ("overall", "deterministic_clips", "sampled_clips"):
+            rates = figures[subset]
+            if not rates:
+                continue
+            overall = subset == "overall"
             out.print(
-                f"{subset.replace('_', ' ')} ({rates['clips']}): pipeline WER"
-                f" {rates['pipeline_wer']:.3f} CER {rates['pipeline_cer']:.3f}; direct WER"
-                f" {rates['direct_wer']:.3f} CER {rates['direct_cer']:.3f}"
+                f"{scope if overall else '  ' + subset.replace('_', ' ')} ({rates['clips']}):"
+                f" pipeline WER {rates['pipeline_wer']:.3f} CER {rates['pipeline_cer']:.3f};"
+                f" direct faster-whisper WER {rates['direct_wer']:.3f}"
+                f" CER {rates['direct_cer']:.3f}"
+                + (f" (without VAD: CER {no_vad['direct_no_vad_cer']:.3f})" if overall else "")
             )
 
 
