@@ -175,10 +175,15 @@ _INVERSE_TURN = {"r90": "r270", "r270": "r90"}
 
 
 def _turned(details: dict[str, Any]) -> dict[str, Any]:
-    """Details seen from the other side: the offset negated, per-side pairs swapped."""
+    """Details seen from the other side: the offset negated (and, for a copy played at
+    another speed, their time = speed x mine + offset solved for mine), per-side pairs
+    swapped."""
     turned = dict(details)
+    speed = turned.get("speed", 1.0)
+    if "speed" in turned:
+        turned["speed"] = round(1.0 / speed, 3)
     if "offset_s" in turned:
-        turned["offset_s"] = -turned["offset_s"]
+        turned["offset_s"] = round(-turned["offset_s"] / speed, 3)
     # A quarter turn one way is a quarter turn the other way back; flips undo themselves.
     if "orientation" in turned:
         turned["orientation"] = _INVERSE_TURN.get(turned["orientation"], turned["orientation"])

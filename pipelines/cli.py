@@ -371,16 +371,14 @@ def similar(
         raise typer.Exit(2)
     plan = Plan.default(settings=config)
     try:
-        kind, entries = hash_outside_store(path, plan)
+        hashed = hash_outside_store(path, plan)
     except (StageError, StageSkipped) as error:
         console.print(f"cannot hash this file: {error}")
         raise typer.Exit(2) from None
     store = open_store(config)
     try:
         matcher = open_matcher(config, store, plan)
-        report = similar_report(
-            store, matcher, path, (kind, entries), f"qarina-similar@{config.operator}"
-        )
+        report = similar_report(store, matcher, path, hashed, f"qarina-similar@{config.operator}")
     finally:
         store.close()
     if as_json:
@@ -568,13 +566,48 @@ def eval_dupes(
         "bench-results/eval-dupes.json"
     ),
 ) -> None:
-    """Recall and precision of near-duplicate links on the corpus, hard negatives counted."""
-    from pipelines.dupes_eval import evaluate_dupes
+    """Recall and precision of near-duplicate links on the corpus, hard negatives counted;
+    recall of copies made of its photos (cropped, captioned, bannered, logo, watermark) per
+    kind, per half of the photos (the half settings were chosen on, the half held out) and
+    per order of arrival; and links of copies made of its real videos (cuts, frame rates,
+    speeds, stills) to their originals, with the offset, speed and time they give."""
+    from pipelines.dupes_eval import HALVES, ORDERS, evaluate_dupes
+    from pipelines.video_links_eval import evaluate_video_links
 
     evaluation = evaluate_dupes(corpus).as_json()
+    evaluation["videos"] = evaluate_video_links(corpus).as_json()
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(evaluation, indent=2) + "\n")
-    write_json(evaluation)
+    columns = [(half, order) for half in HALVES for order in ORDERS]
+    table = Table("copy", *(f"{half}, {order}" for half, order in columns), *HALVES)
+    for kind, halves in evaluation["copies"].items():
+        cells = []
+        for half, order in columns:
+            tally = halves.get(half, {}).get(order)
+            cells.append(f"{tally['linked']}/{tally['pairs']}" if tally else "")
+        recall = evaluation["copy_recall"][kind]
+        table.add_row(kind, *cells, *(f"{recall.get(half, 0.0):.3f}" for half in HALVES))
+    out.print(table)
+    out.print(
+        f"corpus: {evaluation['items']} items, recall {evaluation['recall']}, cluster recall"
+        f" {evaluation['cluster_recall']}, precision {evaluation['precision']}; false links"
+        f" {evaluation['false_links']} of {evaluation['negatives']} negative pairs"
+        f" ({evaluation['hard_negative_links']} of {evaluation['hard_negatives']} hard)"
+    )
+    out.print(
+        f"edited copies: false links {evaluation['edit_false_links']} of"
+        f" {evaluation['edit_negatives']} negative pairs ({evaluation['edit_hard_negative_links']}"
+        f" of {evaluation['edit_hard_negatives']} hard); results in {output}"
+    )
+    videos = evaluation["videos"]
+    table = Table("video copy", "copies", "linked", "linked, right offset/speed/time")
+    for kind, counts in videos["by_kind"].items():
+        table.add_row(kind, str(counts["copies"]), str(counts["linked"]), str(counts["right"]))
+    out.print(table)
+    out.print(
+        f"video copies: recall {videos['recall']}, false links {videos['false_links']}"
+        f" between different videos' families"
+    )
 
 
 @bench_app.command("hashes")

@@ -34,6 +34,8 @@ def open_matcher(config: QarinaConfig, store: Store, plan: Plan) -> Matcher:
         config.index_dir,
         plan.keys("hashes"),
         MatchConfig(threshold=config.match_threshold, min_quality=config.match_min_quality),
+        probe_keys=plan.keys("probe"),
+        hashes_config=plan.stage("hashes").config,
     )
 
 

@@ -11,14 +11,15 @@ import numpy as np
 import pdqhash
 import pillow_heif
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
+from pipelines import dupes_eval
 from pipelines.plan import Plan
 from pipelines.samples import hostile, photos, videos
 from tests.stage_contract import StageContract
 from workers import pdq_crops
 from workers.base import FailureReason, Kind, StageError, StageInput, StageSkipped
-from workers.hashes import DIHEDRAL, HashesConfig, HashesStage, hex_distance
+from workers.hashes import DIHEDRAL, HashesConfig, HashesStage, hex_distance, strip_box
 from workers.images import decode_for_analysis
 from workers.keyframes import KeyframesStage
 from workers.probe import ProbeStage
@@ -94,11 +95,80 @@ def test_letterbox_bars_are_trimmed(tmp_path: Path) -> None:
     assert hex_distance(plain["pdq"], trimmed["pdq"]) <= 12
 
 
-def test_crop_variant_and_probes_are_hashed(tmp_path: Path) -> None:
+def test_crop_variants_and_probes_are_hashed(tmp_path: Path) -> None:
     path = photos.scene_jpeg(tmp_path / "a.jpg", seed=6)
     hashed = _hash(path, tmp_path)
-    assert set(hashed) == {"full", "crop5"}
+    assert set(hashed) == {"full", "crop5", "inner15"}, "no strip variant without a strip"
     assert len(hashed["full"]["probes"]) == 80 * 64
+
+
+def _bar_over(image: Image.Image, fraction: float) -> Image.Image:
+    """The picture with a flat bar laid over its bottom `fraction`."""
+    covered = image.copy()
+    top = round(image.height * (1 - fraction))
+    ImageDraw.Draw(covered).rectangle((0, top, image.width, image.height), fill=(200, 30, 30))
+    return covered
+
+
+@pytest.mark.parametrize(
+    "edit", ["bar over 12%", "caption over 15%", "corner logo", "corner watermark"]
+)
+def test_an_overlay_leaves_the_inner_part_and_its_hash_alone(tmp_path: Path, edit: str) -> None:
+    """The inner part is measured from the edges of the picture as it came: a bar laid over
+    a side is trimmed as a border, and the trimmed box is no longer the original's."""
+    original = photos.scene(10, (640, 480))
+    original.save(tmp_path / "a.jpg", quality=90)
+    rng = np.random.default_rng(1)
+    edited = {
+        "bar over 12%": lambda: _bar_over(original, 0.12),
+        "caption over 15%": lambda: dupes_eval.caption_strip(
+            original, rng, side="top", added=False, fraction=0.15
+        ),
+        "corner logo": lambda: dupes_eval.corner_logo(original, rng),
+        "corner watermark": lambda: dupes_eval.corner_watermark(original, rng),
+    }[edit]()
+    edited.save(tmp_path / "b.jpg", quality=85)
+    plain, copy = _hash(tmp_path / "a.jpg", tmp_path), _hash(tmp_path / "b.jpg", tmp_path)
+    assert hex_distance(plain["inner15"]["pdq"], copy["inner15"]["pdq"]) <= 8
+    if edit == "bar over 12%":
+        assert copy["full"]["border"][3] == pytest.approx(0.12, abs=0.01)
+        assert hex_distance(plain["full"]["pdq"], copy["full"]["pdq"]) > 31
+
+
+@pytest.mark.parametrize("turn", [0, 90, 180, 270])
+def test_a_caption_strip_added_on_any_side_is_found_and_cut_away(tmp_path: Path, turn: int) -> None:
+    """Text on a flat strip is no border for the trimmer; the strip finder cuts it, and the
+    picture without it hashes like the original."""
+    original = photos.scene(11, (640, 480)).rotate(turn, expand=True)
+    rng = np.random.default_rng(turn)
+    captioned = dupes_eval.caption_strip(
+        original.rotate(-turn, expand=True), rng, side="top", added=True, fraction=0.12
+    ).rotate(turn, expand=True)
+    original.save(tmp_path / "a.jpg", quality=90)
+    captioned.save(tmp_path / "b.jpg", quality=85)
+    plain = _hash(tmp_path / "a.jpg", tmp_path)
+    entries = HashesStage().run(_photo(tmp_path / "b.jpg"), tmp_path).result.hashes
+    [whole] = [entry for entry in entries if entry.variant == "full"]
+    [strip] = [entry for entry in entries if entry.variant == "strip"]
+    assert whole.border == (0, 0, 0, 0)
+    assert hex_distance(plain["full"]["pdq"], whole.pdq) > 31
+    assert hex_distance(plain["full"]["pdq"], strip.pdq) <= 8
+    strip = round(480 * 0.12 / 0.88)
+    config = HashesConfig()
+    box = strip_box(captioned, config.strip_tolerance, config.strip_max_fraction)
+    width, height = captioned.size
+    expected = {
+        0: (0, strip, width, height), 90: (strip, 0, width, height),
+        180: (0, 0, width, height - strip), 270: (0, 0, width - strip, height),
+    }[turn]  # fmt: skip
+    assert np.abs(np.subtract(box, expected)).max() <= 2
+
+
+def test_bars_the_trimmer_takes_are_no_strip_again(tmp_path: Path) -> None:
+    original = photos.scene_jpeg(tmp_path / "a.jpg", seed=12)
+    boxed = _hash(photos.letterboxed(original, tmp_path / "boxed.jpg"), tmp_path)
+    assert "strip" not in boxed
+    assert hex_distance(boxed["full"]["pdq"], _hash(original, tmp_path)["full"]["pdq"]) <= 12
 
 
 @pytest.mark.parametrize("size", [(320, 240), (192, 256), (64, 64), (1000, 750), (97, 61)])

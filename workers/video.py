@@ -168,15 +168,15 @@ def frames_of(
     container: av.container.InputContainer,
     stream: av.VideoStream,
     counts: DecodeCounts,
-    wanted: Callable[[av.Packet[Any]], bool],
+    wanted: Callable[[av.Packet[Any]], bool] | None = None,
 ) -> Iterator[tuple[int, av.VideoFrame]]:
-    """(pts, frame) of the packets `wanted` accepts, in output order; frames without pts are
-    of no use (no time, no index) and left out.
+    """(pts, frame) of the packets `wanted` accepts (all without it), in output order; frames
+    without pts are of no use (no time, no index) and left out.
 
     On a cut-off file the decoder is drained, so the frames it still holds are not lost.
     """
     for packet in demux(container, stream, counts):
-        if packet.size and not wanted(packet):
+        if packet.size and wanted is not None and not wanted(packet):
             continue
         for frame in decode_packet(packet, counts):
             if frame.pts is not None:
@@ -247,3 +247,43 @@ def display_thumbnail(
     if rotation in _TRANSPOSE:
         image = image.transpose(_TRANSPOSE[rotation])
     return image
+
+
+def frames_between(
+    path: Path,
+    rotation: int,
+    span_s: tuple[float, float],
+    side: int,
+    counts: DecodeCounts,
+) -> Iterator[tuple[float, Image.Image]]:
+    """Every frame shown within `span_s` (seconds, both ends included), B-frames too, as a
+    viewer sees it at most `side` on its shorter side, with its time.
+
+    Times count from the first frame that is not a B-frame, as the hashes stage counts its
+    samples, so a time found here and a time stored there name the same frame. This decodes
+    one short stretch on demand (from the keyframe before it), where storing a picture per
+    sampled frame would cost more than any one look.
+
+    Raises:
+        StageError: corrupt_media when the container cannot be read; tool_timeout when the
+            decode outlasts `counts.deadline`.
+        StageSkipped: no_video when the file has no video stream.
+    """
+    start_s, stop_s = span_s
+    with open_container(path, None) as container:
+        stream = video_stream(container, one_thread=True)
+        time_base = stream.time_base or Fraction(1, 90000)
+        stream.codec_context.skip_frame = "BIDIR"
+        origin = next((pts for pts, _ in frames_of(container, stream, counts)), None)
+        if origin is None:
+            return
+        stream.codec_context.skip_frame = "DEFAULT"
+        container.seek(
+            origin + max(0, math.floor(start_s / time_base)), stream=stream, backward=True
+        )
+        for pts, frame in frames_of(container, stream, counts):
+            t = float((pts - origin) * time_base)
+            if t > stop_s + 1e-6:
+                return
+            if t >= start_s - 1e-6:
+                yield t, display_thumbnail(frame, stream.sample_aspect_ratio, rotation, side)

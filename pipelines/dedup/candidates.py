@@ -20,7 +20,7 @@ import numpy as np
 from pipelines.dedup.align import HITS_KEPT, FrameHit, align, closest_per_frame
 from pipelines.dedup.config import MatchConfig
 from pipelines.dedup.index import PDQ_BITS, SOURCES, U8, HashIndex, pdq_bytes
-from workers.hashes import DIHEDRAL, HashEntry
+from workers.hashes import DIHEDRAL, INNER, STRIPPED, HashEntry
 
 
 @dataclass(frozen=True)
@@ -58,17 +58,33 @@ def probes_of(entries: Iterable[HashEntry]) -> list[Probe]:
     return found
 
 
+#: Sources of a video's hashes of its own frames: "sample" (one a second, what videos are
+#: aligned by) and "frame" (frames between, hashed where the picture moved, and centre crops).
+_VIDEO_FRAMES = frozenset({"sample", "frame"})
+
+
 def _pair_kind(mine: str, theirs: str) -> str | None:
     """What a hit between two sources links: stills to stills, stills to a video's keyframes
-    (stored pictures, so a crop match can be confirmed), or videos by their sampled frames."""
+    (stored pictures, so a crop match can be confirmed), stills to any frame of a video (the
+    frame decoded again to confirm it), or videos by their sampled frames."""
     pair = {mine, theirs}
     if pair == {"photo"}:
         return "photo-photo"
     if pair == {"photo", "keyframe"}:
         return "keyframe-photo"
-    if pair == {"sample"}:
+    if "photo" in pair and pair & _VIDEO_FRAMES:
+        return "frame-photo"
+    if pair <= _VIDEO_FRAMES:
         return "video-video"
     return None
+
+
+def _is_plain(via: Sequence[str]) -> bool:
+    """Like compared with like, of the whole picture or a centre crop: plain PDQ evidence.
+    A part of a picture (`inner15`, `strip`) may be shared by two different pictures (one
+    backdrop, two captions), so a hit through one is confirmed with keypoints even like
+    with like."""
+    return len(set(via)) == 1 and not via[0].startswith((INNER, STRIPPED))
 
 
 @dataclass
@@ -84,7 +100,7 @@ class _Best:
     def rank(self) -> tuple[bool, int]:
         """Like compared with like (whole with whole, crop with the same crop) is the plain
         PDQ evidence and wins over any closer hit that would need keypoints."""
-        return self.mine.variant != self.theirs[1], self.distance
+        return not _is_plain([self.mine.variant, self.theirs[1]]), self.distance
 
 
 @dataclass(frozen=True)
@@ -103,9 +119,9 @@ class Candidate:
     @property
     def needs_keypoints(self) -> bool:
         """A still match between different crops must be confirmed: it is what the crop
-        probes find, and the whole pictures are far apart."""
-        via = self.details.get("via", ())
-        return self.kind != "video-video" and len(set(via)) > 1
+        probes find, and the whole pictures are far apart; so must one through a part of
+        the pictures (see `_is_plain`)."""
+        return self.kind != "video-video" and not _is_plain(self.details.get("via", ()))
 
 
 def find_matches(
@@ -133,8 +149,8 @@ def find_matches(
         other = index.shas[item]
         other_time = index.time_of[entry_id]
         if kind == "video-video":
-            if probe.entry.t is None:
-                continue  # the stage times every sampled frame; one without cannot align
+            if probe.entry.t is None or probe.entry.variant != "full":
+                continue  # the stage times every frame it hashes; one without cannot align
             hits = frames[other]
             hits.append((float(probe.entry.t), float(other_time), distance))
             if len(hits) > HITS_KEPT * (samples + 1):

@@ -37,7 +37,7 @@ _FLIPS = 2
 #: with at most _FLIPS differing bits (pigeonhole).
 EXACT_UP_TO = _SUBSTRINGS * (_FLIPS + 1) - 1
 #: Where each index entry came from, stored as small integers beside the faiss index.
-SOURCES = ("photo", "keyframe", "sample")
+SOURCES = ("photo", "keyframe", "sample", "frame")
 
 U8 = npt.NDArray[np.uint8]
 

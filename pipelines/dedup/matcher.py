@@ -24,15 +24,39 @@ from evidence.store import Store
 from pipelines.dedup.candidates import Candidate, find_matches, matchable
 from pipelines.dedup.config import MatchConfig
 from pipelines.dedup.index import HashIndex
-from pipelines.dedup.keypoints import confirm_files
+from pipelines.dedup.keypoints import COMPARE_SIDE, KeypointCheck, confirm_files
+from pipelines.dedup.stills import locate_still
 from workers.base import StageError
-from workers.hashes import HashEntry, HashesResult
+from workers.hashes import HashEntry, HashesConfig, HashesResult
+from workers.images import DEFAULT_MAX_PIXELS, decode_for_analysis
+from workers.probe import ProbeResult, duration_of
+from workers.video import rotation_of
 
 log = logging.getLogger(__name__)
 
 #: Results re-read below the watermark on each update (see Matcher.update).
 _RESCAN_RESULTS = 1000
 _SAVE_EVERY_S = 60.0
+
+
+@dataclass(frozen=True)
+class VideoFile:
+    """A video as the on-demand decode needs it: the file, its display rotation, and how far
+    apart its samples were hashed (what a still's frame is searched within)."""
+
+    path: Path
+    rotation: int
+    sample_interval_s: float
+
+
+@dataclass(frozen=True)
+class Query:
+    """What the matcher knows of the item it searches with: its matchable hash entries, where
+    its pictures are (a photo, or a keyframe artifact) and, for a video, its file."""
+
+    entries: Sequence[HashEntry]
+    picture: Callable[[Candidate], Path | None]
+    video: VideoFile | None = None
 
 
 @dataclass
@@ -57,12 +81,19 @@ class Matcher:
         folder: Path,
         hashes_keys: Collection[ResultKey],
         config: MatchConfig | None = None,
+        *,
+        probe_keys: Collection[ResultKey] = (),
+        hashes_config: HashesConfig | None = None,
     ) -> None:
-        """`hashes_keys` are the current keys of the hashes results to index."""
+        """`hashes_keys` are the current keys of the hashes results to index; `probe_keys`
+        and `hashes_config` (the stage's options) let a video's frames be decoded and hashed
+        again to confirm a still."""
         self.store = store
         self.folder = folder
         self.hashes_keys = frozenset(hashes_keys)
         self.config = config or MatchConfig()
+        self.probe_keys = frozenset(probe_keys)
+        self.hashes_config = hashes_config or HashesConfig()
         self.index = HashIndex()
         self.watermark = 0
         self._in_memory = False
@@ -161,33 +192,105 @@ class Matcher:
                 return entry.artifact
         return None
 
-    def confirmed(
-        self, found: list[Candidate], my_picture: Callable[[Candidate], Path | None]
-    ) -> list[Candidate]:
-        """The candidates that need no keypoint check, and those that pass it."""
+    def confirmed(self, found: list[Candidate], query: Query) -> list[Candidate]:
+        """The candidates that need no check, and those that pass theirs: keypoints for a
+        crop match, the frame decoded again for a still in a video. A still that matched a
+        keyframe already needs no second link to the same video."""
         kept = []
         for candidate in found:
-            if not candidate.needs_keypoints:
-                kept.append(candidate)
-                continue
-            mine = my_picture(candidate)
-            theirs = self._picture(
-                candidate.other, candidate.details["sources"][1], candidate.other_time_s
+            if candidate.kind == "frame-photo":
+                checked = self._confirm_still(candidate, query)
+            elif candidate.needs_keypoints:
+                checked = self._confirm_crop(candidate, query)
+            else:
+                checked = candidate
+            if checked is not None:
+                kept.append(checked)
+        by_keyframe = {c.other for c in kept if c.kind == "keyframe-photo"}
+        return [c for c in kept if c.kind != "frame-photo" or c.other not in by_keyframe]
+
+    def _confirm_crop(self, candidate: Candidate, query: Query) -> Candidate | None:
+        mine = query.picture(candidate)
+        theirs = self._picture(
+            candidate.other, candidate.details["sources"][1], candidate.other_time_s
+        )
+        if mine is None or theirs is None:
+            return None
+        try:
+            check = confirm_files(mine, theirs)
+        except StageError as error:
+            # A picture that hashed but no longer decodes: no confirmation, no link.
+            log.warning("keypoint check of %s skipped: %s", candidate.other[:16], error.reason)
+            return None
+        return self._if_agrees(candidate, check, candidate.distance, {})
+
+    def _if_agrees(
+        self,
+        candidate: Candidate,
+        check: KeypointCheck,
+        distance: float,
+        found: dict[str, Any],
+        times: tuple[float | None, float | None] | None = None,
+    ) -> Candidate | None:
+        """The candidate with its evidence when keypoints agree, or, where a picture is too
+        plain for keypoints to judge, when the hashes are close; None otherwise."""
+        plain = not check.conclusive
+        if not (check.agrees or (plain and distance <= self.config.untextured_threshold)):
+            return None
+        details = {**candidate.details, **found, "keypoints": asdict(check)}
+        mine_t, other_t = times or (candidate.my_time_s, candidate.other_time_s)
+        return replace(
+            candidate, distance=distance, details=details, my_time_s=mine_t, other_time_s=other_t
+        )
+
+    def _confirm_still(self, candidate: Candidate, query: Query) -> Candidate | None:
+        """Decode the video around the hit, find the frame the photo is, and check it."""
+        mine_is_photo = candidate.details["sources"][0] == "photo"
+        if mine_is_photo:
+            picture = query.picture(candidate)
+            entries = [entry for entry in query.entries if entry.source == "photo"]
+            video = self._video(candidate.other)
+            around = candidate.other_time_s
+        else:
+            picture = self.store.blobs.path_for(candidate.other)
+            entries = self._entries(candidate.other)
+            video = query.video
+            around = candidate.my_time_s
+        if picture is None or video is None or around is None or not entries:
+            return None
+        try:
+            photo = decode_for_analysis(
+                picture, min_side=COMPARE_SIDE, max_pixels=DEFAULT_MAX_PIXELS
+            ).image
+            found = locate_still(
+                (photo, entries),
+                (video.path, video.rotation),
+                around,
+                video.sample_interval_s,
+                self.hashes_config,
             )
-            if mine is None or theirs is None:
-                continue
-            try:
-                check = confirm_files(mine, theirs)
-            except StageError as error:
-                # A picture that hashed but no longer decodes: no confirmation, no link.
-                log.warning("keypoint check of %s skipped: %s", candidate.other[:16], error.reason)
-                continue
-            # Too little texture for keypoints to judge: only a close hash then links.
-            plain = not check.conclusive
-            if check.agrees or (plain and candidate.distance <= self.config.untextured_threshold):
-                details = {**candidate.details, "keypoints": asdict(check)}
-                kept.append(replace(candidate, details=details))
-        return kept
+        except StageError as error:
+            log.warning("still check against %s skipped: %s", candidate.other[:16], error.reason)
+            return None
+        if found is None:
+            return None
+        frame = {"frame": {"t": found.t, "pdq": found.distance, "searched_s": found.searched_s}}
+        times = (None, found.t) if mine_is_photo else (found.t, None)
+        return self._if_agrees(candidate, found.keypoints, found.distance, frame, times)
+
+    def _entries(self, sha256: str) -> list[HashEntry]:
+        data = matches.results_data(self.store.database, self.hashes_keys, [sha256])
+        return HashesResult.from_json(data[sha256]).hashes if sha256 in data else []
+
+    def _video(self, sha256: str) -> VideoFile | None:
+        """A stored video's file, rotation and sample interval, from its current probe."""
+        data = matches.results_data(self.store.database, self.probe_keys, [sha256])
+        if sha256 not in data:
+            return None
+        return video_file(
+            self.store.blobs.path_for(sha256), ProbeResult.from_json(data[sha256]),
+            self.hashes_config,
+        )  # fmt: skip
 
     def _link(self, stored: StoredHashes, report: UpdateReport) -> list[Link]:
         """Query with an item's hashes, then add them: each pair is found once, by the later."""
@@ -198,8 +301,10 @@ class Matcher:
                 return self.store.blobs.path_for(candidate.my_artifact)
             return self.store.blobs.path_for(stored.sha256)
 
+        is_video = any(entry.source == "sample" for entry in entries)
+        query = Query(entries, my_picture, self._video(stored.sha256) if is_video else None)
         found = self.confirmed(
-            find_matches(self.index, entries, self.config, exclude=stored.sha256), my_picture
+            find_matches(self.index, entries, self.config, exclude=stored.sha256), query
         )
         self.index.add(stored.sha256, entries)
         report.entries_added += len(entries)
@@ -220,10 +325,13 @@ class Matcher:
             for candidate in found
         ]
 
-    def similar(
-        self, entries: Sequence[HashEntry], my_picture: Callable[[Candidate], Path | None]
-    ) -> list[Candidate]:
-        """Stored items matching hashes of a file that is not in the store, as of the last
-        `update`; `my_picture` finds the file's pictures for keypoint checks."""
-        found = find_matches(self.index, matchable(entries, self.config), self.config, None)
-        return self.confirmed(found, my_picture)
+    def similar(self, query: Query) -> list[Candidate]:
+        """Stored items matching a file that is not in the store, as of the last `update`."""
+        usable = matchable(query.entries, self.config)
+        found = find_matches(self.index, usable, self.config, None)
+        return self.confirmed(found, replace(query, entries=usable))
+
+
+def video_file(path: Path, probe: ProbeResult, config: HashesConfig) -> VideoFile:
+    """How a video was sampled, as the hashes stage worked it out from the same probe."""
+    return VideoFile(path, rotation_of(probe), config.interval_for(duration_of(probe)))

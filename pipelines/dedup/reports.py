@@ -13,7 +13,7 @@ import itertools
 import shutil
 import tempfile
 from collections.abc import Collection, Iterable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,7 +21,7 @@ from evidence import matches
 from evidence.matches import Link
 from evidence.records import ResultKey
 from evidence.store import Store
-from pipelines.dedup.matcher import Matcher
+from pipelines.dedup.matcher import Matcher, Query, video_file
 from pipelines.plan import Plan
 from workers.base import Kind, StageInput, StageOutput, StageSkipped
 from workers.hashes import HashEntry, HashesResult, HashesStage, hex_distance
@@ -121,8 +121,17 @@ def _whole_pictures(
     return found
 
 
-def hash_outside_store(path: Path, plan: Plan) -> tuple[str, list[HashEntry]]:
-    """The kind and hash entries of a file, computed in a scratch folder, storing nothing,
+@dataclass(frozen=True)
+class Hashed:
+    """A file hashed outside the store: its kind, hash entries and probe."""
+
+    kind: str
+    entries: list[HashEntry]
+    probe: ProbeResult
+
+
+def hash_outside_store(path: Path, plan: Plan) -> Hashed:
+    """The kind, hash entries and probe of a file, computed in a scratch folder, storing nothing,
     by the stages `plan` names with its options: hashes made otherwise would not compare
     like for like with the stored ones.
 
@@ -168,30 +177,35 @@ def hash_outside_store(path: Path, plan: Plan) -> tuple[str, list[HashEntry]]:
         hashed: StageOutput[HashesResult] = plan.stage(HashesStage.name).run(
             StageInput(sha256, copy, kind, upstream, artifacts), folder
         )
-        return kind.value, hashed.result.hashes
+        return Hashed(kind.value, hashed.result.hashes, probed.result)
 
 
 def similar_report(
     store: Store,
     matcher: Matcher,
     path: Path,
-    hashed: tuple[str, Sequence[HashEntry]],
+    hashed: Hashed,
     actor: str,
 ) -> dict[str, Any]:
-    """Stored items that match a file outside the store, given its kind and hash entries.
+    """Stored items that match a file outside the store, hashed by `hash_outside_store`.
 
     The index is brought up to date with the store first, so the answer covers everything
     processed so far (that catch-up may store links between stored items; the file itself
     leaves no trace in the store)."""
     matcher.update(actor)
-    kind, entries = hashed
+    kind = hashed.kind
     # A photo's own picture confirms crop matches; a video's keyframes are gone with the
-    # scratch folder, so its crop matches are left out rather than made unconfirmed.
-    found = matcher.similar(entries, lambda c: path if kind == Kind.PHOTO.value else None)
+    # scratch folder, so its crop matches are left out rather than made unconfirmed. A
+    # video's frames are decoded from the file again to confirm a still.
+    is_video = kind == Kind.VIDEO.value
+    video = video_file(path, hashed.probe, matcher.hashes_config) if is_video else None
+    found = matcher.similar(
+        Query(hashed.entries, lambda c: None if is_video else path, video)
+    )
     found.sort(key=lambda c: (c.distance, c.other))
     summaries = matches.summaries(store.database, [candidate.other for candidate in found])
     return {
-        "query": {"kind": kind, "hashes": len(entries)},
+        "query": {"kind": kind, "hashes": len(hashed.entries)},
         "threshold": matcher.config.threshold,
         "matches": [
             {

@@ -29,13 +29,15 @@ def _shots(count: int, size: str, rate: int, seconds: float | None = None) -> li
     return inputs
 
 
-def _x264(
+def x264(
     path: Path,
     *extra: str,
     preset: str = "veryfast",
     pix_fmt: str = "yuv420p",
     faststart: bool = True,
 ) -> list[str]:
+    """ffmpeg's output arguments for an H.264 MP4 at `path`, after the `extra` ones: every
+    sample video is encoded so, as phones and messaging apps encode what they send."""
     # `+faststart` puts the index first, as phones and messaging apps do: a truncated copy
     # then still says how many frames it should have had.
     movflags = ["-movflags", "+faststart"] if faststart else []
@@ -84,7 +86,7 @@ def video_with_cuts(
         output += ["-metadata", f"{key}={value}"]
     if any("." in key for key in tags or {}):
         output += ["-movflags", "use_metadata_tags"]
-    ffmpeg(*inputs, *_x264(path, *output, preset=preset, faststart=False))
+    ffmpeg(*inputs, *x264(path, *output, preset=preset, faststart=False))
     return path
 
 
@@ -157,7 +159,7 @@ def video_with_hard_cuts(
     chain += f"concat=n={len(shot_frames)}:v=1:a=0[v]"
     ffmpeg(
         *_shots(len(shot_frames), size, rate),
-        *_x264(path, "-filter_complex", chain, "-map", "[v]", *encoder),
+        *x264(path, "-filter_complex", chain, "-map", "[v]", *encoder),
     )
     return path
 
@@ -172,7 +174,7 @@ def video_with_fade_and_dissolve(path: Path, *, size: str = "160x90") -> Path:
         *_lavfi(f"testsrc2=size={size}:rate=25:duration=2"),
         *_lavfi(f"smptebars=size={size}:rate=25:duration=2.5"),
         *_lavfi(f"rgbtestsrc=size={size}:rate=25:duration=2"),
-        *_x264(
+        *x264(
             path,
             "-filter_complex",
             "[0:v]fade=t=out:st=1.5:d=0.5,format=yuv420p[a];"
@@ -199,7 +201,7 @@ def video_with_cut_then_dissolve(path: Path, *, encoder: Sequence[str] = ()) -> 
         *_lavfi("testsrc2=size=160x90:rate=25:duration=0.8"),
         *_lavfi("smptebars=size=160x90:rate=25:duration=1.2"),
         *_lavfi("rgbtestsrc=size=160x90:rate=25:duration=4"),
-        *_x264(
+        *x264(
             path,
             "-filter_complex",
             "[1:v][2:v]xfade=transition=fade:duration=0.6:offset=0.6[bc];"
@@ -212,7 +214,7 @@ def video_with_cut_then_dissolve(path: Path, *, encoder: Sequence[str] = ()) -> 
 
 def static_video(path: Path, seconds: float = 7.0) -> Path:
     """One unchanging shot (SMPTE bars), for frames at a regular interval."""
-    ffmpeg(*_lavfi(f"smptebars=size=160x90:rate=10:duration={seconds:g}"), *_x264(path, "-g", "10"))
+    ffmpeg(*_lavfi(f"smptebars=size=160x90:rate=10:duration={seconds:g}"), *x264(path, "-g", "10"))
     return path
 
 
@@ -225,7 +227,7 @@ def vfr_video_with_cut(path: Path) -> Path:
     ffmpeg(
         *_lavfi("testsrc2=size=160x90:rate=10:duration=3"),
         *_lavfi("smptebars=size=160x90:rate=10:duration=1"),
-        *_x264(
+        *x264(
             path,
             "-filter_complex",
             "[0:v][1:v]concat=n=2:v=1:a=0,"
@@ -240,7 +242,7 @@ def ten_bit_odd_size_video(path: Path) -> Path:
     """10-bit 4:4:4 H.264 at an odd size (97x55): no 8-bit 4:2:0 shortcut applies."""
     ffmpeg(
         *_lavfi("testsrc2=size=160x90:rate=10:duration=1"),
-        *_x264(path, "-vf", "scale=97:55,setsar=1", pix_fmt="yuv444p10le", faststart=False),
+        *x264(path, "-vf", "scale=97:55,setsar=1", pix_fmt="yuv444p10le", faststart=False),
     )
     return path
 
@@ -253,7 +255,7 @@ def video_sharpening_mid_shot(path: Path) -> Path:
     ffmpeg(
         *_lavfi("smptebars=size=320x180:rate=25:duration=1"),
         *_lavfi("testsrc2=size=320x180:rate=25:duration=3"),
-        *_x264(
+        *x264(
             path,
             "-filter_complex",
             "[1:v]boxblur=3:enable='lt(t,1.5)'[blurred];[0:v][blurred]concat=n=2:v=1:a=0[v]",
@@ -267,7 +269,7 @@ def anamorphic_video(path: Path) -> Path:
     """80x90 stored pixels with a 2:1 sample aspect ratio: shown as 160x90 (16:9)."""
     ffmpeg(
         *_lavfi("testsrc2=size=160x90:rate=10:duration=1"),
-        *_x264(path, "-vf", "scale=80:90,setsar=2"),
+        *x264(path, "-vf", "scale=80:90,setsar=2"),
     )
     return path
 
@@ -281,7 +283,7 @@ def video_of_scenes(path: Path, seeds: Sequence[int], size: str = "320x240") -> 
         scene(seed, (640, 480)).save(folder / f"{number:04d}.png")
     ffmpeg(
         "-framerate", "1", "-i", str(folder / "%04d.png"),
-        *_x264(path, "-vf", f"scale={size.replace('x', ':')},fps=25"),
+        *x264(path, "-vf", f"scale={size.replace('x', ':')},fps=25"),
     )  # fmt: skip
     shutil.rmtree(folder)
     return path
@@ -291,7 +293,7 @@ def clip_of(source: Path, path: Path, start_s: float, seconds: float, size: str)
     """A clip cut out of a video, re-encoded at another size (as a re-upload would be)."""
     ffmpeg(
         "-ss", f"{start_s:g}", "-i", str(source), "-t", f"{seconds:g}",
-        *_x264(path, "-vf", f"scale={size.replace('x', ':')}"),
+        *x264(path, "-vf", f"scale={size.replace('x', ':')}"),
     )  # fmt: skip
     return path
 
@@ -300,7 +302,7 @@ def video_with_speech(path: Path, speech: Path) -> Path:
     """One shot (testsrc2, 96x64) for as long as `speech`, its soundtrack (AAC 48 kbit/s)."""
     ffmpeg(
         *_lavfi("testsrc2=size=96x64:rate=10"), "-i", str(speech),
-        *_x264(path, "-shortest", "-c:a", "aac", "-b:a", "48k", preset="ultrafast",
+        *x264(path, "-shortest", "-c:a", "aac", "-b:a", "48k", preset="ultrafast",
                faststart=False),
     )  # fmt: skip
     return path
