@@ -588,7 +588,7 @@ class HashesStage(Stage[HashesConfig, HashesResult]):
                         image = display_thumbnail(frame, aspect, rotation, config.analysis_side)
                         entries += frame_hashes(image, config, t, source="sample", crops=False)
                     image = display_thumbnail(frame, aspect, rotation, config.frame_side)
-                    entries += frame_hashes(image, config, t, whole=not due)
+                    entries += frame_hashes(image, config, t, whole=False)
             except StageError as error:
                 if error.reason is not FailureReason.TOOL_TIMEOUT or not entries:
                     raise
@@ -607,11 +607,13 @@ def frame_hashes(
 ) -> list[HashEntry]:
     """PDQ of a video frame after trimming its bars, whole and centre-cropped, at `t` seconds.
 
-    A "sample" entry (whole only, at `analysis_side`) is what videos are aligned by. "frame"
-    entries serve stills: a photo cropped a little finds a frame's centre crop with its crop
-    probes, as it finds a photo's. They are hashed at `frame_side`, a seventh of the work at
-    `analysis_side`, since a moving video has several of them a second; a sampled frame gets
-    its centre crops only, its sample entry being its whole.
+    A "sample" entry (whole only, at `analysis_side`) is what videos are aligned by. A
+    "frame" entry is a frame's centre crop (at `frame_side`, a seventh of the work at
+    `analysis_side`, since a moving video has several a second): it serves stills, which
+    reach it with their own centre crop or their crop probes whether cropped or not, and
+    videos, aligned crop against crop between samples. The whole is left out of them: it
+    would double what each moving second adds to the index (about 940 bytes an entry)
+    for what the crop finds already.
     """
     box = border_box(image, config.border_tolerance, config.border_max_fraction)
     content = image.crop(box) if box != (0, 0, *image.size) else image

@@ -148,15 +148,15 @@ def find_matches(
             continue
         other = index.shas[item]
         other_time = index.time_of[entry_id]
+        variant = index.variants[index.variant_of[entry_id]]
         if kind == "video-video":
-            if probe.entry.t is None or probe.entry.variant != "full":
-                continue  # the stage times every frame it hashes; one without cannot align
+            if probe.entry.t is None or probe.entry.variant != variant:
+                continue  # whole with whole, crop with crop; a frame without time cannot align
             hits = frames[other]
             hits.append((float(probe.entry.t), float(other_time), distance))
             if len(hits) > HITS_KEPT * (samples + 1):
                 frames[other] = closest_per_frame(hits)
             continue
-        variant = index.variants[index.variant_of[entry_id]]
         hit = _Best(distance, probe.entry, (source, variant, other_time), probe.orientation)
         best = stills.get((other, kind))
         if best is None or hit.rank < best.rank:
