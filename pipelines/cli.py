@@ -695,14 +695,26 @@ def bench_keyframes(
     ctx: typer.Context,
     runs: Annotated[int, typer.Option(help="Repetitions; the median is reported.")] = 3,
     seconds: Annotated[float, typer.Option(help="Length of the generated 1080p clip.")] = 60,
+    motion: Annotated[
+        bool,
+        typer.Option(
+            help="Also score both detectors on the generated motion set"
+            " (fast zooms, whip pans, shake, flashes; fades, dissolves), both halves."
+        ),
+    ] = True,
     output: Annotated[Path, typer.Option(help="JSON results.")] = Path(
         "bench-results/keyframes.json"
     ),
 ) -> None:
-    """Keyframes stage against PySceneDetect and a full ffmpeg decode, with cut accuracy."""
+    """Keyframes stage against PySceneDetect and a full ffmpeg decode, with cut accuracy on
+    phone-like clips and, per clip kind and half, on the motion set."""
     from pipelines.bench.keyframes import bench_keyframes as run_bench
+    from pipelines.samples.motion_clips import RECIPES
 
-    write_json(run_bench(config_of(ctx), output, runs=runs, seconds=seconds))
+    recipes = RECIPES if motion else ()
+    write_json(
+        run_bench(config_of(ctx), output, runs=runs, seconds=seconds, motion_recipes=recipes)
+    )
 
 
 @bench_app.command("transcript")

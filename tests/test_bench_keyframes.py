@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.bench.keyframes import DEFAULT_CORPUS, bench_keyframes, match_cuts
+from pipelines.bench.keyframes import DEFAULT_CORPUS, MOTION_KINDS, bench_keyframes, match_cuts
 from pipelines.config import QarinaConfig
-from pipelines.samples import phone_clips
+from pipelines.samples import motion_clips, phone_clips
 
 
 def test_match_cuts_is_one_to_one_within_tolerance() -> None:
@@ -45,7 +45,20 @@ def test_plan_has_hard_and_gradual_cuts_and_is_long_enough() -> None:
 @pytest.mark.skipif(not DEFAULT_CORPUS.is_dir(), reason="../shared/corpus is not here")
 def test_bench_keyframes_at_toy_size(sqlite_config: QarinaConfig, tmp_path: Path) -> None:
     output = tmp_path / "results" / "keyframes.json"
-    result = bench_keyframes(sqlite_config, output, runs=1, seconds=6, size=(320, 180))
+    # One motion clip of each half: a flash clip chosen on, a zoom one held out.
+    recipes = [
+        next(r for r in motion_clips.recipes("tune") if r.kind == "flash"),
+        next(r for r in motion_clips.recipes("check") if r.kind == "zoom"),
+    ]
+    result = bench_keyframes(
+        sqlite_config,
+        output,
+        runs=1,
+        seconds=6,
+        size=(320, 180),
+        motion_size=(320, 180),
+        motion_recipes=recipes,
+    )
     assert json.loads(output.read_text()) == result
     assert result["machine"]["cpu_model"]
     assert not list(sqlite_config.data_dir.glob("bench-*"))
@@ -66,3 +79,16 @@ def test_bench_keyframes_at_toy_size(sqlite_config: QarinaConfig, tmp_path: Path
             assert {"precision", "recall", "recall_by_kind"} <= set(scores)
     assert result["memory"]["peak_mib"] > 0
     assert set(result["target"]) >= {"met_f1", "met_memory", "met_speed_vs_ffmpeg_decode"}
+    motion = result["motion_set"]
+    assert len(motion["clips"]) == 2 * len(motion_clips.ENCODES)
+    for clip in motion["clips"].values():
+        for detector in ("ours", "pyscenedetect_adaptive"):
+            assert clip[detector]["true_cuts"] == len(clip["cuts"]) == 1
+    assert set(motion["by_kind"]) == {"tune", "check"}
+    assert set(motion["by_kind"]["tune"]) == {"flash"}
+    for half in ("tune", "check"):
+        pooled = motion["motion_kinds"]["by_half"][half]["ours"]
+        assert pooled["true_cuts"] == len(motion_clips.ENCODES)
+        assert pooled["precision"] is not None and pooled["recall"] is not None
+    assert motion["motion_kinds"]["kinds"] == list(MOTION_KINDS)
+    assert "met_motion_precision" in result["target"]

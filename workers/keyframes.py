@@ -21,18 +21,19 @@ detectors slow; this one decodes as little as it can:
    in one more sequential demux pass.
 
 On the 62 s 1080p clip of `qarina bench keyframes` (32 cuts; pans, zooms and handheld
-shake over real photos) this takes, in CPU seconds, 0.40x `ffmpeg -threads 2 -i CLIP -f
-null -` (0.28x PySceneDetect) encoded with x264's defaults, and 0.59x (0.49x PySceneDetect)
+shake over real photos) this takes, in CPU seconds, 0.41x `ffmpeg -threads 2 -i CLIP -f
+null -` (0.29x PySceneDetect) encoded with x264's defaults, and 0.69x (0.46x PySceneDetect)
 encoded as phones do (1 s GOP, no B-frames, no keyframes at cuts), where with a cut every
-two seconds most stretches hold one (medians of 3 runs, 2 vCPU; version 1 took 1.00x of
-ffmpeg there). Decoding runs on one thread: a stage that stops early on frame threads
-would find its result depending on the node's core count, and its actor has one CPU.
+two seconds most stretches hold one (medians of 3 runs, 2 vCPU shared with other work;
+version 2 measured 0.39x and 0.66x in the same session, version 1 took 1.00x of ffmpeg).
+Decoding runs on one thread: a stage that stops early on frame threads would find its
+result depending on the node's core count, and its actor has one CPU.
 
-The shot detector itself (hard cuts, fades and dissolves) lives in `workers.shots`; this
-module decides what to decode, feeds it the signatures, and chooses the frames. Memory stays
-small for any length: the detector keeps signatures for a bounded window, and this module
-per frame only a few numbers, and the signature of each keyframe that differs from the one
-before it (3.4 KB; about 13 MB for an hour with a keyframe every second).
+The shot detector itself (hard cuts, flashes, fades and dissolves) lives in `workers.shots`;
+this module decides what to decode, feeds it the signatures, and chooses the frames. Memory
+stays small for any length: the detector keeps signatures for a bounded window, and this
+module per frame only a few numbers, and the signature of each keyframe that differs from
+the one before it (3.4 KB; about 13 MB for an hour with a keyframe every second).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ import math
 from array import array
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from functools import cache
 from pathlib import Path
@@ -75,7 +76,10 @@ from workers.shots import (
     CutRules,
     ShotDetector,
     Signature,
+    Step,
     difference,
+    flash_frames,
+    flash_steps,
     is_hard_cut,
     merge_cuts,
 )
@@ -124,6 +128,12 @@ class KeyframesConfig(StageConfig):
     `keyframe_cut`: a change this large is doubtful whatever its neighbours, for videos cut
     so often that the neighbours of a cut are cuts too.
     `max_blind_gap_s`: stretches longer than this are always decoded.
+    `calm_packets`: a keyframe the encoder placed early is taken as a cut without decoding
+    only when the median packet before it is at most this share of the keyframe's size.
+    Fast motion, flicker and flashes also make x264 place keyframes early, and they make
+    its P-frames nearly as large as keyframes (medians 0.64-0.75 of the keyframe on the
+    tune half of `pipelines.samples.motion_clips`), where a shot before a cut is coded in
+    small ones (at most 0.29 on the phone-like clip's early keyframes at cuts).
 
     `cut_ratio` to `min_shot_s`: the shot detector's rules, explained at `CutRules`. They
     are fields of this config, not one nested `CutRules`, because the config's fields are
@@ -139,11 +149,15 @@ class KeyframesConfig(StageConfig):
     keyframe_cut: float = 25.0
     packet_spike: float = 4.0
     max_blind_gap_s: float = 20.0
+    calm_packets: float = 0.45
     cut_ratio: float = CutRules.cut_ratio
     cut_window: int = CutRules.cut_window
     min_cut_score: float = CutRules.min_cut_score
+    flash_s: float = CutRules.flash_s
+    flash_ratio: float = CutRules.flash_ratio
     gradual_score: float = CutRules.gradual_score
     gradual_s: float = CutRules.gradual_s
+    gradual_contrast: float = CutRules.gradual_contrast
     gradual_residual: float = CutRules.gradual_residual
     min_shot_s: float = CutRules.min_shot_s
     #: Time budget: at least `min_budget_s`, else `budget_per_media_s` seconds per second of
@@ -157,8 +171,11 @@ class KeyframesConfig(StageConfig):
             cut_ratio=self.cut_ratio,
             cut_window=self.cut_window,
             min_cut_score=self.min_cut_score,
+            flash_s=self.flash_s,
+            flash_ratio=self.flash_ratio,
             gradual_score=self.gradual_score,
             gradual_s=self.gradual_s,
+            gradual_contrast=self.gradual_contrast,
             gradual_residual=self.gradual_residual,
             min_shot_s=self.min_shot_s,
         )
@@ -413,7 +430,10 @@ class KeyframesStage(Stage[KeyframesConfig, KeyframesResult]):
     name: ClassVar[str] = "keyframes"
     #: 2: pass 2 leaves a stretch after a confirmed cut, and keyframes are decoded without
     #: the loop filter in pass 1 too (their signatures and sharpness move a little).
-    version: ClassVar[str] = "2"
+    #: 3: flashes are no cuts, gradual transitions must stand out from the motion around
+    #: them, hard cuts weigh neighbours by the frames they span, early keyframes after
+    #: busy frames are decoded, not trusted (fewer false cuts in fast motion).
+    version: ClassVar[str] = "3"
     kinds: ClassVar[frozenset[Kind]] = frozenset({Kind.VIDEO})
     requires: ClassVar[tuple[str, ...]] = ("probe",)
     #: One decoding thread pool per actor; signatures and candidates stay far below 1 GiB.
@@ -465,8 +485,8 @@ class KeyframesStage(Stage[KeyframesConfig, KeyframesResult]):
                 position,
                 cut.kind,
                 cut.score,
-                cut.to_black,
-                cut.from_black,
+                cut.to_flat,
+                cut.from_flat,
                 index.position(cut.first),
                 index.position(cut.last),
             )
@@ -569,10 +589,12 @@ class KeyframesStage(Stage[KeyframesConfig, KeyframesResult]):
         One exception saves most of the decoding on encoder output with scene-cut detection
         (x264's default, most software encoders): a keyframe that comes early, before the
         stream's regular keyframe interval, was placed there by the encoder because the
-        scene changed. When it also differs from the keyframe before like a cut does, and
-        no packet between them looks like another cut, the cut is on that keyframe and the
-        stretch is not decoded. Phones write keyframes on a fixed interval, so none of theirs
-        is early and their stretches are checked frame by frame (see `_refine`).
+        scene changed. When it also differs from the keyframe before like a cut does, the
+        frames before it were calm (small packets: fast motion and flashes make early
+        keyframes too), and no packet between them looks like another cut, the cut is on
+        that keyframe and the stretch is not decoded. Phones write keyframes on a fixed
+        interval, so none of theirs is early and their stretches are checked frame by frame
+        (see `_refine`).
         """
         config = self.config
         last = len(index.pts) - 1
@@ -607,7 +629,10 @@ class KeyframesStage(Stage[KeyframesConfig, KeyframesResult]):
                 doubt = change is None or not self._settled(change, neighbours)
                 early = end - start not in scheduled
                 sure = change is not None and change >= config.min_cut_score
-                if early and sure and not (long_gap or spike):
+                calm = not len(inner) or (
+                    float(np.median(inner)) <= config.calm_packets * float(index.sizes[end])
+                )
+                if early and sure and calm and not (long_gap or spike):
                     trusted.append(Cut(end, "hard", change or 0.0, first=end - 1, last=end))
                     continue
                 tail = tails.get(int(index.pts[end]))
@@ -653,10 +678,12 @@ class KeyframesStage(Stage[KeyframesConfig, KeyframesResult]):
         every second or two and none placed at cuts, as phones encode, a cut falls inside a
         stretch and the frames after it are a good part of this pass. Decoding stops only
         right after a hard cut, never inside a fade or dissolve, whose middle would look like
-        its end. The keyframe that ends such a stretch is compared through its pass-1
-        signature, not decoded again. A stretch left early ends the detector's run even when
-        the next stretch starts at its end: what it skipped looks like that keyframe, as two
-        keyframes pass 1 leaves alone do, so the next run starts as after such a pair.
+        its end, nor after a flash, which would have it skip a cut later in the stretch when
+        the keyframes around the cut differ no more than those of a moving shot do. The
+        keyframe that ends such a stretch is compared through its pass-1 signature, not
+        decoded again. A stretch left early ends the detector's run even when the next
+        stretch starts at its end: what it skipped looks like that keyframe, as two keyframes
+        pass 1 leaves alone do, so the next run starts as after such a pair.
         """
         stream.codec_context.options = {"skip_loop_filter": "all"}
         stream.codec_context.skip_frame = "BIDIR"
@@ -668,22 +695,23 @@ class KeyframesStage(Stage[KeyframesConfig, KeyframesResult]):
             wanted[stretch.end] |= stretch.tail is None
 
         current, stopped, tail_seen = -1, False, False
-        previous: Signature | None = None
-        # Changes from one decoded frame to the next around the one the hard-cut rule judges
-        # next, `cut_window` on each side.
-        steps: deque[float] = deque(maxlen=2 * window + 1)
+        longest = flash_frames(rules, detector.fps)
+        # The frames decoded last: `cut_window` after the one the hard-cut rule judges next,
+        # and before it enough for a flash it may end. Changes from one decoded frame to the
+        # next (and the frames each spans) around the one judged, `cut_window` on each side.
+        recent: deque[tuple[int, Signature]] = deque(maxlen=longest + 2 * window + 2)
+        steps: deque[Step] = deque(maxlen=2 * window + 1)
 
         def finish(following: int) -> None:
             """Close the current stretch: its last keyframe from pass 1 where it was not
             decoded, and the run ended unless the stretch decoded next carries it on."""
-            nonlocal previous
             stretch = stretches[current]
             follows = following == current + 1 and stretches[following].start == stretch.end
             if not (stopped or tail_seen or follows) and stretch.tail is not None:
                 detector.add(int(index.pts[stretch.end]), stretch.tail)
             if stopped or not follows:
                 detector.end_run()
-                previous = None
+                recent.clear()
                 steps.clear()
 
         for pts, frame in frames_of(container, stream, counts, _taking(index, wanted)):
@@ -698,29 +726,49 @@ class KeyframesStage(Stage[KeyframesConfig, KeyframesResult]):
             stretch = stretches[number]
             tail_seen = position == stretch.end
             signature, luma = _describe(frame)
-            detector.add(pts, signature)
             decoded.add(pts, _sharpness(luma))
-            if previous is not None:
-                steps.append(difference(previous, signature))
-            previous = signature
-            judged = len(steps) - 1 - window
-            if (
-                stopped
-                or judged < 0
-                or stretch.tail is None
-                or stretch.settled_from is None
-                or not stretch.settled_from <= position < stretch.end
-            ):
+            if stopped:
+                # Frames the decoder still held when the stretch was left: the run ends with
+                # the cut's window, not on a frame that could start a flash with none after.
                 continue
-            around = [step for at, step in enumerate(steps) if at != judged]
-            if is_hard_cut(steps[judged], around, rules) and self._settled(
-                difference(signature, stretch.tail), stretch.neighbours
+            detector.add(pts, signature)
+            if recent:
+                last_pts, last = recent[-1]
+                steps.append((difference(last, signature), (pts - last_pts) / detector.frame_ticks))
+            recent.append((pts, signature))
+            if (
+                stretch.tail is not None
+                and stretch.settled_from is not None
+                and stretch.settled_from <= position < stretch.end
+                and self._cut_behind(steps, recent, stretch, rules, longest)
             ):
                 stopped = True
                 wanted[position + 1 : stretch.end] = False
         if current >= 0:
             finish(-1)
         detector.end_run()
+
+    def _cut_behind(
+        self,
+        steps: deque[Step],
+        recent: deque[tuple[int, Signature]],
+        stretch: _Stretch,
+        rules: CutRules,
+        longest: int,
+    ) -> bool:
+        """Whether `_refine` may leave `stretch` now: the step `cut_window` frames back is a
+        hard cut and no flash, and the frame decoded last looks like the keyframe that ends
+        the stretch (`_settled`)."""
+        judged = len(steps) - 1 - rules.cut_window
+        if judged < 0 or stretch.tail is None:
+            return False
+        around = [step for at, step in enumerate(steps) if at != judged]
+        frames = [signature for _, signature in recent]
+        return (
+            is_hard_cut(steps[judged], around, rules)
+            and self._settled(difference(frames[-1], stretch.tail), stretch.neighbours)
+            and len(frames) - 1 - rules.cut_window not in flash_steps(frames, rules, longest)
+        )
 
     def _place_exactly(
         self,
@@ -753,7 +801,7 @@ class KeyframesStage(Stage[KeyframesConfig, KeyframesResult]):
                 if position in signatures and position - 1 in signatures
             ]
             exact = max(steps)[1] if steps else cut.index
-            placed.append(Cut(exact, "hard", cut.score, first=exact - 1, last=exact))
+            placed.append(replace(cut, index=exact, first=exact - 1, last=exact))
         return placed
 
     def _choose(

@@ -5,17 +5,21 @@ in presentation order, here as small signatures (see `SIGNATURE_W`) keyed by tim
 told where a run of consecutive frames ends; it then holds the cuts it found. The keyframes
 stage decides which frames to decode and feeds them in; a test can feed signatures by hand.
 
-Hard cuts are found like PySceneDetect's adaptive detector (a frame-to-frame difference far
-above the mean of its neighbours); gradual transitions (fades, dissolves) as a large change
-over half a second whose intermediate frames are a linear mix of its two ends, which camera
-motion is not. Memory stays bounded for any length: signatures are kept for a bounded window.
+Flashes are told apart first: a large step that the picture comes back across within a few
+frames (a muzzle flash, an explosion lighting the scene, a dark or dropped frame, a jolt of
+the camera) is no cut, since the picture after it is the shot before it. Hard cuts are then
+found like PySceneDetect's adaptive detector (a frame-to-frame difference far above the mean
+of its neighbours); gradual transitions (fades, dissolves) as a half second whose change
+stands out from the half seconds around it and whose middle frames are a linear mix of its
+two ends, which camera motion is not. Memory stays bounded for any length: signatures are
+kept for a bounded window.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -23,6 +27,8 @@ import numpy.typing as npt
 #: A frame's signature: luma blocks of `SIGNATURE_W` x `SIGNATURE_H` (row by row), then the
 #: two chroma planes at half that size each, all 0-255.
 Signature = npt.NDArray[np.uint8]
+#: A change between two decoded frames and how many video frames apart they are.
+Step = tuple[float, float]
 _F32 = npt.NDArray[np.float32]
 
 #: Signature size: 64x36 luma (16:9 blocks) plus 32x18 per chroma plane. Large enough that a
@@ -31,8 +37,13 @@ _F32 = npt.NDArray[np.float32]
 SIGNATURE_W, SIGNATURE_H = 64, 36
 #: The luma blocks at the start of a signature: what the black test looks at.
 LUMA_BLOCKS = SIGNATURE_W * SIGNATURE_H
-#: Luma level (0-255 signature scale) under which a frame counts as black, for fades.
+#: Luma level (0-255 signature scale) under which a frame counts as black, and the spread of
+#: its luma blocks under which it counts as one flat colour (white, grey): a fade's far end.
 _BLACK_LUMA = 32.0
+_FLAT_SPREAD = 6.0
+#: A gradual transition's middle, by its position on the line between its ends: the frames
+#: whose residual says whether it is a mix (its ends are close to the ends by definition).
+_MIDDLE = (0.2, 0.8)
 #: Signatures kept before a run is analysed in pieces (about 14 MB), and the context kept on
 #: both sides of a piece so that transitions across its edges are whole.
 _CHUNK_FRAMES = 4096
@@ -44,17 +55,27 @@ class CutRules:
     """What counts as a cut; scores are mean absolute differences of 0-255 signatures.
 
     `cut_ratio`, `cut_window`, `min_cut_score`: the adaptive hard-cut rule (PySceneDetect's
-    adaptive defaults are 3.0, 2 and 15 on its HSV scale). `gradual_score`, `gradual_s`,
-    `gradual_residual`: a gradual transition changes the picture by at least `gradual_score`
-    over `gradual_s` seconds with intermediate frames within `gradual_residual` (relative) of
-    a linear mix of the ends. `min_shot_s`: cuts closer than this keep only the stronger one.
+    adaptive defaults are 3.0, 2 and 15 on its HSV scale). `flash_s`, `flash_ratio`: a large
+    step is a flash's when a frame before it and a frame after it, at most `flash_s` apart,
+    differ by at most `flash_ratio` times the step (the flashes of the tune half of
+    `pipelines.samples.motion_clips` come back within 0.3 of their step, in shaky footage).
+    `gradual_score`, `gradual_s`: a gradual transition changes the picture by at least
+    `gradual_score` over `gradual_s` seconds; `gradual_contrast`: by at least this many times
+    what the windows as long just before and after it change (camera motion keeps changing
+    the picture as much); `gradual_residual`: its middle frames lie within this (relative)
+    of a linear mix of its ends. Both were chosen on that tune half: every pair from 1.3-1.7
+    and 0.25-0.35 finds all its cuts and nothing else, and the middle was taken.
+    `min_shot_s`: cuts closer than this keep only the stronger one.
     """
 
     cut_ratio: float = 3.0
     cut_window: int = 2
     min_cut_score: float = 8.0
+    flash_s: float = 0.12
+    flash_ratio: float = 0.5
     gradual_score: float = 12.0
     gradual_s: float = 0.5
+    gradual_contrast: float = 1.5
     gradual_residual: float = 0.3
     min_shot_s: float = 0.4
 
@@ -62,13 +83,13 @@ class CutRules:
 @dataclass(frozen=True)
 class Cut:
     """A cut at a frame (by timestamp in the detector, by frame index after); fades note
-    black ends."""
+    flat ends (black, white, one colour)."""
 
     index: int
     kind: str
     score: float
-    to_black: bool = False
-    from_black: bool = False
+    to_flat: bool = False
+    from_flat: bool = False
     #: A gradual transition's first and last frame; for a hard cut, the decoded frame before
     #: it (pass 2 skips B-frames, so the cut may lie anywhere after it) and the cut frame.
     first: int = 0
@@ -80,22 +101,36 @@ def difference(first: Signature, second: Signature) -> float:
     return float(np.abs(first.astype(np.int16) - second.astype(np.int16)).mean())
 
 
-def is_hard_cut(score: float, neighbours: Sequence[float], rules: CutRules) -> bool:
-    """The adaptive hard-cut rule for one frame-to-frame change: at least `min_cut_score`, and
-    `cut_ratio` times the mean change of its neighbours (up to `cut_window` on each side).
+def is_hard_cut(step: Step, neighbours: Sequence[Step], rules: CutRules) -> bool:
+    """The adaptive hard-cut rule for one change between decoded frames: at least
+    `min_cut_score`, and `cut_ratio` times the mean change of its neighbours (up to
+    `cut_window` on each side), each scaled to as many video frames as this one spans.
 
-    Shared with the keyframes stage, which applies it while decoding to know that a stretch
-    it decodes holds a cut before the run reaches the detector.
+    Where B-frames are skipped, decoded frames are one to four frames apart, and camera
+    motion or a fade changes the picture more over four frames than over one: unscaled, a
+    short fade decoded as one long step and three short ones looks like a cut. Shared with
+    the keyframes stage, which applies it while decoding to know that a stretch it decodes
+    holds a cut before the run reaches the detector.
     """
+    score, frames = step
     if score < rules.min_cut_score:
         return False
     if not neighbours:
         return True
-    return score >= rules.cut_ratio * max(sum(neighbours) / len(neighbours), 1e-3)
+    scaled = [change * frames / max(other, 1.0) for change, other in neighbours]
+    return score >= rules.cut_ratio * max(sum(scaled) / len(scaled), 1e-3)
 
 
-def _is_black(signature: Signature | _F32) -> bool:
-    return float(signature[:LUMA_BLOCKS].mean()) < _BLACK_LUMA
+def _distance(first: _F32, second: _F32) -> float:
+    return float(np.abs(first - second).mean())
+
+
+def _steps(signatures: _F32) -> _F32:
+    """The change into each frame from the one before (0 for the first)."""
+    steps = np.zeros(len(signatures), dtype=np.float32)
+    if len(signatures) > 1:
+        steps[1:] = np.abs(np.diff(signatures, axis=0)).mean(axis=1)
+    return steps
 
 
 @dataclass
@@ -145,8 +180,8 @@ class ShotDetector:
                         self._indices[cut.index],
                         cut.kind,
                         cut.score,
-                        cut.to_black,
-                        cut.from_black,
+                        cut.to_flat,
+                        cut.from_flat,
                         self._indices[cut.first],
                         self._indices[cut.last],
                     )
@@ -158,42 +193,80 @@ class ShotDetector:
             self._accept_from = _CONTEXT_FRAMES
 
     def _find(self, signatures: _F32) -> list[Cut]:
-        """Cuts by position in `signatures`: hard cuts first, then gradual ones between them."""
-        steps = np.zeros(len(signatures), dtype=np.float32)
-        if len(signatures) > 1:
-            steps[1:] = np.abs(np.diff(signatures, axis=0)).mean(axis=1)
-        hard = self._hard_cuts(steps)
-        # Frames between neighbours, to measure a gradual change per frame, not per step.
-        pts = np.asarray(self._indices, dtype=np.float64)
-        gaps = np.ones(len(signatures), dtype=np.float32)
-        gaps[1:] = np.maximum(np.diff(pts) / self.frame_ticks, 1.0)
-        return hard + self._gradual_cuts(signatures, steps, gaps, {cut.index for cut in hard})
+        """Cuts by position in `signatures`: hard cuts, then gradual ones between them.
 
-    def _hard_cuts(self, steps: _F32) -> list[Cut]:
+        The steps into and out of a flash are no hard cut (`_bridges`), and the frames a
+        flash bridges over are left out when looking for gradual transitions, so that no
+        window starts or ends on one. In a strobe that is every frame of it: B-frames skipped,
+        half the decoded frames may be flashes, and no rule tells which half. The hard-cut
+        rule still weighs each step against the real steps around it: a jolt of handheld
+        shake that comes back counts as a flash, and the shake around it must not look calm.
+        """
+        # Positions in video frames, and the frames between decoded neighbours, which the
+        # hard-cut rule weighs steps by.
+        frames = np.asarray(self._indices, dtype=np.float64) / self.frame_ticks
+        gaps = np.ones(len(signatures), dtype=np.float32)
+        gaps[1:] = np.maximum(np.diff(frames), 1.0)
+        steps = _steps(signatures)
+        bridges = _bridges(signatures, steps, flash_frames(self.rules, self.fps), self.rules)
+        luma = signatures[:, :LUMA_BLOCKS]
+        flat = (luma.mean(axis=1) < _BLACK_LUMA) | (luma.std(axis=1) < _FLAT_SPREAD)
+        hard = [cut for cut in self._hard_cuts(steps, gaps, flat) if cut.index not in bridges]
+        if not bridges:
+            hard_at = {cut.index for cut in hard}
+            return hard + self._gradual_cuts(signatures, frames, flat, hard_at)
+        kept = np.ones(len(signatures), dtype=bool)
+        for before, after in bridges.values():
+            kept[before + 1 : after] = False
+        at = np.flatnonzero(kept)
+        # A hard cut next to a flash is kept at the first frame kept after it.
+        hard_at = {int(np.searchsorted(at, cut.index)) for cut in hard}
+        gradual = self._gradual_cuts(signatures[at], frames[at], flat[at], hard_at)
+        return hard + [
+            replace(cut, index=int(at[cut.index]), first=int(at[cut.first]), last=int(at[cut.last]))
+            for cut in gradual
+        ]
+
+    def _hard_cuts(self, steps: _F32, gaps: _F32, flat: npt.NDArray[np.bool_]) -> list[Cut]:
         rules, cuts = self.rules, []
         window = rules.cut_window
-        for position in range(1, len(steps)):
-            score = float(steps[position])
-            if score < rules.min_cut_score:
-                continue
+        for position in np.flatnonzero(steps >= rules.min_cut_score).tolist():
             neighbours = [
-                float(steps[other])
+                (float(steps[other]), float(gaps[other]))
                 for other in range(
                     max(1, position - window), min(len(steps), position + window + 1)
                 )
                 if other != position
             ]
-            if is_hard_cut(score, neighbours, rules):
-                cuts.append(Cut(position, "hard", score, first=position - 1, last=position))
+            score = float(steps[position])
+            if is_hard_cut((score, float(gaps[position])), neighbours, rules):
+                cuts.append(
+                    Cut(
+                        position,
+                        "hard",
+                        score,
+                        # Where B-frames are skipped, a short fade may be one step to a
+                        # frame not quite flat yet, the flat one coming a frame or two on.
+                        to_flat=bool(flat[position : position + window + 1].any()),
+                        from_flat=bool(flat[max(position - 1 - window, 0) : position].any()),
+                        first=position - 1,
+                        last=position,
+                    )
+                )
         return cuts
 
-    def _gradual_cuts(self, signatures: _F32, steps: _F32, gaps: _F32, hard: set[int]) -> list[Cut]:
-        """Fades and dissolves: a big change over `span` frames that is a linear mix.
+    def _gradual_cuts(
+        self,
+        signatures: _F32,
+        frames: npt.NDArray[np.float64],
+        flat: npt.NDArray[np.bool_],
+        hard: set[int],
+    ) -> list[Cut]:
+        """Fades and dissolves: a big change over `span` frames that is a transition.
 
-        For each candidate end `b` with start `a = b - span`, the frames between are projected
-        onto the line from `a` to `b`: a dissolve or fade moves along it (position rising from
-        0 to 1, small residual), camera motion and action leave it. The transition is placed
-        where the mix crosses half way.
+        Windows are tried from the largest change down and kept when `_is_transition` says
+        so; each is then grown to where the picture stops changing (`_extent`), and the
+        transition placed where the mix crosses half way.
         """
         rules = self.rules
         ticks = (self._indices[-1] - self._indices[0]) / max(len(self._indices) - 1, 1)
@@ -201,7 +274,7 @@ class ShotDetector:
         if len(signatures) <= span:
             return []
         change = np.abs(signatures[span:] - signatures[:-span]).mean(axis=1)
-        hard_prefix = np.concatenate([[0], np.cumsum([i in hard for i in range(len(steps))])])
+        hard_prefix = np.concatenate([[0], np.cumsum([i in hard for i in range(len(signatures))])])
         cuts: list[Cut] = []
         order = np.argsort(-change)
         taken = np.zeros(len(signatures), dtype=bool)
@@ -212,9 +285,20 @@ class ShotDetector:
             start, end = int(offset), int(offset) + span
             if taken[start + 1 : end].any() or hard_prefix[end + 1] - hard_prefix[start + 1]:
                 continue
-            if not self._linear_mix(signatures[start : end + 1]):
+            if flat[start] and flat[end]:
+                continue  # from a flat picture to another: the end of a fade, not a new shot
+            # The windows a span before and after, where no cut lies in them and the
+            # window's end there is no flat picture (beyond it lies the next fade or a cut).
+            around = [
+                float(change[side])
+                for side, ok in ((start - span, not flat[start]), (end, not flat[end]))
+                if ok
+                and 0 <= side < len(change)
+                and hard_prefix[side + span + 1] == hard_prefix[side + 1]
+            ]
+            if not self._is_transition(signatures[start : end + 1], score, around):
                 continue
-            start, end = _extent(steps / gaps, start, end, span, hard)
+            start, end = _extent(signatures, frames, (start, end), span, hard, flat)
             # Only the inside is taken: a fade in may start on the frame a fade out ended on.
             taken[start + 1 : end] = True
             cuts.append(
@@ -222,26 +306,41 @@ class ShotDetector:
                     start + _half_way(signatures[start : end + 1]),
                     "gradual",
                     score,
-                    to_black=_is_black(signatures[end]),
-                    from_black=_is_black(signatures[start]),
+                    to_flat=bool(flat[end]),
+                    from_flat=bool(flat[start]),
                     first=start,
                     last=end,
                 )
             )
         return cuts
 
-    def _linear_mix(self, frames: _F32) -> bool:
-        """Whether the frames move steadily along the line from the first to the last."""
-        first, last = frames[0], frames[-1]
-        direction = last - first
+    def _is_transition(self, frames: _F32, change: float, around: list[float]) -> bool:
+        """Whether `frames` (a window of `gradual_s`, changing by `change` end to end) are a
+        fade or dissolve, not camera motion; `around` holds the changes of the windows just
+        before and after it.
+
+        Two tests, the cheap one first. The change must be `gradual_contrast` times that of
+        the windows around it: a zoom, pan or shake keeps changing the picture as much in
+        every half second, while a transition stands out from the shots it joins, moving or
+        not (their own motion slows down inside a dissolve, as each fades, so the pace frame
+        by frame does not show it). Then the middle frames must be a linear mix of the two
+        ends, which a whip pan's blur or a sudden jolt is not; the frames near the ends are
+        close to the line because they are close to the ends, so only the middle is judged.
+        """
+        rules = self.rules
+        if around and change < rules.gradual_contrast * max(around):
+            return False
+        direction = frames[-1] - frames[0]
         norm = float(direction @ direction)
         if norm <= 0:
             return False
-        offsets = frames - first
+        offsets = frames - frames[0]
         alpha = offsets @ direction / norm
-        residual = np.linalg.norm(offsets - np.outer(alpha, direction), axis=1) / math.sqrt(norm)
-        rising = bool(np.all(np.diff(alpha) > -0.15))
-        return rising and float(np.median(residual[1:-1])) <= self.rules.gradual_residual
+        middle = (alpha > _MIDDLE[0]) & (alpha < _MIDDLE[1])
+        if not middle.any() or not bool(np.all(np.diff(alpha) > -0.15)):
+            return False
+        residual = np.linalg.norm(offsets[middle] - np.outer(alpha[middle], direction), axis=1)
+        return float(np.median(residual)) / math.sqrt(norm) <= rules.gradual_residual
 
 
 def _half_way(frames: _F32) -> int:
@@ -251,23 +350,44 @@ def _half_way(frames: _F32) -> int:
     return int(np.argmax(alpha >= 0.5))
 
 
-def _extent(steps: _F32, start: int, end: int, span: int, hard: set[int]) -> tuple[int, int]:
-    """A transition window grown to where the picture stops changing (at most 4 spans).
+def _extent(
+    signatures: _F32,
+    frames: npt.NDArray[np.float64],
+    window: tuple[int, int],
+    span: int,
+    hard: set[int],
+    flat: npt.NDArray[np.bool_],
+) -> tuple[int, int]:
+    """A transition window grown to the whole transition (at most 4 spans); `frames` gives
+    each signature's position in video frames.
 
-    The window that changed most is any stretch inside a longer dissolve; growing it while
-    frames still change at half its pace finds the whole transition, whose middle is the cut.
+    The window that changed most is any stretch inside a longer dissolve: the frames beyond
+    it carry on along the line from its first frame to its last, at least half as fast
+    (per video frame) as inside it, while the shots around it, moving or not, do not. Growing
+    while they do finds the whole transition, whose middle is the cut. A hard cut or a flat
+    frame (black, white) ends it: growing past a flat frame would join the fade in that
+    follows.
     """
-    pace = float(steps[start + 1 : end + 1].mean()) / 2
+    start, end = window
+    origin = signatures[start]
+    direction = signatures[end] - origin
+    norm = float(direction @ direction)
+    if norm <= 0:
+        return window
+    # Half the window's progress per video frame.
+    rate = 0.5 / max(float(frames[end] - frames[start]), 1.0)
     limit = 4 * span
-    while start > 0 and end - start < limit and steps[start] > pace and start not in hard:
-        start -= 1
-    while (
-        end + 1 < len(steps)
-        and end - start < limit
-        and steps[end + 1] > pace
-        and end + 1 not in hard
-    ):
-        end += 1
+    low, high = 0.0, 1.0
+    while start > 0 and end - start < limit and start not in hard and not flat[start]:
+        before = float((signatures[start - 1] - origin) @ direction) / norm
+        if before > low - rate * float(frames[start] - frames[start - 1]):
+            break
+        start, low = start - 1, before
+    while end + 1 < len(signatures) and end - start < limit and end + 1 not in hard:
+        after = float((signatures[end + 1] - origin) @ direction) / norm
+        if flat[end] or after < high + rate * float(frames[end + 1] - frames[end]):
+            break
+        end, high = end + 1, after
     return start, end
 
 
@@ -275,19 +395,19 @@ def merge_cuts(cuts: list[Cut], seconds: Callable[[int], float], rules: CutRules
     """Sorted cuts with near neighbours merged: a fade out and back in is one transition.
 
     `seconds` gives a cut's time from its `index`. Two cuts closer than `min_shot_s` keep the
-    stronger, except that a gradual pair around a stretch of black (fade to black, then from
-    black) becomes one gradual cut in the middle.
+    stronger, except that a pair around a flat stretch (to black or white, then from it)
+    becomes one cut in the middle: a flat picture is no shot. It is gradual unless both were
+    hard (a cut to black frames and a cut from them).
     """
     merged: list[Cut] = []
     for cut in sorted(cuts, key=lambda c: c.index):
         if merged:
             previous = merged[-1]
             gap_s = seconds(cut.index) - seconds(previous.index)
-            if previous.to_black and cut.from_black and gap_s <= rules.gradual_s * 6:
-                middle = (previous.first + cut.last) // 2
+            if previous.to_flat and cut.from_flat and gap_s <= rules.gradual_s * 6:
                 merged[-1] = Cut(
-                    middle,
-                    "gradual",
+                    (previous.first + cut.last) // 2,
+                    "hard" if previous.kind == cut.kind == "hard" else "gradual",
                     max(previous.score, cut.score),
                     first=previous.first,
                     last=cut.last,
@@ -299,3 +419,58 @@ def merge_cuts(cuts: list[Cut], seconds: Callable[[int], float], rules: CutRules
                 continue
         merged.append(cut)
     return merged
+
+
+def flash_frames(rules: CutRules, fps: float) -> int:
+    """The most consecutive decoded frames a flash may be: `flash_s` at `fps`.
+
+    Counted in decoded frames, not video frames: where B-frames are skipped, a flash of a
+    few frames may be two or three decoded ones apart, and a longer blip that comes back to
+    the same picture is no cut either.
+    """
+    return max(1, math.ceil(rules.flash_s * fps))
+
+
+def flash_steps(signatures: Sequence[Signature] | _F32, rules: CutRules, longest: int) -> set[int]:
+    """Positions (into `signatures`) whose step in is the step into or out of a flash.
+
+    Shared with the keyframes stage, which must not take a flash for the cut that lets it
+    stop decoding a stretch early; see `_bridges`.
+    """
+    frames = np.asarray(signatures, dtype=np.float32)
+    return set(_bridges(frames, _steps(frames), longest, rules))
+
+
+def _bridges(
+    signatures: _F32, steps: _F32, longest: int, rules: CutRules
+) -> dict[int, tuple[int, int]]:
+    """The flash steps, each with a pair of frames on either side of it that look alike.
+
+    A large step is a flash's when the picture comes back across it: some frame before it
+    and some frame after it, at most `longest` frames apart in between, differ by at most
+    `flash_ratio` times the step. A cut has no way back to the old picture; a flash (a muzzle
+    flash, an explosion lighting the scene, a dark or dropped frame) or a jolt of the camera
+    does. Both the step into a flash and the step out of it are found so, and every step of
+    a strobe, whichever of its frames are the flashes. Only steps that could be a cut are
+    looked at, so a calm video costs almost nothing here.
+    """
+    found: dict[int, tuple[int, int]] = {}
+    for step in np.flatnonzero(steps >= rules.min_cut_score).tolist():
+        limit = rules.flash_ratio * float(steps[step])
+        pairs = (
+            (before, after)
+            for before in range(step - 1, max(step - 2 - longest, -1), -1)
+            for after in range(step, min(before + longest + 1, len(signatures) - 1) + 1)
+            if (before, after) != (step - 1, step)
+        )
+        bridge = next(
+            (
+                (one, other)
+                for one, other in pairs
+                if _distance(signatures[one], signatures[other]) <= limit
+            ),
+            None,
+        )
+        if bridge is not None:
+            found[step] = bridge
+    return found

@@ -310,7 +310,7 @@ def _inputs(shots: Sequence[Shot], corpus: Path) -> list[str]:
     return arguments
 
 
-def _frame_count(ffprobe: str, clip: Path) -> int:
+def frame_count(ffprobe: str, clip: Path) -> int:
     """Frames in the clip's video stream, counted from its packets (no decoding)."""
     packets = run([
         ffprobe, "-v", "error", "-select_streams", "v:0", "-count_packets",
@@ -362,7 +362,7 @@ def make_clips(
         timeout_s=_RENDER_BASE_S + _RENDER_PER_PIXEL_S * total * size[0] * size[1],
     )
     for name, clip in clips.items():
-        frames = _frame_count(ffprobe, clip)
+        frames = frame_count(ffprobe, clip)
         if frames != total:
             raise RuntimeError(f"clip {name} has {frames} frames, the recipe made {total}")
     return Clips(clips, shots, cuts, total)
