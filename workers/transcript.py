@@ -21,7 +21,8 @@ import math
 import re
 import time
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
@@ -64,6 +65,10 @@ _MODEL_WINDOW_S = 30.0
 #: Packed windows decoded side by side in one step of a batched call (64 recordings rarely
 #: fill more; their features and activations stay a few hundred MB).
 _WINDOWS_PER_CALL = 16
+#: How far (seconds) a word's timing must reach into a packed recording's speech to meet it
+#: (or all of it, for a shorter word): one step of the alignment Whisper's word times come
+#: from; less is rounding.
+_MEETS_S = 0.02
 _FRAME_S = 0.1
 #: Whisper's own thresholds (OpenAI's transcribe defaults), reused as flags rather than
 #: only as fallback triggers: a segment that still crosses them after fallback is doubtful.
@@ -173,7 +178,9 @@ class Packing(JsonRecord):
     items: list[str]
     position: int
     offset_s: float
-    #: 2 for a recording packed again because its first window gave it no word.
+    #: 2 for a recording packed again, apart from those it may have swapped words with,
+    #: because its first window could not vouch for its words (see
+    #: `TranscriptStage._split_window`); 3 for one decoded alone because its second could not.
     attempt: int = 1
 
 
@@ -311,15 +318,26 @@ class _Recording:
         return float(timeline.get_original_time(local_s, is_end=is_end))
 
 
-def pack_windows(speech_s: Sequence[float], gap_s: float, window_s: float) -> list[list[int]]:
+def pack_windows(
+    speech_s: Sequence[float],
+    gap_s: float,
+    window_s: float,
+    apart: Sequence[AbstractSet[int]] | None = None,
+) -> list[list[int]]:
     """Recordings (by index) that share a window: each goes, in batch order, into the first
     window where its speech, with a gap before it, still fits, so one long note does not
-    leave the rest of a window empty."""
+    leave the rest of a window empty; with `apart` (for each recording, those it must not
+    share a window with, every pair named both ways), into none that holds one of those."""
     windows: list[list[int]] = []
     filled: list[float] = []
     for index, seconds in enumerate(speech_s):
         room = next(
-            (number for number, used in enumerate(filled) if used + gap_s + seconds <= window_s),
+            (
+                number
+                for number, used in enumerate(filled)
+                if used + gap_s + seconds <= window_s
+                and (apart is None or apart[index].isdisjoint(windows[number]))
+            ),
             None,
         )
         if room is None:
@@ -340,7 +358,9 @@ class TranscriptStage(Stage[TranscriptConfig, TranscriptResult]):
     """
 
     name = "transcript"
-    version = "2"
+    #: 3: a packed recording keeps only words timed inside its own speech, and one whose
+    #: words its window cannot vouch for is packed again apart, then alone (2: packing).
+    version = "3"
     kinds = frozenset({Kind.VIDEO, Kind.AUDIO})
     requires = ("probe",)
     resources = Resources(num_cpus=2.0, memory_mb=2048, gpus_when_available=1.0)
@@ -460,33 +480,53 @@ class TranscriptStage(Stage[TranscriptConfig, TranscriptResult]):
     def _transcribe_packable(
         self, packable: list[_Recording]
     ) -> dict[_Recording, TranscriptResult | Exception]:
-        """Pack the recordings into windows and transcribe each window; the recordings that
-        came back without a word although VAD heard speech (the model skipped a stretch of
-        a window, as it sometimes does) are packed again among themselves, once."""
+        """Pack the recordings into windows and transcribe each window. A recording whose
+        words its window cannot vouch for (`_split_window`) is packed again apart from those
+        it may have swapped words with there, and, where that window cannot vouch for them
+        either, decoded alone, where every word is its own.
+
+        Alone at once costs a 30-s window per doubted recording: on the shared corpus as one
+        backlog (each keyword said by two speakers side by side, so their texts match) about
+        60 of 85, which took 118 s of pipeline time against 49-76 s packed apart first (28-32 s
+        before either; a busy 2 vCPU, 2026-12); and alone, Whisper base invents more on
+        one-second notes (held-out CER 1.78, with a loop, against 0.41)."""
         outcomes: dict[_Recording, TranscriptResult | Exception] = {}
-        for attempt in (1, 2):
-            unheard = []
-            windows = pack_windows(
-                [len(recording.speech) / SAMPLE_RATE for recording in packable],
-                self.config.pack_gap_s,
-                self.config.pack_window_s,
-            )
-            grouped = [[packable[index] for index in window] for window in windows]
+        apart: dict[_Recording, set[_Recording]] = {}
+        pending = packable
+        for attempt in (1, 2, 3):
+            if attempt == 3:
+                windows = [[index] for index in range(len(pending))]
+            else:
+                index_of = {recording: index for index, recording in enumerate(pending)}
+                windows = pack_windows(
+                    [len(recording.speech) / SAMPLE_RATE for recording in pending],
+                    self.config.pack_gap_s,
+                    self.config.pack_window_s,
+                    [
+                        {index_of[other] for other in apart.get(recording, ())}
+                        for recording in pending
+                    ],
+                )
+            grouped = [[pending[index] for index in window] for window in windows]
+            doubted: list[_Recording] = []
             heard = self._transcribe_windows(grouped, attempt)
             for recordings, results in zip(grouped, heard, strict=True):
                 if isinstance(results, Exception):  # each item's own outcome
                     outcomes.update(dict.fromkeys(recordings, results))
                     continue
                 for recording, result in zip(recordings, results, strict=True):
-                    outcomes[recording] = result
-                    if not result.segments:
-                        unheard.append(recording)
-            packable = unheard
+                    if isinstance(result, TranscriptResult):
+                        outcomes[recording] = result
+                        continue
+                    doubted.append(recording)
+                    apart[recording] = {recordings[position] for position in result}
+            pending = doubted
+        assert not pending, "a recording alone in its window owns every word it is given"
         return outcomes
 
     def _transcribe_windows(
         self, windows: list[list[_Recording]], attempt: int
-    ) -> list[list[TranscriptResult] | Exception]:
+    ) -> list[list[TranscriptResult | frozenset[int]] | Exception]:
         """Every packed window in one batched model call (13.3 s against 23.8 s one window
         after another for the corpus's 8 windows of voice notes, the same text and figures,
         2 vCPU); when the shared call fails, each window alone, so that a failure stays with
@@ -498,7 +538,7 @@ class TranscriptStage(Stage[TranscriptConfig, TranscriptResult]):
         except Exception as error:  # retried window by window, as decoding files is
             if len(windows) == 1:
                 return [error]
-        outcomes: list[list[TranscriptResult] | Exception] = []
+        outcomes: list[list[TranscriptResult | frozenset[int]] | Exception] = []
         for window in windows:
             try:
                 outcomes += self._transcribe_packed([window], attempt)
@@ -595,11 +635,10 @@ class TranscriptStage(Stage[TranscriptConfig, TranscriptResult]):
 
     def _transcribe_packed(
         self, windows: list[list[_Recording]], attempt: int = 1
-    ) -> list[list[TranscriptResult]]:
+    ) -> list[list[TranscriptResult | frozenset[int]]]:
         """Model windows each holding several recordings' speech, a silent gap between each,
-        decoded together (each window padded to 30 s, as the model hears one); every word
-        goes back to the recording its middle falls in (or nearest to), each run of one
-        segment's words in one recording becomes a segment of that recording.
+        decoded together (each window padded to 30 s, as the model hears one), and split
+        among their recordings by word time (`_split_window`).
 
         Temperature fallback is off here: sampled text never enters the trusted text, so it
         could change only doubtful segments, and it would decode the whole window again,
@@ -655,31 +694,80 @@ class TranscriptStage(Stage[TranscriptConfig, TranscriptResult]):
         offsets: list[float],
         pieces: list[Any],
         attempt: int,
-    ) -> list[TranscriptResult]:
-        """The engine segments of one window, split among its recordings by word time."""
+    ) -> list[TranscriptResult | frozenset[int]]:
+        """The engine segments of one window, split among its recordings by word time; for a
+        recording whose words the window cannot vouch for, instead of a result, the others
+        (positions) it may have swapped words with.
+
+        The model hears a window as one stream, and its words land on the wrong recording
+        in three ways, all seen on the shared corpus (Speech Commands notes, 1 s apart): it
+        writes one segment over several recordings, whose word times then come only from an
+        alignment that starts each word where the last ended, so a word slides over the gap
+        onto the next recording (`two`'s "اثنان" on `undo`); it times a word late, onto the
+        neighbour, and its own recording gets none (`cancel`'s on `close`); and it writes a
+        neighbour's word over a recording with exact timing (`stop`, "توقف" alone, heard as
+        `three`'s "ثلاثة", which `three` got too). So a word is a recording's only when its
+        timing meets that recording's speech and no other's, and a recording is doubted
+        with the others that could claim one of its words (timed across them, or in the
+        gap between), with its neighbours when it got no word and none was claimed, and
+        with those whose text is the same as its own. Gaps of 2 or 3 s or a tone between
+        recordings removed none of these and cost accuracy (corpus, 2026-12). Alone, a
+        recording owns every word it is given.
+        """
+        spans = [
+            (offset, offset + len(recording.speech) / SAMPLE_RATE)
+            for recording, offset in zip(recordings, offsets, strict=True)
+        ]
+        suspects: dict[int, set[int]] = {}
+
+        def doubt(positions: Collection[int]) -> None:
+            for position in positions:
+                suspects.setdefault(position, set()).update(positions)
+                suspects[position].discard(position)
+
+        def owner(start: float, end: float) -> int | None:
+            if len(spans) == 1:
+                return 0
+            met = _speech_met(start, end, spans)
+            if len(met) == 1:
+                return met[0]
+            doubt(met or _either_side(start, spans))
+            return None
+
         segments: list[list[Segment]] = [[] for _ in recordings]
         for piece in pieces:
-            # A segment without words (nothing but punctuation) goes back whole.
+            # A segment without words (nothing but punctuation) is timed as one word.
             words = [(word.start, word.end, word.word) for word in piece.words or ()] or [
                 (piece.start, piece.end, piece.text)
             ]
-            for owner, run in itertools.groupby(
-                words, key=lambda word: _owner((word[0] + word[1]) / 2, offsets, recordings)
-            ):
+            for position, run in itertools.groupby(words, key=lambda word: owner(*word[:2])):
+                if position is None:
+                    continue
                 run_words = list(run)
-                recording, offset = recordings[owner], offsets[owner]
+                recording, offset = recordings[position], offsets[position]
                 start = recording.original_time(run_words[0][0] - offset)
                 end = recording.original_time(run_words[-1][1] - offset, is_end=True)
                 text = "".join(word[2] for word in run_words)
                 span = _as_float(
                     recording.samples[int(start * SAMPLE_RATE) : int(end * SAMPLE_RATE)]
                 )
-                segments[owner].append(
-                    self._segment(text, start, end, piece, span, segments[owner])
+                segments[position].append(
+                    self._segment(text, start, end, piece, span, segments[position])
                 )
+        if len(recordings) > 1:
+            texts = [normalise(" ".join(segment.text for segment in own)) for own in segments]
+            for position, text in enumerate(texts):
+                if not text and position not in suspects:
+                    for near in (position - 1, position + 1):
+                        if 0 <= near < len(recordings):
+                            doubt((position, near))
+                elif texts.count(text) > 1:
+                    doubt([other for other, same in enumerate(texts) if same == text])
         sha256s = [recording.item.sha256 for recording in recordings]
         return [
-            dataclasses.replace(
+            frozenset(suspects[position])
+            if position in suspects
+            else dataclasses.replace(
                 self._result(
                     self.config.language,
                     None,
@@ -766,16 +854,24 @@ class TranscriptStage(Stage[TranscriptConfig, TranscriptResult]):
         )
 
 
-def _owner(middle_s: float, offsets: Sequence[float], recordings: Sequence[_Recording]) -> int:
-    """The recording a word at `middle_s` of a packed window belongs to: the one it falls in,
-    or, in a gap, the nearest."""
+def _speech_met(start: float, end: float, spans: Sequence[tuple[float, float]]) -> list[int]:
+    """The recordings (positions in a packed window) whose speech a word timed from `start`
+    to `end` reaches into by `_MEETS_S`, or lies in whole."""
+    reach = min(_MEETS_S, end - start)
+    return [
+        position
+        for position, (begins, ends) in enumerate(spans)
+        if min(end, ends) - max(start, begins) >= reach
+    ]
 
-    def distance(position: int) -> float:
-        start = offsets[position]
-        end = start + len(recordings[position].speech) / SAMPLE_RATE
-        return max(start - middle_s, middle_s - end, 0.0)
 
-    return min(range(len(recordings)), key=distance)
+def _either_side(start: float, spans: Sequence[tuple[float, float]]) -> list[int]:
+    """The recordings on either side of a word that meets no speech (it lies in a gap, or
+    after the last recording): the ones it may have slid from or onto."""
+    after = next(
+        (position for position, (begins, _) in enumerate(spans) if begins >= start), len(spans)
+    )
+    return [position for position in (after - 1, after) if 0 <= position < len(spans)]
 
 
 def _as_float(samples: np.ndarray) -> np.ndarray:
