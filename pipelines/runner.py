@@ -152,6 +152,16 @@ def run_queue(
     return driver.run(on_progress, between_batches)
 
 
+def run_plan(store: Store, plan: Plan, config: QarinaConfig) -> RunSummary:
+    """Process every open job of `plan` in this process, without Ray: what evaluations and
+    tests need, where one process is the point."""
+    executor = SequentialExecutor(plan, config)
+    try:
+        return run_queue(store, plan, executor, config)
+    finally:
+        executor.close()
+
+
 class _Driver:
     """One driver loop's state: its owner id, the keys it leases, what it has in flight."""
 

@@ -37,7 +37,7 @@ from models import whisper
 from pipelines.config import QarinaConfig
 from pipelines.ingest import ingest_paths
 from pipelines.plan import Plan
-from pipelines.runner import SequentialExecutor, run_queue
+from pipelines.runner import run_plan
 from pipelines.session import open_store
 from workers.arabic import normalise
 from workers.transcript import TranscriptConfig, TranscriptResult, TranscriptStage
@@ -330,11 +330,7 @@ class _Runner:
                 ).sha256s[0]
                 for clip in clips
             }
-            executor = SequentialExecutor(plan, config)
-            try:
-                run_queue(store, plan, executor, config)
-            finally:
-                executor.close()
+            run_plan(store, plan, config)
             texts = {}
             for file, sha256 in sha_of.items():
                 shown = store.show(sha256, plan.current_keys()) or {}

@@ -28,7 +28,7 @@ from evidence import matches
 from pipelines.config import QarinaConfig
 from pipelines.ingest import ingest_paths
 from pipelines.plan import Plan
-from pipelines.runner import SequentialExecutor, run_queue
+from pipelines.runner import run_plan
 from pipelines.samples import video_edits
 from pipelines.samples.video_edits import Edit
 from pipelines.session import open_matcher, open_store
@@ -123,11 +123,7 @@ def evaluate_video_links(corpus: Path) -> VideoLinksEvaluation:
                         originals[name] = sha256
                     else:
                         made.append((sha256, name, made_by))
-                executor = SequentialExecutor(plan, config)
-                try:
-                    run_queue(store, plan, executor, config)
-                finally:
-                    executor.close()
+                run_plan(store, plan, config)
                 matcher.update("qarina-eval")
             links = matches.all_links(store.database)
         finally:

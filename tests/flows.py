@@ -9,7 +9,7 @@ from evidence.store import Store
 from pipelines.config import QarinaConfig
 from pipelines.ingest import ingest_paths
 from pipelines.plan import Plan
-from pipelines.runner import SequentialExecutor, run_queue
+from pipelines.runner import run_plan
 from workers.keyframes import KeyframesStage
 
 #: The keys the default plan names: what `show` and `status` call current in tests that run
@@ -21,15 +21,6 @@ class KeyframesNext(KeyframesStage):
     """The keyframes stage as a newer version would be: the same name, another version."""
 
     version: ClassVar[str] = str(int(KeyframesStage.version) + 1)
-
-
-def run_plan(store: Store, plan: Plan, config: QarinaConfig) -> None:
-    """Process every open job of `plan` with the sequential runner."""
-    executor = SequentialExecutor(plan, config)
-    try:
-        run_queue(store, plan, executor, config)
-    finally:
-        executor.close()
 
 
 def ingest_and_run(

@@ -24,7 +24,7 @@ from pipelines.dedup.align import align
 from pipelines.dedup.config import MatchConfig
 from pipelines.ingest import ingest_paths
 from pipelines.plan import Plan
-from pipelines.runner import SequentialExecutor, run_queue
+from pipelines.runner import run_plan
 from pipelines.samples import video_edits
 from pipelines.samples.video_edits import Edit
 from pipelines.session import open_matcher
@@ -104,11 +104,7 @@ def linked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Linked]:
     for batch in batches:
         for name in batch:
             shas[name] = ingest_paths(store, plan, config, [files[name]], "test").sha256s[0]
-        executor = SequentialExecutor(plan, config)
-        try:
-            run_queue(store, plan, executor, config)
-        finally:
-            executor.close()
+        run_plan(store, plan, config)
         matcher.update("test")
     yield Linked(store, config, shas, edits)
     store.close()
