@@ -117,8 +117,10 @@ def confirm_files(first: Path, second: Path) -> KeypointCheck:
     Raises:
         StageError: when either picture no longer decodes (the reason says why).
     """
-    return confirm_copy(_open(first), _open(second))
+    return confirm_copy(open_for_keypoints(first), open_for_keypoints(second))
 
 
-def _open(path: Path) -> Image.Image:
+def open_for_keypoints(path: Path) -> Image.Image:
+    """A picture upright, at least `COMPARE_SIDE` on its shorter side where it has it: what
+    keypoints are compared at, for a stored file and for a still a matcher checks alike."""
     return decode_for_analysis(path, min_side=COMPARE_SIDE, max_pixels=DEFAULT_MAX_PIXELS).image

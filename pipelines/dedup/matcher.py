@@ -24,11 +24,10 @@ from evidence.store import Store
 from pipelines.dedup.candidates import Candidate, find_matches, matchable
 from pipelines.dedup.config import MatchConfig
 from pipelines.dedup.index import HashIndex
-from pipelines.dedup.keypoints import COMPARE_SIDE, KeypointCheck, confirm_files
+from pipelines.dedup.keypoints import KeypointCheck, confirm_files, open_for_keypoints
 from pipelines.dedup.stills import locate_still
 from workers.base import StageError
 from workers.hashes import HashEntry, HashesConfig, HashesResult
-from workers.images import DEFAULT_MAX_PIXELS, decode_for_analysis
 from workers.probe import ProbeResult, duration_of
 from workers.video import rotation_of
 
@@ -56,7 +55,8 @@ class Query:
 
     entries: Sequence[HashEntry]
     picture: Callable[[Candidate], Path | None]
-    video: VideoFile | None = None
+    #: The video's file, looked up only when a still needs its frames decoded.
+    video: Callable[[], VideoFile | None] = lambda: None
 
 
 @dataclass
@@ -254,14 +254,12 @@ class Matcher:
         else:
             picture = self.store.blobs.path_for(candidate.other)
             entries = self._entries(candidate.other)
-            video = query.video
+            video = query.video()
             around = candidate.my_time_s
         if picture is None or video is None or around is None or not entries:
             return None
         try:
-            photo = decode_for_analysis(
-                picture, min_side=COMPARE_SIDE, max_pixels=DEFAULT_MAX_PIXELS
-            ).image
+            photo = open_for_keypoints(picture)
             found = locate_still(
                 (photo, entries),
                 (video.path, video.rotation),
@@ -302,7 +300,9 @@ class Matcher:
             return self.store.blobs.path_for(stored.sha256)
 
         is_video = any(entry.source == "sample" for entry in entries)
-        query = Query(entries, my_picture, self._video(stored.sha256) if is_video else None)
+        query = Query(
+            entries, my_picture, (lambda: self._video(stored.sha256)) if is_video else lambda: None
+        )
         found = self.confirmed(
             find_matches(self.index, entries, self.config, exclude=stored.sha256), query
         )

@@ -200,7 +200,7 @@ def similar_report(
     is_video = kind == Kind.VIDEO.value
     video = video_file(path, hashed.probe, matcher.hashes_config) if is_video else None
     found = matcher.similar(
-        Query(hashed.entries, lambda c: None if is_video else path, video)
+        Query(hashed.entries, lambda c: None if is_video else path, lambda: video)
     )
     found.sort(key=lambda c: (c.distance, c.other))
     summaries = matches.summaries(store.database, [candidate.other for candidate in found])
