@@ -103,6 +103,81 @@ def append(connection: sa.Connection, entries: list[CustodyEntry]) -> None:
 
 
 @dataclass(frozen=True)
+class StoredEvent:
+    """One event as the chain holds it: every field its hash covers, so a copy of it (a page,
+    an export) can be checked again without the store. `details_text` is the exact canonical
+    text that was hashed; `details` is it parsed."""
+
+    seq: int
+    at_iso: str
+    actor: str
+    action: str
+    item_sha256: str | None
+    stage: str | None
+    details_text: str
+    prev_hash: str
+    event_hash: str
+
+    @property
+    def details(self) -> dict[str, Any]:
+        parsed: dict[str, Any] = json.loads(self.details_text)
+        return parsed
+
+    def recomputed_hash(self) -> str:
+        return _event_hash(
+            self.seq,
+            self.at_iso,
+            self.actor,
+            self.action,
+            self.item_sha256,
+            self.stage,
+            self.details_text,
+            self.prev_hash,
+        )
+
+
+def _stored(row: sa.Row[Any]) -> StoredEvent:
+    return StoredEvent(
+        seq=row.seq,
+        at_iso=as_utc(row.at).isoformat(timespec="microseconds"),
+        actor=row.actor,
+        action=row.action,
+        item_sha256=row.item_sha256,
+        stage=row.stage,
+        details_text=row.details,
+        prev_hash=row.prev_hash,
+        event_hash=row.event_hash,
+    )
+
+
+def events(connection: sa.Connection, after_seq: int = 0) -> Iterator[StoredEvent]:
+    """Every event after `after_seq`, oldest first, a page at a time: a copy of the chain
+    (an export from genesis) never holds it all."""
+    for row in _rows(connection, after_seq):
+        yield _stored(row)
+
+
+def item_trail(connection: sa.Connection, sha256: str) -> list[StoredEvent]:
+    """The events that name one item, oldest first: its custody trail."""
+    return [
+        _stored(row)
+        for row in connection.execute(
+            sa.select(custody_events)
+            .where(custody_events.c.item_sha256 == sha256)
+            .order_by(custody_events.c.seq)
+        )
+    ]
+
+
+def chain_head(connection: sa.Connection) -> StoredEvent | None:
+    """The newest event: what a copy of part of the chain is anchored to."""
+    row = connection.execute(
+        sa.select(custody_events).order_by(custody_events.c.seq.desc()).limit(1)
+    ).first()
+    return None if row is None else _stored(row)
+
+
+@dataclass(frozen=True)
 class ChainBreak:
     seq: int
     problem: str
@@ -115,8 +190,8 @@ class ChainReport:
     first_break: ChainBreak | None
 
 
-def _rows(connection: sa.Connection) -> Iterator[sa.Row[Any]]:
-    last_seq = 0
+def _rows(connection: sa.Connection, after_seq: int = 0) -> Iterator[sa.Row[Any]]:
+    last_seq = after_seq
     while True:
         page = connection.execute(
             sa.select(custody_events)
@@ -141,18 +216,7 @@ def verify_chain(connection: sa.Connection) -> ChainReport:
             return ChainReport(
                 count, prev_hash, ChainBreak(row.seq, "link to previous event broken")
             )
-        at_iso = as_utc(row.at).isoformat(timespec="microseconds")
-        recomputed = _event_hash(
-            row.seq,
-            at_iso,
-            row.actor,
-            row.action,
-            row.item_sha256,
-            row.stage,
-            row.details,
-            row.prev_hash,
-        )
-        if recomputed != row.event_hash:
+        if _stored(row).recomputed_hash() != row.event_hash:
             return ChainReport(count, prev_hash, ChainBreak(row.seq, "event content altered"))
         prev_hash, expected_seq = row.event_hash, expected_seq + 1
     return ChainReport(count, prev_hash, None)

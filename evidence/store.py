@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -190,6 +190,20 @@ class Store:
         """One custody event in a transaction of its own."""
         with self.database.writer.begin() as connection:
             custody.append(connection, [entry])
+
+    def record_sharing(
+        self, action: str, shas: Iterable[str], actor: str, details: Mapping[str, Any]
+    ) -> None:
+        """One event per item whose results leave the store (an export, a report), in one
+        transaction: who let what out, and in which form, belongs to each item's custody."""
+        with self.database.writer.begin() as connection:
+            custody.append(
+                connection,
+                [
+                    CustodyEntry(actor=actor, action=action, item_sha256=sha256, details=details)
+                    for sha256 in shas
+                ],
+            )
 
     def record_refusal(self, source: str, path: bytes, reason: str, actor: str) -> None:
         """An input that could not even be stored still leaves a custody record."""

@@ -18,6 +18,7 @@ import sqlalchemy as sa
 
 from evidence.store import Store
 from pipelines.config import QarinaConfig
+from tests.flows import sqlite_config_in
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "QARINA_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -88,14 +89,7 @@ def config(tmp_path: Path, db_url: str, models_dir: Path) -> QarinaConfig:
 @pytest.fixture
 def sqlite_config(tmp_path: Path, models_dir: Path) -> QarinaConfig:
     """For tests about the runtime rather than the backend: SQLite only."""
-    data = tmp_path / "data"
-    data.mkdir()
-    return QarinaConfig(
-        data_dir=data,
-        db_url=f"sqlite:///{data / 'qarina.sqlite3'}",
-        operator="tester",
-        models_root=models_dir,
-    )
+    return sqlite_config_in(tmp_path / "data", models_dir)
 
 
 @pytest.fixture

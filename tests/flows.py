@@ -17,6 +17,17 @@ from workers.keyframes import KeyframesStage
 DEFAULT_KEYS = Plan.default().current_keys()
 
 
+def sqlite_config_in(data: Path, models_dir: Path) -> QarinaConfig:
+    """A SQLite store in the folder `data` (made if missing), for fixtures of any scope."""
+    data.mkdir(parents=True, exist_ok=True)
+    return QarinaConfig(
+        data_dir=data,
+        db_url=f"sqlite:///{data / 'qarina.sqlite3'}",
+        operator="tester",
+        models_root=models_dir,
+    )
+
+
 class KeyframesNext(KeyframesStage):
     """The keyframes stage as a newer version would be: the same name, another version."""
 
