@@ -255,3 +255,18 @@ transcripts_indexed = sa.Table(
 
 #: Names the dialect-specific full-text index adds, which schema comparisons leave aside.
 FULL_TEXT_NAMES = ("transcript_fts", "search_vector", "ix_transcript_segments_search")
+
+#: Reviewers' labels (graphic | reviewed | not-relevant), one row per decision and never
+#: overwritten: the newest is current. A label covers the item's whole near-duplicate
+#: cluster, worked out from `matches` when read, so it is not stored per member.
+reviews = sa.Table(
+    "reviews",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("sha256", SHA256, sa.ForeignKey("items.sha256"), nullable=False, index=True),
+    sa.Column("label", sa.String(32), nullable=False),
+    sa.Column("reviewer", sa.String(200), nullable=False),
+    sa.Column("note", sa.Text),
+    sa.Column("at", Timestamp, nullable=False),
+    sa.Column("custody_seq", sa.BigInteger, sa.ForeignKey("custody_events.seq"), nullable=False),
+)

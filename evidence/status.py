@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 
-from evidence import jobs
+from evidence import jobs, reviews
 from evidence.db import Database, as_utc, utc_now
 from evidence.records import CurrentKeys, ResultKey
 from evidence.schema import acquisitions, items
@@ -50,6 +50,9 @@ class StatusReport:
     #: Per stage and state, jobs under keys the current plan does not name: queued ones
     #: there wait for a driver with another plan, or for `qarina reprocess`.
     other_key_jobs: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: Photos, videos and recordings that no one has reviewed, neither them nor any copy
+    #: in their near-duplicate cluster (`evidence.reviews`).
+    unreviewed_items: int = 0
 
     @property
     def stage_errors(self) -> dict[str, int]:
@@ -160,6 +163,7 @@ def status_report(
         failures_by_stage=failures_by_stage,
         superseded_items=superseded,
         other_key_jobs=other_keys,
+        unreviewed_items=reviews.unreviewed_count(database, request_ref),
     )
 
 

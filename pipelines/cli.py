@@ -29,6 +29,7 @@ from pipelines.commands import (
     api,  # noqa: F401 - registers its commands on the app
     backlog,
     intake,  # noqa: F401 - registers its commands on the app
+    review,  # noqa: F401 - registers its commands on the app
     service,  # noqa: F401 - registers its commands on the app
 )
 from pipelines.commands.base import (
@@ -159,7 +160,8 @@ def reprocess(
 
 def _status_table(report: StatusReport) -> Table:
     states = ["queued", "leased", "done", "failed", "dead"]
-    table = Table("stage", *states, "superseded items", title=f"{report.items} items")
+    title = f"{report.items} items, {report.unreviewed_items} not reviewed"
+    table = Table("stage", *states, "superseded items", title=title)
     for stage in report.stages:
         table.add_row(
             stage.stage,
@@ -217,6 +219,7 @@ def status(
                 "stage_errors": report.stage_errors,
                 "superseded_items": report.superseded_items,
                 "other_key_jobs": report.other_key_jobs,
+                "unreviewed_items": report.unreviewed_items,
                 "paused": paused.paused,
             }
             | ({} if progress is None else {"progress": progress.to_json()})

@@ -174,6 +174,10 @@ class StatusOut(BaseModel):
     stage_errors: dict[str, int]
     superseded_items: dict[str, int]
     other_key_jobs: dict[str, dict[str, int]]
+    unreviewed_items: int = Field(
+        description="Photos, videos and recordings with no review of their own nor of any"
+        " copy in their near-duplicate cluster (`qarina review`)."
+    )
     paused: PauseOut
     request: RequestOut | None = Field(None, description="The request of `?request=`.")
     progress: dict[str, Any] | None = Field(

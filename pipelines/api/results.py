@@ -73,6 +73,7 @@ def status(
         stage_errors=report.stage_errors,
         superseded_items=report.superseded_items,
         other_key_jobs=report.other_key_jobs,
+        unreviewed_items=report.unreviewed_items,
         paused=PauseOut(**dataclasses.asdict(pause)),
         request=None if found is None else RequestOut(**dataclasses.asdict(found)),
         progress=None
