@@ -28,6 +28,7 @@ from pipelines.backlog import BacklogProgress, backlog_progress
 from pipelines.commands import (
     api,  # noqa: F401 - registers its commands on the app
     backlog,
+    export,  # noqa: F401 - registers its commands on the app
     intake,  # noqa: F401 - registers its commands on the app
     review,  # noqa: F401 - registers its commands on the app
     service,  # noqa: F401 - registers its commands on the app
