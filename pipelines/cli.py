@@ -33,6 +33,9 @@ from pipelines.commands import (
     review,  # noqa: F401 - registers its commands on the app
     service,  # noqa: F401 - registers its commands on the app
 )
+from pipelines.commands import (
+    report as report_commands,  # noqa: F401 - registers its commands on the app
+)
 from pipelines.commands.base import (
     LANGUAGE,
     app,

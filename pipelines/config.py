@@ -45,6 +45,10 @@ class QarinaConfig:
     whisper_device: str = "auto"
     #: An ISO code, or `auto` to detect and record the language (QARINA_LANGUAGE).
     transcript_language: str = "ar"
+    #: Review pages show every picture as a blurred greyscale thumbnail until a reviewer
+    #: clicks it (QARINA_REVIEW_BLUR; "0", "false", "no" or "off" shows pictures clearly):
+    #: repeated exposure to graphic material harms the staff who review it.
+    review_blur: bool = True
 
     @property
     def blob_root(self) -> Path:
@@ -67,7 +71,7 @@ class QarinaConfig:
     def from_env(cls, data_dir: Path | None = None, ray_address: str | None = None) -> QarinaConfig:
         """Resolve `--data`/QARINA_DATA, QARINA_DB_URL, `--address`/RAY_ADDRESS, QARINA_OPERATOR,
         QARINA_BENCH_PG_URL, QARINA_MATCH_THRESHOLD, QARINA_MATCH_MIN_QUALITY, QARINA_MODELS_DIR,
-        QARINA_WHISPER_MODEL, QARINA_WHISPER_DEVICE, QARINA_LANGUAGE."""
+        QARINA_WHISPER_MODEL, QARINA_WHISPER_DEVICE, QARINA_LANGUAGE, QARINA_REVIEW_BLUR."""
         whisper_model = os.environ.get("QARINA_WHISPER_MODEL")
         models_root = os.environ.get("QARINA_MODELS_DIR")
         data = (data_dir or Path(os.environ.get("QARINA_DATA", str(DEFAULT_DATA_DIR)))).resolve()
@@ -84,6 +88,8 @@ class QarinaConfig:
             whisper_model=Path(whisper_model).resolve() if whisper_model else None,
             whisper_device=os.environ.get("QARINA_WHISPER_DEVICE") or "auto",
             transcript_language=os.environ.get("QARINA_LANGUAGE") or "ar",
+            review_blur=(os.environ.get("QARINA_REVIEW_BLUR") or "1").strip().lower()
+            not in {"0", "false", "no", "off"},
         )
 
     def with_overrides(self, **changes: object) -> QarinaConfig:
