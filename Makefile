@@ -1,13 +1,14 @@
 # Two commands on a fresh machine: `make demo` and `make test`.
-# Both set up everything they use: Debian tools (ffmpeg, exiftool, espeak-ng) when missing,
-# a virtual environment in .venv, and the Python packages.
+# Both set up everything they use: Debian tools (ffmpeg, exiftool, espeak-ng, and the chromium
+# and chromedriver the browser tests drive) when missing, a virtual environment in .venv, and
+# the Python packages.
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-SYSTEM_TOOLS := ffmpeg ffprobe exiftool espeak-ng
+SYSTEM_TOOLS := ffmpeg ffprobe exiftool espeak-ng chromium chromedriver
 
 .PHONY: demo test lint typecheck system-tools setup clean
 
@@ -17,7 +18,7 @@ system-tools:
 		echo "installing system tools:$$missing"; \
 		$(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
-			ffmpeg libimage-exiftool-perl espeak-ng >/dev/null; \
+			ffmpeg libimage-exiftool-perl espeak-ng chromium chromium-driver >/dev/null; \
 	fi
 
 $(STAMP): pyproject.toml

@@ -1,6 +1,6 @@
-"""The application: the operations of `intake`, `results` and `operations` under `/v1`, every
-request behind the gate (a token, a bounded body), with errors answered without a file name
-reaching the log."""
+"""The application: the operations of `intake`, `results` and `operations` under `/v1` and the
+review pages under `/ui`, every request behind the gate (a token or, for the pages, a browser
+session; a bounded body), with errors answered without a file name reaching the log."""
 
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ from fastapi.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from evidence.store import Store
-from pipelines.api import intake, operations, results
-from pipelines.api.auth import Caller, load_tokens
+from pipelines.api import intake, operations, results, ui
+from pipelines.api.auth import BrowserSessions, Caller, load_tokens
 from pipelines.api.context import ApiSettings, RequestContext, caller
 from pipelines.api.gate import JSON_BODY_MAX_BYTES, Gate
 from pipelines.api.intake import UPLOAD_THREADS
@@ -111,6 +111,8 @@ def create_app(
         TokensFileError: the tokens file is unsafe or unusable.
     """
     plan = Plan.default(settings=config)
+    tokens = load_tokens(settings.tokens_file)
+    sessions = BrowserSessions()
     app = fastapi.FastAPI(
         title="Qarina",
         summary="Media processing for an evidence repository: intake, results, operations.",
@@ -124,7 +126,7 @@ def create_app(
         store=store,
         config=config,
         settings=settings,
-        tokens=load_tokens(settings.tokens_file),
+        tokens=tokens,
         roots=tuple(Path(os.path.realpath(root)) for root in settings.allowed_roots),
         plan=plan,
         current=plan.current_keys(),
@@ -132,16 +134,20 @@ def create_app(
         upload_threads=anyio.CapacityLimiter(UPLOAD_THREADS),
         turns=threading.Lock() if store.database.is_sqlite else nullcontext(),
     )
+    app.state.ui = ui.UiContext.create(store, config, tokens, sessions)
     app.include_router(router)
+    app.include_router(ui.router)
     app.dependency_overrides[caller] = _gated_caller
     app.add_exception_handler(RequestValidationError, _invalid)
-    # The last added runs first: errors are kept quiet around the gate, which runs before
-    # routing.
+    # The last added runs first: errors are kept quiet around the pages' headers, which are
+    # put on the gate's answers too, and the gate runs before routing.
     app.add_middleware(
         Gate,
-        tokens=app.state.qarina.tokens,
+        tokens=tokens,
+        sessions=sessions,
         body_max_bytes=JSON_BODY_MAX_BYTES,
         unbounded=[app.url_path_for("upload")],
     )
+    app.add_middleware(ui.UiHeaders)
     app.add_middleware(_QuietErrors)
     return app

@@ -1,5 +1,6 @@
 """Who may call the API: the tokens file, read once at start and refused when anyone but its
-owner could read or change it, and the constant-time check of a presented token."""
+owner could read or change it, the constant-time check of a presented token, and the browser
+sessions a token opens for the review pages."""
 
 from __future__ import annotations
 
@@ -7,7 +8,11 @@ import hashlib
 import hmac
 import os
 import re
-from collections.abc import Sequence
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,3 +108,61 @@ def token_owner(presented: bytes, tokens: Sequence[ApiToken]) -> str | None:
         if hmac.compare_digest(digest, token.digest):
             owner = token.name
     return owner
+
+
+#: A browser's sign-in lasts a working day: long enough not to break off a review, short
+#: enough that a session left open on a shared machine ends by itself.
+SESSION_LIFETIME_S = 12 * 3600
+#: Sessions held at once, the oldest dropped first: a token holder signing in without end
+#: cannot make the service hold more than this (about 100 bytes each).
+SESSIONS_MAX = 10_000
+
+
+class BrowserSessions:
+    """Sign-ins of reviewers' browsers to the review pages, which cannot send a bearer token.
+
+    A sign-in is a random id (32 bytes, the cookie's value) mapped to the name of the token
+    that opened it, until it expires or is closed. Only the id's SHA-256 is kept, so even
+    this process's memory holds nothing a browser could present, and the memory alone holds
+    them: a restart signs every browser out.
+    """
+
+    def __init__(
+        self,
+        lifetime_s: float = SESSION_LIFETIME_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.lifetime_s = lifetime_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        #: SHA-256 of the id -> (owner, expiry on `clock`), oldest first.
+        self._open: OrderedDict[bytes, tuple[str, float]] = OrderedDict()
+
+    def open(self, owner: str) -> str:
+        """A new session for `owner`: its id, for the cookie."""
+        session_id = secrets.token_urlsafe(32)
+        now = self._clock()
+        with self._lock:
+            for digest, (_, expires) in list(self._open.items()):
+                if expires <= now:
+                    del self._open[digest]
+            while len(self._open) >= SESSIONS_MAX:
+                self._open.popitem(last=False)
+            self._open[_digest(session_id)] = (owner, now + self.lifetime_s)
+        return session_id
+
+    def owner(self, session_id: str) -> str | None:
+        """Who the session is for; None for an unknown, closed or expired one."""
+        with self._lock:
+            found = self._open.get(_digest(session_id))
+        if found is None or found[1] <= self._clock():
+            return None
+        return found[0]
+
+    def close(self, session_id: str) -> None:
+        with self._lock:
+            self._open.pop(_digest(session_id), None)
+
+
+def _digest(session_id: str) -> bytes:
+    return hashlib.sha256(session_id.encode()).digest()

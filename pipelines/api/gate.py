@@ -6,17 +6,25 @@ got 422 rather than 401, and any process on the host could make the service hold
 as it cared to send. `/openapi.json` is no operation, and no dependency guarded it. The gate
 answers before the application routes the request or reads a byte of its body, for every
 path alike.
+
+A browser cannot send a bearer token, so the review pages under `/ui` also take the session
+cookie a token opens at `/ui/login` (`pipelines.api.ui`), and that cookie opens nothing else:
+a request another site makes a reviewer's browser send to `/v1` carries no token and is
+refused as before, whatever cookie comes with it. Under `/ui` the gate sends a browser
+without a session to the sign-in form instead of answering 401.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection, Sequence
+from urllib.parse import quote
 
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, RedirectResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocketClose
 
-from pipelines.api.auth import ApiToken, Caller, token_owner
+from pipelines.api.auth import ApiToken, BrowserSessions, Caller, token_owner
 
 #: The largest body of any operation but the upload. The largest valid one, a registration
 #: (a path of 4096 characters, at most 12 bytes each as JSON escapes, and two labels of 200),
@@ -43,6 +51,43 @@ def _presented_token(scope: Scope) -> bytes | None:
     return token if scheme.lower() == b"bearer" and token else None
 
 
+#: Where the review pages live: the one place a browser session's cookie is taken.
+UI_PREFIX = "/ui"
+#: The cookie `/ui/login` sets.
+SESSION_COOKIE = "qarina_session"
+SIGN_IN_PATH = f"{UI_PREFIX}/login"
+#: What a browser reaches under /ui before it signs in: the sign-in form, and the pages' own
+#: script and style sheet (one name each, nothing below).
+_OPEN_UI_PATHS = re.compile(rf"{SIGN_IN_PATH}|{UI_PREFIX}/static/[^/]+")
+
+
+def under_ui(path: str) -> bool:
+    return path == UI_PREFIX or path.startswith(f"{UI_PREFIX}/")
+
+
+def _session_id(scope: Scope) -> str | None:
+    """The value of the request's one session cookie; None without one, or with more than
+    one (which to believe?)."""
+    values = []
+    for name, header in scope["headers"]:
+        if name == b"cookie":
+            for pair in header.split(b";"):
+                key, _, value = pair.strip().partition(b"=")
+                if key == SESSION_COOKIE.encode():
+                    values.append(value.decode("latin-1"))
+    return values[0] if len(values) == 1 and values[0] else None
+
+
+def _to_sign_in(scope: Scope) -> RedirectResponse:
+    """303 to the sign-in form, which sends the browser back to the page it asked for by GET."""
+    target = SIGN_IN_PATH
+    if scope["method"] == "GET":
+        query = scope["query_string"].decode("latin-1")
+        wanted = scope["path"] + (f"?{query}" if query else "")
+        target += f"?next={quote(wanted, safe='')}"
+    return RedirectResponse(target, 303)
+
+
 def _declared_length(scope: Scope) -> int | None:
     for name, value in scope["headers"]:
         if name == b"content-length" and value.isdigit():
@@ -56,6 +101,9 @@ class Gate:
     else as soon as the bytes pass the cap, never holding more); it leaves the caller in the
     request's state (`request.state.caller`), so the token is compared once.
 
+    Under /ui a session of `sessions` stands for a token, and a request with neither is sent
+    to the sign-in form (303), which it may reach, like the pages' static files, unsigned.
+
     The `unbounded` paths get their body as it comes: the upload streams to the blob store
     under a cap of its own, far above what any JSON needs.
     """
@@ -64,11 +112,13 @@ class Gate:
         self,
         app: ASGIApp,
         tokens: Sequence[ApiToken],
+        sessions: BrowserSessions,
         body_max_bytes: int,
         unbounded: Collection[str],
     ) -> None:
         self.app = app
         self.tokens = tokens
+        self.sessions = sessions
         self.body_max_bytes = body_max_bytes
         self.unbounded = frozenset(unbounded)
 
@@ -80,12 +130,16 @@ class Gate:
             # No operation is a WebSocket: nothing but HTTP reaches the application.
             await WebSocketClose(1008)(scope, receive, send)
             return
-        token = _presented_token(scope)
-        owner = None if token is None else token_owner(token, self.tokens)
-        if owner is None:
+        path = scope["path"]
+        owner = self._owner(scope, under_ui(path))
+        if owner is not None:
+            scope.setdefault("state", {})["caller"] = Caller(owner)
+        elif not under_ui(path):
             await _unauthorized()(scope, receive, send)
             return
-        scope.setdefault("state", {})["caller"] = Caller(owner)
+        elif not _OPEN_UI_PATHS.fullmatch(path):
+            await _to_sign_in(scope)(scope, receive, send)
+            return
         if scope["path"] in self.unbounded:
             await self.app(scope, receive, send)
             return
@@ -94,6 +148,15 @@ class Gate:
             await self._too_large()(scope, receive, send)
             return
         await self._bounded(scope, receive, send)
+
+    def _owner(self, scope: Scope, ui: bool) -> str | None:
+        """The name of the presented token, or under /ui of the presented session's."""
+        token = _presented_token(scope)
+        owner = None if token is None else token_owner(token, self.tokens)
+        if owner is None and ui:
+            session_id = _session_id(scope)
+            owner = None if session_id is None else self.sessions.owner(session_id)
+        return owner
 
     def _too_large(self) -> JSONResponse:
         return JSONResponse(

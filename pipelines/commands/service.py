@@ -34,7 +34,10 @@ def serve(
     sequential: Annotated[bool, typer.Option(help="Run stages in this process, no Ray.")] = False,
     http: Annotated[
         str | None,
-        typer.Option(help=f"Serve the HTTP API on HOST:PORT (e.g. {_DEFAULT_HTTP})."),
+        typer.Option(
+            help=f"Serve the HTTP API, and the review pages under /ui, on HOST:PORT"
+            f" (e.g. {_DEFAULT_HTTP})."
+        ),
     ] = None,
     tokens: Annotated[
         Path | None,
