@@ -633,6 +633,22 @@ def bench_hashes(
     write_json(run_bench(config_of(ctx), output, photos=photos, runs=runs, corpus=corpus))
 
 
+@bench_app.command("report")
+def bench_report(
+    ctx: typer.Context,
+    runs: Annotated[int, typer.Option(help="Reports written; the median is reported.")] = 3,
+    request: Annotated[
+        str | None, typer.Option("--request", help="Only this request's items.")
+    ] = None,
+    output: Annotated[Path, typer.Option(help="JSON results.")] = Path("bench-results/report.json"),
+) -> None:
+    """The review report of the store (`--data`): time, size, largest page, page render times,
+    against dumping every item as `show --json`."""
+    from pipelines.bench.review_report import bench_review_report
+
+    write_json(bench_review_report(config_of(ctx), output, runs=runs, request=request))
+
+
 @bench_app.command("index")
 def bench_index(
     ctx: typer.Context,
