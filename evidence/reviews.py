@@ -106,12 +106,21 @@ def cluster_members(database: Database, sha256: str) -> list[str]:
 
 
 def record_review(
-    database: Database, sha256: str, label: str, reviewer: str, note: str | None
+    database: Database,
+    sha256: str,
+    label: str,
+    reviewer: str,
+    note: str | None,
+    *,
+    operator: str | None = None,
 ) -> Review:
     """Record a reviewer's label for an item, with its custody event in the same transaction.
 
     The event names the cluster members the label reaches at this moment; members linked
-    later are covered too, since the cluster is worked out when read.
+    later are covered too, since the cluster is worked out when read. A `graphic` label hides
+    a whole cluster's pictures from everyone, so the event's actor is whoever recorded it
+    (`operator`: the account that ran the command), and the reviewer they name is kept
+    beside it in the details; the two are one person unless `operator` says otherwise.
 
     Raises:
         ValueError: `label` is not one of LABELS.
@@ -127,7 +136,7 @@ def record_review(
             connection,
             [
                 CustodyEntry(
-                    actor=f"qarina-review@{reviewer}",
+                    actor=f"qarina-review@{operator or reviewer}",
                     action="review",
                     item_sha256=sha256,
                     details={

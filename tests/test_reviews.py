@@ -216,6 +216,14 @@ def test_review_command(sqlite_config: QarinaConfig, pictures: dict[str, Path]) 
         1,
     )
     assert status() == 0
+    # Who ran the command is the event's actor; the reviewer they named is in its details.
+    store = Store.open(sqlite_config.db_url, sqlite_config.blob_root)
+    try:
+        with store.database.reader.connect() as connection:
+            (event,) = [e for e in custody.item_trail(connection, other) if e.action == "review"]
+    finally:
+        store.close()
+    assert (event.actor, event.details["reviewer"]) == ("qarina-review@carol", "dan")
 
     refused = runner.invoke(app, [*data, "review", small, "--label", "gory"], env=env)
     assert refused.exit_code == 2 and "labels: graphic, reviewed, not-relevant" in refused.output

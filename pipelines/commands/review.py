@@ -1,7 +1,8 @@
 """`qarina review`: a reviewer's decision about an item, which covers its near-duplicates.
 
-Recorded as a custody event naming the reviewer (`qarina-review@<reviewer>`); a later review
-of the same picture adds a decision, never replaces one.
+Recorded as a custody event whose actor is the operator who ran the command
+(`qarina-review@<operator>`), with the reviewer they name in its details; a later review of
+the same picture adds a decision, never replaces one.
 """
 
 from __future__ import annotations
@@ -31,16 +32,21 @@ def review(
 ) -> None:
     """Record a reviewer's label for an item; it covers every item of its near-duplicate
     cluster, including copies linked later, so no one is shown the same picture again."""
-    if label not in reviews.LABELS:
-        console.print(f"no label {label}; labels: {', '.join(reviews.LABELS)}")
-        raise typer.Exit(2)
     config = config_of(ctx)
     store = open_store(config)
     try:
         recorded = reviews.record_review(
-            store.database, sha256.lower(), label, reviewer or config.operator, note
+            store.database,
+            sha256.lower(),
+            label,
+            reviewer or config.operator,
+            note,
+            operator=config.operator,
         )
         covered = len(reviews.cluster_members(store.database, recorded.sha256))
+    except ValueError as error:
+        console.print(str(error), markup=False)
+        raise typer.Exit(2) from None
     except reviews.UnknownItem:
         console.print(f"no item {sha256}")
         raise typer.Exit(1) from None
