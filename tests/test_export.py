@@ -15,9 +15,10 @@ import shutil
 import stat
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import rdflib
@@ -35,6 +36,7 @@ from pipelines.export.bundle import (
     export_case_bundle,
     verify_against_store,
 )
+from pipelines.export.case import write_document
 from pipelines.export.jsonl import Selection, export_jsonl
 from pipelines.plan import Plan
 from pipelines.samples import audio, photos, videos
@@ -60,8 +62,16 @@ class Processed:
     items: dict[str, str]  # file name -> sha256
 
 
+#: Where the street photo says it was taken: its metadata gives a place, and EXIF entries.
+STREET_GPS = (36.2021, 37.1343, 380.5)
+
+
 def _photo_and_copy(folder: Path) -> None:
-    original = photos.scene_jpeg(folder / "street.jpg", seed=40)
+    """A photo with EXIF (a camera, a time, a place) and a smaller copy of it without."""
+    original = folder / "street.jpg"
+    photos.scene(seed=40, size=(640, 480)).save(
+        original, "JPEG", quality=90, exif=photos.exif_bytes(gps=STREET_GPS)
+    )
     with Image.open(original) as image:
         image.resize((320, 240)).save(folder / "street-small.jpg", quality=60)
 
@@ -383,6 +393,191 @@ def test_standalone_script_verifies_the_bundle_and_names_tampering(
     assert "notes.txt is in the bundle but not in MANIFEST.sha256" in failure(extra)
 
 
+Nodes = dict[str, dict[str, Any]]
+
+
+def _forged(bundle: Path, copy: Path, edit: Callable[[Nodes], None]) -> Path:
+    """A copy of the bundle whose graph `edit` changed, with the manifest made again: what
+    `sha256sum -c` and the manifest alone can no longer tell from the original."""
+    shutil.copytree(bundle, copy)
+    graph = copy / verify_bundle.GRAPH
+    document = json.loads(graph.read_text(encoding="utf-8"))
+    nodes = {node["@id"]: node for node in document["@graph"]}
+    edit(nodes)
+    document["@graph"] = [nodes[key] for key in sorted(nodes)]
+    graph.write_bytes(write_document(document))
+    digest = hashlib.sha256(graph.read_bytes()).hexdigest()
+    manifest = (copy / verify_bundle.MANIFEST).read_text(encoding="utf-8").splitlines()
+    (copy / verify_bundle.MANIFEST).write_text(
+        "".join(
+            f"{digest}  {verify_bundle.GRAPH}\n"
+            if line.endswith(f"  {verify_bundle.GRAPH}")
+            else f"{line}\n"
+            for line in manifest
+        ),
+        encoding="utf-8",
+    )
+    checked = subprocess.run(["sha256sum", "-c", "--quiet", verify_bundle.MANIFEST], cwd=copy,
+                             capture_output=True, check=False)  # fmt: skip
+    assert checked.returncode == 0
+    return copy
+
+
+@dataclass(frozen=True)
+class ResultNodes:
+    """The IRIs of one stored result's nodes, rebuilt from its key as verify_bundle.py does."""
+
+    item: str
+    stage: str
+    version: str
+    config_hash: str
+
+    @classmethod
+    def of(cls, store: Store, sha256: str, stage: str) -> ResultNodes:
+        record = store.show(sha256, DEFAULT_KEYS)
+        assert record is not None
+        result = record["results"][stage]
+        return cls(sha256, stage, result["stage_version"], result["config_hash"])
+
+    def iri(self, kind: str) -> str:
+        key = (self.item, self.stage, self.version, self.config_hash)
+        if kind == "AnalyticResult":
+            return verify_bundle.iri(kind, *key)
+        return verify_bundle.iri(kind, "result", *key)
+
+    @property
+    def data_facet(self) -> str:
+        return verify_bundle.iri("ContentDataFacet", self.iri("ContentData"))
+
+
+def test_standalone_script_ties_results_and_their_views_to_custody(
+    copied: Copy, tmp_path: Path
+) -> None:
+    """A forger who edits a result's data, its hash and the manifest together, or only what a
+    person reads of it, is caught by the custody event that stored the result."""
+    bundle = _export(copied, tmp_path / "bundle")
+    photo, _, note = copied.exported
+    transcript = ResultNodes.of(copied.store, note, "transcript")
+    metadata = ResultNodes.of(copied.store, photo, "metadata")
+    with copied.store.database.reader.connect() as connection:
+        [stored] = [
+            event
+            for event in custody.item_trail(connection, note)
+            if event.action == "result" and event.stage == "transcript"
+        ]
+    graph = json.loads((bundle / verify_bundle.GRAPH).read_text(encoding="utf-8"))
+    nodes = {node["@id"]: node for node in graph["@graph"]}
+    location = verify_bundle.iri("Location", metadata.iri("AnalyticResult"))
+    assert nodes[verify_bundle.iri("LatLongCoordinatesFacet", location)][
+        "uco-location:latitude"
+    ] == {"@type": "xsd:decimal", "@value": str(STREET_GPS[0])}
+    exif = verify_bundle.iri("ControlledDictionary", "exif", verify_bundle.iri("File", photo))
+    assert len(nodes[exif]["uco-types:entry"]) > 5
+    untouched = _standalone(bundle)
+    assert untouched.returncode == 0, untouched.stdout
+    assert "match the hashes custody recorded when it stored them" in untouched.stdout
+    assert "EXIF entries (3 items)" in untouched.stdout
+
+    def failure(copy: Path) -> str:
+        result = _standalone(copy)
+        assert result.returncode == 1, result.stdout
+        return result.stdout.splitlines()[-1]
+
+    def transcript_rewritten(nodes: Nodes) -> None:
+        """The transcript's text changed in its data, and the data's hash with it."""
+        facet = nodes[transcript.data_facet]
+        data = json.loads(facet["uco-observable:dataPayload"])
+        data["text"] = "كلام لم يقله أحد"
+        payload = custody.canonical_json(data)
+        digest = hashlib.sha256(payload.encode()).hexdigest()
+        facet["uco-observable:dataPayload"] = payload
+        facet["uco-observable:sizeInBytes"] = len(payload.encode())
+        facet["uco-observable:hash"] = {"@id": verify_bundle.iri("Hash", "SHA256", digest)}
+        nodes[facet["uco-observable:hash"]["@id"]] = {
+            "@id": facet["uco-observable:hash"]["@id"],
+            "@type": "uco-types:Hash",
+            "uco-types:hashMethod": "SHA256",
+            "uco-types:hashValue": {"@type": "xsd:hexBinary", "@value": digest},
+        }
+        nodes[transcript.iri("AnalyticResult")]["uco-core:statement"] = [data["text"]]
+
+    said = failure(_forged(bundle, tmp_path / "payload", transcript_rewritten))
+    assert f"the data of stage transcript's result (version {transcript.version}" in said
+    assert f"for item {note} hashes to" in said
+    assert f"custody event {stored.seq} recorded {stored.details['result_sha256']}" in said
+
+    def hash_value_changed(nodes: Nodes) -> None:
+        """The same, with the hash node's value changed where it stands."""
+        facet = nodes[transcript.data_facet]
+        data = json.loads(facet["uco-observable:dataPayload"])
+        facet["uco-observable:dataPayload"] = custody.canonical_json({**data, "text": "لا"})
+        digest = nodes[facet["uco-observable:hash"]["@id"]]["uco-types:hashValue"]
+        digest["@value"] = hashlib.sha256(facet["uco-observable:dataPayload"].encode()).hexdigest()
+
+    said = failure(_forged(bundle, tmp_path / "in-place", hash_value_changed))
+    assert "not the value its IRI was made from: the hash was altered" in said
+
+    def statement_changed(nodes: Nodes) -> None:
+        nodes[transcript.iri("AnalyticResult")]["uco-core:statement"] = ["كلام آخر"]
+
+    said = failure(_forged(bundle, tmp_path / "statement", statement_changed))
+    assert f"what {transcript.iri('AnalyticResult')} states is not what the data" in said
+
+    def place_moved(nodes: Nodes) -> None:
+        facet = nodes[verify_bundle.iri("LatLongCoordinatesFacet", location)]
+        facet["uco-location:latitude"]["@value"] = "33.5138"
+
+    said = failure(_forged(bundle, tmp_path / "place", place_moved))
+    assert f"the latitude of {location} is not the one the data of stage metadata's" in said
+
+    def exif_changed(nodes: Nodes) -> None:
+        entry = nodes[nodes[exif]["uco-types:entry"][0]["@id"]]
+        entry["uco-types:value"] = "another camera"
+
+    said = failure(_forged(bundle, tmp_path / "exif", exif_changed))
+    assert f"the EXIF entries of item {photo} are not the record" in said
+
+    def result_left_out(nodes: Nodes) -> None:
+        del nodes[metadata.iri("InvestigativeAction")]
+
+    said = failure(_forged(bundle, tmp_path / "left-out", result_left_out))
+    assert f"leaves out stage metadata's result (version {metadata.version}" in said
+
+
+def test_manifest_sha256_given_apart_is_checked(copied: Copy, tmp_path: Path) -> None:
+    bundle = _export(copied, tmp_path / "bundle")
+    sent = hashlib.sha256((bundle / verify_bundle.MANIFEST).read_bytes()).hexdigest()
+    script = [SYSTEM_PYTHON, "-I", str(bundle / verify_bundle.SCRIPT)]
+
+    def run(*arguments: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*script, *arguments], capture_output=True, text=True, cwd="/",
+                              env={"PATH": "/usr/bin:/bin"}, timeout=60, check=False)  # fmt: skip
+
+    unchecked = run()
+    assert unchecked.returncode == 0
+    assert f"its own SHA-256 is {sent}: compare it with the one the sender gave" in unchecked.stdout
+    checked = run("--manifest-sha256", sent.upper())
+    assert checked.returncode == 0, checked.stdout
+    assert f"it hashes to {sent}, the SHA-256 the sender gave" in checked.stdout
+    wrong = run("--manifest-sha256", "ab" * 32)
+    assert wrong.returncode == 1
+    assert wrong.stdout.splitlines()[-1] == (
+        f"FAILED: MANIFEST.sha256 hashes to {sent}, not to {'ab' * 32}, the SHA-256 given with"
+        " --manifest-sha256: this is not the bundle that was sent, or it was remade"
+    )
+    malformed = run("--manifest-sha256", "not-a-hash")
+    assert malformed.returncode == 2 and "not a SHA-256" in malformed.stderr
+
+    runner = CliRunner(env={"QARINA_OPERATOR": "tester"})
+    base = ["--data", str(copied.config.data_dir), "verify-bundle", str(bundle)]
+    right = runner.invoke(app, [*base, "--manifest-sha256", sent])
+    assert right.exit_code == 0, right.output
+    refused = runner.invoke(app, [*base, "--manifest-sha256", "cd" * 32])
+    assert refused.exit_code == 1
+    assert "not the bundle that was sent" in refused.output
+    assert runner.invoke(app, [*base, "--manifest-sha256", "xyz"]).exit_code == 2
+
+
 def test_export_is_recorded_after_the_bundle_and_the_store_is_unchanged(
     copied: Copy, tmp_path: Path
 ) -> None:
@@ -447,6 +642,34 @@ def test_export_is_recorded_after_the_bundle_and_the_store_is_unchanged(
     refused = runner.invoke(app, [*base, "verify-bundle", str(forged), "--against-store"])
     assert refused.exit_code == 1
     assert "the store records no export of this bundle" in refused.output
+
+
+def test_bundle_is_the_store_as_of_its_chain_head(
+    copied: Copy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What commits while an export reads waits for the next export: an item whose arrival
+    is after the head makes the export read the head again, and a result stored after it is
+    left out with its event, so every result of the bundle has its event and each event its
+    result."""
+    note = copied.items["note.opus"]
+    with copied.store.database.reader.connect() as connection:
+        chain = list(custody.events(connection))
+    [arrival] = [e for e in chain if e.action == "ingest" and e.item_sha256 == note]
+    [transcribed] = [e for e in chain if e.stage == "transcript" and e.item_sha256 == note]
+    heads = iter([chain[arrival.seq - 2], chain[transcribed.seq - 2]])
+    monkeypatch.setattr(custody, "chain_head", lambda connection: next(heads))
+    bundle = _export(copied, tmp_path / "bundle")
+    monkeypatch.undo()
+    header = json.loads((bundle / "custody.jsonl").read_text(encoding="utf-8").splitlines()[0])
+    assert header["chain_head"]["seq"] == transcribed.seq - 1
+    result = _standalone(bundle)
+    assert result.returncode == 0, result.stdout
+    document = json.loads((bundle / verify_bundle.GRAPH).read_text(encoding="utf-8"))
+    nodes = {node["@id"] for node in document["@graph"]}
+    later = ResultNodes.of(copied.store, note, "transcript")
+    assert verify_bundle.iri("File", note) in nodes
+    assert later.iri("InvestigativeAction") not in nodes
+    assert later.iri("ContentData") not in nodes
 
 
 def test_full_chain_without_media(copied: Copy, tmp_path: Path) -> None:
@@ -521,6 +744,57 @@ def test_jsonl_round_trips(copied: Copy, tmp_path: Path) -> None:
             ]
             assert trail[-1].action == "export"
             assert trail[-1].details["file_sha256"] == report.file_sha256
+
+
+def test_an_export_is_recorded_whole_or_not_at_all(
+    copied: Copy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure while the export events are appended (the process killed, the disk full)
+    leaves no event, no file and no bundle; one transaction holds every item's event."""
+    appended = custody.append
+    calls: list[int] = []
+
+    def dies_on_the_second_page(connection: Any, entries: list[custody.CustodyEntry]) -> None:
+        calls.append(len(entries))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        appended(connection, entries)
+
+    def exports() -> list[StoredEvent]:
+        with copied.store.database.reader.connect() as connection:
+            return [event for event in custody.events(connection) if event.action == "export"]
+
+    monkeypatch.setattr(custody, "append", dies_on_the_second_page)
+    exported = tmp_path / "exports"
+    exported.mkdir()
+    out = exported / "items.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        export_jsonl(copied.store, DEFAULT_KEYS, Selection(), out, "qarina-export@tester", page=2)
+    assert calls == [2, 2]
+    assert exports() == []
+    assert list(exported.iterdir()) == []
+
+    def interrupted(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(copied.store, "record_sharing", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _export(copied, exported / "bundle")
+    assert exports() == []
+    assert list(exported.iterdir()) == []
+
+    monkeypatch.undo()
+    report = export_jsonl(
+        copied.store, DEFAULT_KEYS, Selection(), out, "qarina-export@tester", page=3
+    )
+    recorded = exports()
+    assert sorted(event.item_sha256 for event in recorded) == sorted(copied.items.values())
+    assert [event.seq for event in recorded] == list(
+        range(report.head_seq + 1, report.head_seq + 1 + len(copied.items))
+    )
+    assert {event.details["file_sha256"] for event in recorded} == {report.file_sha256}
+    assert {event.details["items"] for event in recorded} == {len(copied.items)}
+    assert {event.details["chain_head_hash"] for event in recorded} == {report.head_hash}
 
 
 def test_backends_export_and_verify(store: Store, config: QarinaConfig, tmp_path: Path) -> None:

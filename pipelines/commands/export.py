@@ -97,9 +97,11 @@ def export(
         markup=False,
     )
     out.print(
-        f"check it anywhere: cd {bundle.path} && sha256sum -c MANIFEST.sha256"
-        " && python3 verify_bundle.py",
+        f"send that SHA-256 apart from the bundle; the recipient checks it anywhere: cd"
+        f" {bundle.path} && sha256sum -c MANIFEST.sha256 && python3 verify_bundle.py"
+        f" --manifest-sha256 {bundle.manifest_sha256}",
         markup=False,
+        soft_wrap=True,
     )
 
 
@@ -114,17 +116,32 @@ def verify_bundle(
             help="Also compare its custody with the store's chain, and find its export there.",
         ),
     ] = False,
+    manifest_sha256: Annotated[
+        str | None,
+        typer.Option(
+            "--manifest-sha256",
+            metavar="HEX",
+            help="The SHA-256 of MANIFEST.sha256 the sender gave apart from the bundle.",
+        ),
+    ] = None,
 ) -> None:
     """Re-check a bundle as its own verify_bundle.py does; exit 1 naming the first problem."""
     from pipelines.export.bundle import verify_against_store
-    from pipelines.export.verify_bundle import BundleProblem, verify
+    from pipelines.export.verify_bundle import BundleProblem, sha256_hex, verify
+
+    if manifest_sha256 is not None:
+        try:
+            manifest_sha256 = sha256_hex(manifest_sha256)
+        except ValueError as error:
+            console.print(f"--manifest-sha256: {error}", markup=False)
+            raise typer.Exit(2) from None
 
     def say(line: str) -> None:
         out.print(line, markup=False, soft_wrap=True)
 
     store = open_store(config_of(ctx)) if against_store else None
     try:
-        copy = verify(bundle, say)
+        copy = verify(bundle, say, manifest_sha256)
         if store is not None:
             for line in verify_against_store(store, bundle, copy):
                 say(line)

@@ -9,12 +9,15 @@
     verify_bundle.py   the standalone checker (Python's standard library only)
     MANIFEST.sha256    `sha256sum` lines for every other file
 
-The bundle is written in a hidden folder beside the target and renamed into place once
-complete, so a crash never leaves something that looks like a bundle. Every blob is hashed
-while it is copied and every file read back for the manifest: a copy that is not the stored
-bytes stops the export. Only then is the export recorded in custody, one `export` event per
-item naming the manifest's SHA-256 and the chain head the bundle is anchored to, so that
-`qarina verify-bundle --against-store` can tell a bundle the store issued from a forged one.
+The bundle is written in a hidden folder beside the target. Every blob is hashed while it
+is copied and every file read back for the manifest: a copy that is not the stored bytes
+stops the export. Only then is the export recorded in custody, one `export` event per item in
+one transaction, naming the manifest's SHA-256 and the chain head the bundle is anchored to,
+so that `qarina verify-bundle --against-store` can tell a bundle the store issued from a
+forged one. Last, the folder is renamed into place. A crash before the record leaves no
+bundle and no record; a crash between the record and the rename leaves the complete bundle
+under its hidden name, recorded. Custody may then say more left the store than did, never
+less. A bundle in place is always recorded.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -46,7 +50,12 @@ from pipelines.export.verify_bundle import (
     HEADER_KEY,
     MANIFEST,
     SCRIPT,
+    stored_key,
 )
+
+#: How often the chain head is read again when an exported item arrived after it was read
+#: (an item exported while its ingest commits); more means items keep arriving under it.
+_READ_TRIES = 3
 
 
 class ExportError(Exception):
@@ -67,35 +76,65 @@ class BundleReport:
 def read_items(
     store: Store, current: CurrentKeys, shas: Sequence[str]
 ) -> tuple[list[ItemExport], StoredEvent]:
-    """What the graph is made of, and the chain head it is anchored to.
+    """What the graph is made of, as the store stood at the chain head it is anchored to.
 
-    The records are read first and the head after them, and each trail is cut at the
-    head: the custody copied is complete up to the head, whatever is committed meanwhile.
+    The head is read first, then the records, and each trail is cut at the head. A result
+    committed after the head (its storing event is not in the trail) is left for the next
+    export, so every result the graph gives has its storing event in the bundle and every
+    such event its result: verify_bundle.py requires both. An item whose arrival committed
+    after the head was read is in no trail: the head is then read again.
 
     Raises:
-        ExportError: an item is not in the store.
+        ExportError: an item is not in the store, or items kept arriving under the head.
     """
-    records = []
-    for sha256 in shas:
-        record = store.show(sha256, current)
-        if record is None:
-            raise ExportError(f"no item {sha256}")
-        records.append(record)
-    with store.database.reader.connect() as connection:
-        head = custody.chain_head(connection)
+    for _ in range(_READ_TRIES):
+        with store.database.reader.connect() as connection:
+            head = custody.chain_head(connection)
         if head is None:
             raise ExportError("the custody chain is empty")
-        trails = {
-            sha256: [
-                event for event in custody.item_trail(connection, sha256) if event.seq <= head.seq
-            ]
-            for sha256 in shas
-        }
+        records = []
+        for sha256 in shas:
+            record = store.show(sha256, current)
+            if record is None:
+                raise ExportError(f"no item {sha256}")
+            records.append(record)
+        with store.database.reader.connect() as connection:
+            trails = {
+                sha256: [
+                    event
+                    for event in custody.item_trail(connection, sha256)
+                    if event.seq <= head.seq
+                ]
+                for sha256 in shas
+            }
+        if all(trails.values()):
+            break
+    else:
+        raise ExportError("items keep arriving faster than the export can read them; try again")
     exports = [
-        ItemExport(record, trails[record["sha256"]], links_of(store.database, record["sha256"]))
+        ItemExport(
+            _as_of(record, trails[record["sha256"]]),
+            trails[record["sha256"]],
+            links_of(store.database, record["sha256"]),
+        )
         for record in records
     ]
     return exports, head
+
+
+def _as_of(record: dict[str, Any], trail: Sequence[StoredEvent]) -> dict[str, Any]:
+    """The record without the results whose storing event came after the chain head."""
+    stored = {stored_key(event.action, event.stage, event.details) for event in trail}
+
+    def kept(result: dict[str, Any]) -> bool:
+        key = (result["stage"], str(result["stage_version"]), str(result["config_hash"]))
+        return key in stored
+
+    return {
+        **record,
+        "results": {stage: result for stage, result in record["results"].items() if kept(result)},
+        "superseded": [result for result in record["superseded"] if kept(result)],
+    }
 
 
 def _copy_blob(store: Store, sha256: str, target: Path) -> None:
@@ -190,6 +229,22 @@ def _custody_in_bundle(
     return "chain", int(count), whole_chain()
 
 
+def publish(work: Path, out: Path) -> None:
+    """Rename the complete, recorded export into place.
+
+    Raises:
+        ExportError: the rename failed; the export, recorded in custody, stays complete
+            under its hidden name, which the message gives.
+    """
+    try:
+        work.rename(out)
+    except OSError as error:
+        raise ExportError(
+            f"the export is complete and recorded in custody, but could not be renamed to"
+            f" {out} ({error}): it is at {work}"
+        ) from None
+
+
 def export_case_bundle(
     store: Store,
     current: CurrentKeys,
@@ -234,25 +289,25 @@ def export_case_bundle(
         shutil.copyfile(Path(verify_bundle.__file__), work / SCRIPT)
         manifest = _manifest(work)
         (work / MANIFEST).write_bytes(manifest)
-        work.rename(out)
+        manifest_sha256 = hashlib.sha256(manifest).hexdigest()
+        store.record_sharing(
+            "export",
+            shas,
+            actor,
+            {
+                "format": "case",
+                "bundle_manifest_sha256": manifest_sha256,
+                "chain_head_seq": head.seq,
+                "chain_head_hash": head.event_hash,
+                "media": media,
+                "full_chain": full_chain,
+                "items": len(shas),
+            },
+        )
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
-    manifest_sha256 = hashlib.sha256(manifest).hexdigest()
-    store.record_sharing(
-        "export",
-        shas,
-        actor,
-        {
-            "format": "case",
-            "bundle_manifest_sha256": manifest_sha256,
-            "chain_head_seq": head.seq,
-            "chain_head_hash": head.event_hash,
-            "media": media,
-            "full_chain": full_chain,
-            "items": len(shas),
-        },
-    )
+    publish(work, out)
     return BundleReport(out, len(shas), written, copied, manifest_sha256, head.seq, head.event_hash)
 
 

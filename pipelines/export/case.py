@@ -38,17 +38,23 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any
 
 from evidence.custody import StoredEvent, canonical_json
 from evidence.matches import Link
-from pipelines.export.verify_bundle import FILES
+from pipelines.export.verify_bundle import (
+    FILES,
+    KB,
+    READABLE_STAGES,
+    as_text,
+    decimal_text,
+    exif_entries,
+    iri,
+    statements,
+)
 
-KB = "urn:qarina:kb:"
 VOCABULARY = "urn:qarina:vocabulary:"
 SPEC_VERSION = "CASE 1.5.0"
 _UCO = "https://ontology.unifiedcyberontology.org/uco/"
@@ -63,15 +69,7 @@ CONTEXT: dict[str, str] = {
     **{f"uco-{part}": f"{_UCO}{part}/" for part in _UCO_PARTS},
     "xsd": "http://www.w3.org/2001/XMLSchema#",
 }
-_IRI_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, KB)
-
 Node = dict[str, Any]
-
-
-def iri(kind: str, *parts: object) -> str:
-    """The IRI of the `kind` node that `parts` identify: the same in every export."""
-    name = "/".join([kind, *(str(part) for part in parts)])
-    return f"kb:{kind}-{uuid.uuid5(_IRI_NAMESPACE, name)}"
 
 
 def _ref(node_id: str) -> dict[str, str]:
@@ -85,13 +83,8 @@ def _time(iso: str | None) -> dict[str, str] | None:
 def _decimal(value: float | None) -> dict[str, str] | None:
     """A decimal literal: JSON numbers with a fraction read as xsd:double, which UCO's
     shapes refuse where they ask for xsd:decimal."""
-    return (
-        None if value is None else {"@type": "xsd:decimal", "@value": f"{Decimal(repr(value)):f}"}
-    )
-
-
-def _text(value: Any) -> str:
-    return value if isinstance(value, str) else canonical_json(value)
+    text = decimal_text(value)
+    return None if text is None else {"@type": "xsd:decimal", "@value": text}
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -346,7 +339,7 @@ class _Builder:
             "config_hash": config_hash,
             "options_hash": provenance.get("options_hash"),
             **{
-                f"params.{name}": _text(value)
+                f"params.{name}": as_text(value)
                 for name, value in (provenance.get("params") or {}).items()
             },
         }
@@ -418,7 +411,7 @@ class _Builder:
         provenance: Mapping[str, Any] = result["provenance"] or {}
         instruments = [self.stage_tool(result, provenance)]
         instruments += [
-            self.tool(name, _text(version), "program")
+            self.tool(name, as_text(version), "program")
             for name, version in sorted((provenance.get("tools") or {}).items())
         ]
         if provenance.get("qarina"):
@@ -488,25 +481,20 @@ class _Builder:
         self, action_id: str, sha256: str, result: Mapping[str, Any], content: list[str]
     ) -> str | None:
         """What a person reads of a transcript (its text) or of metadata (capture time,
-        device, place, flags); None for other stages, whose data is for machines."""
+        device, place, flags); None for other stages, whose data is for machines. The
+        statements and the place are rebuilt from the data by verify_bundle.py."""
         stage, data = result["stage"], result["data"]
-        if result["status"] != "ok" or stage not in ("transcript", "metadata"):
+        if result["status"] != "ok" or stage not in READABLE_STAGES:
             return None
         result_id = iri("AnalyticResult", sha256, *_result_key(result))
         if stage == "transcript":
             segments = data.get("segments") or []
-            statements = [data.get("text")]
             description = (
                 f"transcript ({data.get('language')}): {len(segments)} segments,"
                 f" {data.get('flagged_segments', 0)} marked doubtful; times in the WebVTT file"
             )
             tags = [f"language:{data.get('language')}", *data.get("flags", [])]
         else:
-            statements = [
-                f"{name}: {_text(data[name])}"
-                for name in ("captured_at", "captured_at_source", "device", "gps", "duration_s")
-                if data.get(name) is not None
-            ]
             description = "capture metadata as normalised from exiftool's record"
             tags = list(data.get("flags", []))
             if data.get("gps"):
@@ -517,7 +505,7 @@ class _Builder:
                 "@type": "uco-analysis:AnalyticResult",
                 "uco-analysis:originatingAnalysis": _ref(action_id),
                 "uco-analysis:resultContent": [_ref(node) for node in content],
-                "uco-core:statement": [statement for statement in statements if statement],
+                "uco-core:statement": statements(stage, data),
                 "uco-core:description": description,
                 "uco-core:tag": tags,
             }
@@ -553,11 +541,11 @@ class _Builder:
                         "@id": iri("ControlledDictionaryEntry", dictionary_id, tag),
                         "@type": "uco-types:ControlledDictionaryEntry",
                         "uco-types:key": tag,
-                        "uco-types:value": _text(value),
+                        "uco-types:value": value,
                     }
                 )
             )
-            for tag, value in sorted(raw.items())
+            for tag, value in sorted(exif_entries(raw).items())
         ]
         self.graph.add(
             {

@@ -5,9 +5,22 @@ action and hash of each of its custody events, which tie the line to the chain (
 verify`, a custody export). UTF-8, non-ASCII kept as it is (Arabic reads as Arabic).
 
 Items are read a page at a time in SHA-256 order, by keyset (never OFFSET), and written as
-they are read, so a store of millions of items never sits in memory. The file is written
-under a hidden name beside the target and renamed when complete; then each exported item gets
-an `export` event naming the file's SHA-256, read back from the file itself, a page at a time.
+they are read, so a store of millions of items never sits in memory: only the hashes of the
+items written do, as 32 bytes each (32 MB for a million).
+
+The file is written under a hidden name beside the target. Then every item written gets an
+`export` event naming the file's SHA-256, all of them in one transaction. Last, the file is
+renamed into place. A crash before the commit leaves no file and no event; a crash between
+the commit and the rename leaves the complete file under its hidden name, recorded. Custody
+may then say more left the store than did, never less, and never for some of the items only.
+
+The transaction appends its events a page at a time (`custody.append` within one
+`writer.begin()`, which is what `Store.record_sharing` does for a list), not through
+`Store.record_sharing`. That method builds every event of the list in memory before the
+insert: about 1.4 kB per event (measured with 100,000 on SQLite), so 1.4 GB for a million
+items, against about 2 MB a page at a time. The transaction holds the chain's lock while it
+appends, about 25 s per million events on SQLite (same measurement). Other writers wait for
+it: on SQLite within its 60 s busy timeout, on PostgreSQL at the chain's advisory lock.
 """
 
 from __future__ import annotations
@@ -22,14 +35,16 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from evidence import custody, requests
+from evidence.custody import CustodyEntry, StoredEvent
 from evidence.db import Database
 from evidence.records import CurrentKeys
 from evidence.schema import acquisitions, items
 from evidence.store import Store
-from pipelines.export.bundle import ExportError
+from pipelines.export.bundle import ExportError, publish
 
 #: Items per page: each costs a `show` (a handful of small queries) and one line in memory.
 PAGE = 500
+_DIGEST_BYTES = 32
 
 
 @dataclass(frozen=True)
@@ -75,7 +90,8 @@ def item_pages(database: Database, selection: Selection, page: int = PAGE) -> It
         last = shas[-1]
 
 
-def _lines(store: Store, current: CurrentKeys, shas: list[str]) -> Iterator[bytes]:
+def _lines(store: Store, current: CurrentKeys, shas: list[str]) -> Iterator[tuple[str, bytes]]:
+    """(item, its line) for each item."""
     for sha256 in shas:
         record = store.show(sha256, current)
         if record is None:
@@ -86,20 +102,37 @@ def _lines(store: Store, current: CurrentKeys, shas: list[str]) -> Iterator[byte
             {"seq": event.seq, "action": event.action, "event_hash": event.event_hash}
             for event in trail
         ]
-        yield (json.dumps(record, ensure_ascii=False) + "\n").encode()
+        yield sha256, (json.dumps(record, ensure_ascii=False) + "\n").encode()
 
 
-def _exported(path: Path, page: int) -> Iterator[list[str]]:
-    """The items the written file holds, read back from it, `page` at a time."""
-    shas: list[str] = []
-    with path.open(encoding="utf-8") as stream:
-        for line in stream:
-            shas.append(json.loads(line)["sha256"])
-            if len(shas) == page:
-                yield shas
-                shas = []
-    if shas:
-        yield shas
+def _record(
+    store: Store, written: bytes, actor: str, details: dict[str, object], page: int
+) -> StoredEvent | None:
+    """One `export` event per item of `written` (their SHA-256s, 32 bytes each), all in one
+    transaction, appended a page at a time; the chain head before the first of them."""
+    step = _DIGEST_BYTES * page
+    with store.database.writer.begin() as connection:
+        head = custody.chain_head(connection)
+        if head is None:
+            anchor = {"chain_head_seq": 0, "chain_head_hash": custody.GENESIS_HASH}
+        else:
+            anchor = {"chain_head_seq": head.seq, "chain_head_hash": head.event_hash}
+        recorded = {**details, **anchor}
+        for start in range(0, len(written), step):
+            chunk = written[start : start + step]
+            custody.append(
+                connection,
+                [
+                    CustodyEntry(
+                        actor=actor,
+                        action="export",
+                        item_sha256=chunk[offset : offset + _DIGEST_BYTES].hex(),
+                        details=recorded,
+                    )
+                    for offset in range(0, len(chunk), _DIGEST_BYTES)
+                ],
+            )
+    return head
 
 
 def export_jsonl(
@@ -110,7 +143,8 @@ def export_jsonl(
     actor: str,
     page: int = PAGE,
 ) -> JsonlReport:
-    """Write the selected items to the new file `out`, then record the export in custody.
+    """Write the selected items to the new file `out`, recording the export in custody
+    before the file is renamed into place (see the module's docstring).
 
     Raises:
         ExportError: `out` exists, or a named item or the request is not in the store.
@@ -124,28 +158,28 @@ def export_jsonl(
         raise ExportError(f"no request {selection.request_ref} (`qarina request list` lists them)")
     work = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:12]}"
     hasher = hashlib.sha256()
-    count = 0
+    written = bytearray()
     try:
         with work.open("xb") as stream:
             for shas in item_pages(store.database, selection, page):
-                for line in _lines(store, current, shas):
+                for sha256, line in _lines(store, current, shas):
                     stream.write(line)
                     hasher.update(line)
-                    count += 1
-        work.rename(out)
+                    written += bytes.fromhex(sha256)
+        details: dict[str, object] = {
+            "format": "jsonl",
+            "file_sha256": hasher.hexdigest(),
+            "items": len(written) // _DIGEST_BYTES,
+        }
+        head = _record(store, bytes(written), actor, details, page)
     except BaseException:
         work.unlink(missing_ok=True)
         raise
-    with store.database.reader.connect() as connection:
-        head = custody.chain_head(connection)
-    head_seq, head_hash = (0, custody.GENESIS_HASH) if head is None else (head.seq, head.event_hash)
-    details: dict[str, object] = {
-        "format": "jsonl",
-        "file_sha256": hasher.hexdigest(),
-        "chain_head_seq": head_seq,
-        "chain_head_hash": head_hash,
-        "items": count,
-    }
-    for shas in _exported(out, page):
-        store.record_sharing("export", shas, actor, details)
-    return JsonlReport(out, count, hasher.hexdigest(), head_seq, head_hash)
+    publish(work, out)
+    return JsonlReport(
+        out,
+        len(written) // _DIGEST_BYTES,
+        hasher.hexdigest(),
+        0 if head is None else head.seq,
+        custody.GENESIS_HASH if head is None else head.event_hash,
+    )
