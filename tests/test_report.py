@@ -11,6 +11,7 @@ import re
 import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from html import unescape
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -19,16 +20,19 @@ import pytest
 from PIL import Image, ImageFilter
 from typer.testing import CliRunner
 
-from evidence import custody
+from evidence import custody, matches
 from evidence.reviews import record_review
 from evidence.store import Store
+from pipelines.api.ui import LiveLinks
 from pipelines.cli import app
 from pipelines.config import QarinaConfig
 from pipelines.ingest import ingest_paths
 from pipelines.plan import Plan
+from pipelines.review import pages as review_pages
 from pipelines.review import queries
 from pipelines.review.charts import hourly_chart
 from pipelines.review.pages import (
+    CONTENT_SECURITY_POLICY,
     PictureRef,
     ReviewPages,
     clock,
@@ -41,7 +45,7 @@ from pipelines.review.thumbs import find_picture, picture_bytes
 from pipelines.runner import run_plan
 from pipelines.samples import audio, hostile, photos, videos
 from pipelines.session import open_matcher
-from tests.flows import DEFAULT_KEYS, sqlite_config_in
+from tests.flows import DEFAULT_KEYS, ingest_and_run, sqlite_config_in
 from workers.base import Kind, StageInput, StageOutput, StageSkipped
 from workers.transcript import ModelRef, Segment, TranscriptResult, TranscriptStage
 
@@ -155,9 +159,10 @@ _VOID = frozenset({"meta", "link", "img", "input", "br", "hr", "source", "wbr"})
 
 class _Page(HTMLParser):
     """A page as the tests look at it: every URL it names, its pictures, the text inside
-    elements by attribute, and whether its tags nest properly."""
+    elements by attribute, any script or style of its own, and whether its tags nest
+    properly."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, html: str | None = None) -> None:
         super().__init__()
         self.path = path
         self.urls: list[str] = []
@@ -165,8 +170,12 @@ class _Page(HTMLParser):
         self.clear_on_request: list[str] = []
         self.text_in: dict[str, str] = {}
         self.misnested: list[str] = []
+        #: Script or style the page carries itself, which its policy (and the service's) must
+        #: refuse: `<script>` bodies, `<style>` elements, `style=` and `on*=` attributes,
+        #: `javascript:` URLs.
+        self.inline_code: list[str] = []
         self._open: list[tuple[str, dict[str, str]]] = []
-        self.feed(path.read_text(encoding="utf-8"))
+        self.feed(path.read_text(encoding="utf-8") if html is None else html)
         self.close()
         if self._open:
             self.misnested.append(f"left open: {[tag for tag, _ in self._open]}")
@@ -174,6 +183,15 @@ class _Page(HTMLParser):
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         named = {name: value or "" for name, value in attrs}
         self.urls += [named[name] for name in ("src", "href", "action") if name in named]
+        self.inline_code += [
+            f"<{tag} {name}=...>"
+            for name, value in named.items()
+            if name == "style"
+            or name.startswith("on")
+            or re.sub(r"[\s\x00-\x1f]", "", value).lower().startswith("javascript:")
+        ]
+        if tag == "style":
+            self.inline_code.append("<style>")
         if tag == "img":
             self.image_sources.append(named["src"])
         if "data-clear" in named:
@@ -188,6 +206,8 @@ class _Page(HTMLParser):
         self._open.pop()
 
     def handle_data(self, data: str) -> None:
+        if self._open and self._open[-1][0] == "script" and data.strip():
+            self.inline_code.append(f"<script>{data.strip()[:40]}")
         for _, attrs in self._open:
             keys = [f"class={token}" for token in attrs.get("class", "").split()]
             if "lang" in attrs:
@@ -232,6 +252,7 @@ def test_report_of_the_whole_store(processed: Processed, tmp_path: Path) -> None
     assert re.search(rf"wrote {len(expected)} pages and \d+ pictures \(.* MB\) in", result.stdout)
     for name, page in pages.items():
         assert not page.misnested, (name, page.misnested)
+        assert not page.inline_code, (name, page.inline_code)
         # Nothing leaves the folder: every link is relative, every file it names is there.
         assert not [url for url in page.urls if re.match(r"[a-z]+:|//", url)], name
         missing = [path for path in page.local_files() if not path.is_file()]
@@ -302,24 +323,11 @@ def test_report_of_the_whole_store(processed: Processed, tmp_path: Path) -> None
         assert clear.size == (960, 720)
 
 
-class LiveLinks:
-    """Links as the live service makes them."""
-
-    def page(
-        self,
-        kind: str,
-        *,
-        sha256: str | None = None,
-        page: int = 1,
-        query: str | None = None,
-    ) -> str:
-        return f"/ui/{kind}?sha256={sha256}&page={page}&q={query}"
-
-    def picture(self, ref: PictureRef, clear: bool) -> str:
-        return f"/ui/pictures/{ref.key}-{'clear' if clear else 'blurred'}.jpg"
-
-    def asset(self, name: str) -> str:
-        return f"/ui/static/{name}"
+def _pictures(pages: ReviewPages, sha256: str) -> list[PictureRef]:
+    """Every picture the item's page shows."""
+    rendered = pages.item_with_pictures(sha256)
+    assert rendered is not None
+    return rendered[1]
 
 
 def test_a_graphic_label_withholds_every_copys_pictures(
@@ -328,7 +336,7 @@ def test_a_graphic_label_withholds_every_copys_pictures(
     items = processed.items
     store, config = processed.store, processed.config
     pages = ReviewPages(store, config, LiveLinks(), live=True)
-    assert len(pages.pictures(items["street.jpg"])) == 2  # its own and its copy's
+    assert len(_pictures(pages, items["street.jpg"])) == 2  # its own and its copy's
     record_review(store.database, items["scenes.mp4"], "reviewed", "mona", None)
     record_review(store.database, items["street-small.jpg"], "graphic", "yusuf", "bodies")
 
@@ -336,19 +344,19 @@ def test_a_graphic_label_withholds_every_copys_pictures(
     for name in ("street.jpg", "street-small.jpg"):
         html = pages.item(items[name])
         assert html is not None
-        assert pages.pictures(items[name]) == []
+        assert _pictures(pages, items[name]) == []
         assert "<img" not in html and "data-clear" not in html
         notice = re.search(
             r'Already reviewed as <strong>graphic</strong> in <a [^>]*href="([^"]+)"', html
         )
-        assert notice and f"sha256={items['street-small.jpg']}&" in notice.group(1)
+        assert notice and notice.group(1) == f"/ui/items/{items['street-small.jpg']}"
         assert "by yusuf on" in html
         withholding = withholding_review(store.database, items[name])
         assert withholding is not None and withholding.reviewer == "yusuf"
     # A label other than graphic is shown, and the pictures stay, blurred.
     video = pages.item(items["scenes.mp4"])
     assert video is not None and "reviewed: mona" in video and "Already reviewed" not in video
-    assert len(pages.pictures(items["scenes.mp4"])) == 5  # four keyframes and the still
+    assert len(_pictures(pages, items["scenes.mp4"])) == 5  # four keyframes and the still
     assert "reviewed: mona" in (pages.item(items["still.jpg"]) or "")
     listing = pages.items()
     assert listing.count("graphic: yusuf") == 2 and listing.count("reviewed: mona") == 2
@@ -358,7 +366,7 @@ def test_a_graphic_label_withholds_every_copys_pictures(
     assert written == {items["scenes.mp4"], items["still.jpg"]} and site.pictures == 5
     # Labelled again, the newest label of an item is its current one.
     record_review(store.database, items["street-small.jpg"], "not-relevant", "yusuf", "a mural")
-    assert len(pages.pictures(items["street.jpg"])) == 2
+    assert len(_pictures(pages, items["street.jpg"])) == 2
     assert withholding_review(store.database, items["street.jpg"]) is None
 
 
@@ -375,12 +383,26 @@ def test_scopes_and_refusals(shared: Processed, tmp_path: Path) -> None:
     by_request = tmp_path / "rfa"
     report(by_request, "--request", "RFA-7")
     own = {items[name] for name in ("street.jpg", "scenes.mp4", "note.opus", "page.mp4")}
+    copies = {items["street-small.jpg"], items["still.jpg"]}  # from NGO-B, for no request
     assert {path.stem for path in (by_request / "items").glob("[0-9a-f]*.html")} == own
-    # A copy from outside the request stays visible as corroboration, without a page.
+    # A copy from outside the request stays visible as corroboration (hash, sources, first
+    # sight, the link's distance), without a page, and without a picture written or named.
     clusters = _pages(by_request)["clusters/page-1.html"]
     text = (by_request / "clusters/page-1.html").read_text()
-    assert items["street-small.jpg"][:12] in text
+    assert items["street-small.jpg"][:12] in text and "NGO-B" in text
     assert not [url for url in clusters.urls if items["street-small.jpg"] in url]
+    assert {path.name[:64] for path in (by_request / "pictures").iterdir()} == {
+        items["street.jpg"],
+        items["scenes.mp4"],
+    }
+    for sha in (items["street.jpg"], items["scenes.mp4"]):
+        page = _pages(by_request)[f"items/{sha}.html"]
+        named = [*page.urls, *page.clear_on_request]
+        assert not [url for url in named if any(copy in url for copy in copies)], sha
+        page_text = (by_request / f"items/{sha}.html").read_text()
+        assert "not in this report: no picture" in page_text and "NGO-B" in page_text
+    # No hidden partial folder is left beside the report.
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["rfa"]
 
     named = tmp_path / "named"
     report(named, "--no-blur", "--items", items["street.jpg"], items["note.opus"])
@@ -390,19 +412,33 @@ def test_scopes_and_refusals(shared: Processed, tmp_path: Path) -> None:
         f"items/{items['street.jpg']}.html", f"items/{items['note.opus']}.html",
     }  # fmt: skip
     assert "2 named items" in (named / "index.html").read_text()
-    # Each item the report let out records it; the items it left out do not.
+    # Each item the reports showed records it, as one of theirs or as a copy of one: the
+    # request's report named two copies, the named items' one (a photo, a voice note) one.
     with shared.store.database.reader.connect() as connection:
         reported = {
-            sha: [event for event in custody.item_trail(connection, sha)
+            sha: [event.details["as"] for event in custody.item_trail(connection, sha)
                   if event.action == "report"]
             for sha in set(items.values())
-        }
-    named_shas = {items["street.jpg"], items["note.opus"]}
-    for sha, events in reported.items():
-        assert len(events) == (1 if sha in own else 0) + (1 if sha in named_shas else 0), sha
-    last = reported[items["note.opus"]][-1]
-    assert last.actor.startswith("qarina-report@")
-    assert last.details["blur"] is False and last.details["items"] == 2
+        }  # fmt: skip
+    expected: dict[str, list[str]] = {sha: [] for sha in set(items.values())}
+    for sha in own:
+        expected[sha].append("in scope")
+    for sha in copies:
+        expected[sha].append("corroborating copy")
+    for sha in (items["street.jpg"], items["note.opus"]):
+        expected[sha].append("in scope")
+    expected[items["street-small.jpg"]].append("corroborating copy")
+    assert reported == expected
+    with shared.store.database.reader.connect() as connection:
+        last, copy = (
+            [event for event in custody.item_trail(connection, sha) if event.action == "report"]
+            for sha in (items["note.opus"], items["still.jpg"])
+        )
+    assert last[-1].actor.startswith("qarina-report@")
+    assert last[-1].details["blur"] is False
+    assert (last[-1].details["items"], last[-1].details["copies"]) == (2, 1)
+    assert copy[-1].details["scope"] == "request RFA-7"
+    assert (copy[-1].details["items"], copy[-1].details["copies"]) == (4, 2)
     photo = pages[f"items/{items['street.jpg']}.html"]
     assert photo.image_sources and not photo.clear_on_request
     assert all(source.endswith("-clear.jpg") for source in photo.image_sources)
@@ -413,6 +449,144 @@ def test_scopes_and_refusals(shared: Processed, tmp_path: Path) -> None:
     assert "no request" in report(tmp_path / "y", "--request", "RFA-0", code=1)
     report(tmp_path / "z", "--items", code=2)
     report(tmp_path / "z", "--request", "RFA-7", "--items", items["street.jpg"], code=2)
+
+
+def test_a_report_takes_its_place_only_once_recorded(
+    shared: Processed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Written beside its folder, hidden, and renamed into place after its custody events:
+    interrupted while recording, it leaves nothing behind, and nothing recorded."""
+
+    def interrupted(connection: object, entries: object) -> None:
+        raise KeyboardInterrupt
+
+    out = tmp_path / "reports" / "rfa"
+    with monkeypatch.context() as patched:
+        patched.setattr(custody, "append", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            write_site(shared.store, shared.config, out, blur=True, scope=None, actor="x@test")
+    assert list((tmp_path / "reports").iterdir()) == []
+    with shared.store.database.reader.connect() as connection:
+        assert not [event for event in custody.events(connection) if event.actor == "x@test"]
+    # An empty folder made beforehand is taken over.
+    out.mkdir()
+    summary = write_site(shared.store, shared.config, out, blur=True, scope=None)
+    assert (out / "index.html").is_file() and summary.copies == ()
+    assert sorted(path.name for path in (tmp_path / "reports").iterdir()) == ["rfa"]
+
+
+def test_an_item_page_shows_its_nearest_copies_once_each_and_counts_the_rest(
+    tmp_path: Path, models_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Five unrelated photos linked by hand: a to b (distance 9) and c (4), c to d; e alone
+    until linked to d. The matcher is not run, so these are the only links."""
+    media = tmp_path / "media"
+    media.mkdir()
+    for number in range(5):
+        photos.scene_jpeg(media / f"{number}.jpg", seed=30 + number)
+    a, b, c, d, e = (
+        hashlib.sha256((media / f"{number}.jpg").read_bytes()).hexdigest() for number in range(5)
+    )
+    config = sqlite_config_in(tmp_path / "data", models_dir)
+    store = Store.open(config.db_url, config.blob_root)
+
+    def link(mine: str, other: str, distance: float) -> None:
+        made = matches.link_between(mine, other, "photo-photo", "pdq", distance, (None, None), {})
+        matches.record(store.database, [made], "qarina-match@test")
+
+    try:
+        ingest_and_run(store, config, media)
+        for pair in ((a, b, 9.0), (a, c, 4.0), (c, d, 6.0)):
+            link(*pair)
+        readings: list[int] = []
+        all_links = matches.all_links
+        monkeypatch.setattr(
+            matches, "all_links", lambda database: readings.append(1) or all_links(database)
+        )
+        monkeypatch.setattr(review_pages, "NEAR_SHOWN", 2)
+        live = ReviewPages(store, config, LiveLinks(), live=True)
+        html = live.item(a)
+        assert html is not None
+        # The two nearest copies, nearest first; a's own picture once for them all (and once
+        # in its contact sheet above); d, linked through c, counted with a way to it.
+        assert html.index(f'href="/ui/items/{c}"') < html.index(f'href="/ui/items/{b}"')
+        assert html.count(f'src="/ui/pictures/{a}/blurred.jpg"') == 2
+        assert html.count(f'src="/ui/pictures/{c}/blurred.jpg"') == 1
+        assert "Near duplicates (2 links)" in html and "nearest are shown" not in html
+        assert re.search(r'1 more copy in this cluster: <a href="/ui/clusters#cluster-1">', html)
+        images = re.findall(r"<img [^>]*>", html)
+        assert images and all('loading="lazy"' in image for image in images)
+        monkeypatch.setattr(review_pages, "NEAR_SHOWN", 1)
+        html = live.item(a)
+        assert html is not None
+        assert f'href="/ui/items/{c}"' in html and f'href="/ui/items/{b}"' not in html
+        assert "The 1 nearest are shown" in html and "2 more copies in this cluster" in html
+        assert len(readings) == 1  # both pages found the cluster in one reading
+        # A static report counts from its one reading of the clusters.
+        static_links = StaticLinks()
+        report = ReviewPages(store, config, static_links)
+        with static_links.rendering_in("items"):
+            html = report.item(a)
+        assert html is not None
+        assert '2 more copies in this cluster: <a href="../clusters/page-1.html#cluster-1">' in html
+        assert 'id="cluster-1"' in report.clusters(1)
+
+        # Live, the clusters are read again once a link was added, not before.
+        readings.clear()
+        assert "1 cluster " in live.clusters(1) and live.page_count("clusters") == 1
+        live.backlog()
+        assert readings == []
+        link(d, e, 7.0)
+        assert e[:12] in live.clusters(1) and e[:12] in live.clusters(1)
+        assert "Near-duplicate clusters</a> (1)" in live.backlog()
+        assert len(readings) == 1
+    finally:
+        store.close()
+
+
+def test_a_transcript_without_a_language_says_so(
+    shared: Processed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, note = shared.store, shared.items["note.opus"]
+    show = store.show
+
+    def without_language(sha256: str, current: object) -> dict[str, object] | None:
+        shown = show(sha256, current)  # type: ignore[arg-type]
+        assert shown is not None
+        shown["results"]["transcript"]["data"]["language"] = None
+        return shown
+
+    monkeypatch.setattr(store, "show", without_language)
+    html = ReviewPages(store, shared.config, LiveLinks(), live=True).item(note)
+    assert html is not None
+    assert "Language not detected" in html and 'lang="None"' not in html
+    assert f'dir="auto">{SPOKEN}' in html
+
+
+def test_no_page_carries_script_or_style_of_its_own(shared: Processed) -> None:
+    """The pages' policy (and the service's header) refuses inline script and style: a page
+    that relied on any would break under it, so none may hold any. Live pages here; the
+    static report's pages in test_report_of_the_whole_store."""
+    pages = ReviewPages(shared.store, shared.config, LiveLinks(), live=True)
+    rendered = {
+        "backlog": pages.backlog(),
+        "items": pages.items(),
+        "clusters": pages.clusters(),
+        "search": pages.search(SPOKEN),
+        **{name: pages.item(sha) or "" for name, sha in shared.items.items()},
+    }
+    for name, html in rendered.items():
+        page = _Page(Path(name), html)
+        assert not page.inline_code and not page.misnested, (name, page.inline_code)
+        policy = re.search(r'<meta http-equiv="Content-Security-Policy" content="([^"]+)"', html)
+        assert policy and unescape(policy.group(1)) == CONTENT_SECURITY_POLICY, name
+    # What the check refuses.
+    caught = _Page(
+        Path("bad"),
+        '<p style="color: red" onclick="go()">x</p><a href=" JavaScript:go()">y</a>'
+        "<script>go()</script><style>p {}</style>",
+    )
+    assert len(caught.inline_code) == 5, caught.inline_code
 
 
 def test_lists_are_paginated(shared: Processed, tmp_path: Path) -> None:
@@ -445,7 +619,7 @@ def test_live_pages_search_transcripts(shared: Processed) -> None:
     items = shared.items
     pages = ReviewPages(shared.store, shared.config, LiveLinks(), live=True)
     found = pages.search("السلام")
-    assert f"sha256={items['note.opus']}" in found and SPOKEN in found
+    assert f'href="/ui/items/{items["note.opus"]}"' in found and SPOKEN in found
     assert 'role="search"' in found and 'name="q"' in found
     assert "No segment" in pages.search("كلمة غير موجودة")
     assert pages.item("0" * 64) is None
@@ -461,7 +635,7 @@ def test_pictures_are_found_by_key_only_in_the_store(shared: Processed) -> None:
     store, items = shared.store, shared.items
     photo = PictureRef(items["street.jpg"], None)
     assert find_picture(store, photo.key) == photo
-    frames = [ref for ref in ReviewPages(store, shared.config, StaticLinks()).pictures(
+    frames = [ref for ref in _pictures(ReviewPages(store, shared.config, StaticLinks()),
         items["scenes.mp4"]) if ref.item_sha256 == items["scenes.mp4"]]  # fmt: skip
     assert frames and find_picture(store, frames[0].key) == frames[0]
     assert find_picture(store, items["note.opus"]) is None  # not a picture

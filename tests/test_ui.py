@@ -12,14 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, urlencode
 
-import fastapi
 import pytest
 
 from evidence import reviews
 from evidence.store import Store
 from pipelines.api.auth import BrowserSessions
 from pipelines.api.gate import JSON_BODY_MAX_BYTES, SESSION_COOKIE
-from pipelines.api.ui import SECURITY_HEADERS, _over_loopback_http
+from pipelines.api.ui import SECURITY_HEADERS
 from pipelines.samples import photos
 from tests.browser.serving import REVIEWER_TOKEN, serving, write_tokens
 from tests.flows import ingest_and_run, sqlite_config_in
@@ -132,7 +131,10 @@ def test_a_known_token_opens_a_session_in_a_strict_http_only_cookie_for_ui(
     name, _, value = cookie[0].partition("=")
     assert name == SESSION_COOKIE
     assert len(value) >= 43  # 32 random bytes, base64url
-    assert sorted(cookie[1:]) == ["HttpOnly", "Max-Age=43200", "Path=/ui", "SameSite=strict"]
+    # Secure even over plain HTTP here: browsers keep it from 127.0.0.1 and localhost.
+    assert sorted(cookie[1:]) == [
+        "HttpOnly", "Max-Age=43200", "Path=/ui", "SameSite=strict", "Secure",
+    ]  # fmt: skip
     # The form sends a browser back into the pages only.
     for elsewhere in ("https://example.org/", "//example.org/ui/", "/v1/status", "/ui/login"):
         assert service.sign_in(wanted=elsewhere).headers["location"] == "/ui/", elsewhere
@@ -289,21 +291,47 @@ def test_sessions_expire_and_the_oldest_go_first_past_the_cap(
     assert [sessions.owner(session) for session in opened] == [None, "r1", "r2", "r3"]
 
 
+def test_the_form_signs_in_only_from_a_page_of_this_service(service: Service) -> None:
+    """A page elsewhere cannot post the form to sign a reviewer's browser in under another
+    token: what the browser says of where the form came from must name this service."""
+    own = f"http://127.0.0.1:{service.port}"
+    body = urlencode({"token": REVIEWER_TOKEN}).encode()
+    for sent in (
+        {"Origin": "http://attacker.example"},
+        {"Origin": f"http://127.0.0.1:{service.port + 1}"},
+        {"Origin": "null"},  # a sandboxed page, or one that sends no referrer
+        {"Origin": "null", "Sec-Fetch-Site": "cross-site"},
+        {"Origin": own, "Sec-Fetch-Site": "same-site"},
+        {"Sec-Fetch-Site": "cross-site"},
+    ):
+        answer = service.call("POST", "/ui/login", body, _FORM | sent)
+        assert answer.status == 403, sent
+        assert "set-cookie" not in answer.headers
+    for sent in (
+        # What Chromium sends from the form, whose page asks for no referrer.
+        {"Origin": "null", "Sec-Fetch-Site": "same-origin"},
+        {"Origin": own, "Sec-Fetch-Site": "same-origin"},
+        {"Origin": own},
+    ):
+        answer = service.call("POST", "/ui/login", body, _FORM | sent)
+        assert answer.status == 303 and "set-cookie" in answer.headers, sent
+
+
 @pytest.mark.parametrize(
-    ("scheme", "host", "loopback"),
+    ("headers", "warned"),
     [
-        ("http", "127.0.0.1", True),
-        ("http", "::1", True),
-        ("https", "127.0.0.1", False),
-        ("http", "192.0.2.7", False),
-        ("http", "qarina.example", False),
+        ({}, False),  # 127.0.0.1, the test's own address
+        ({"Host": "localhost:8470"}, False),
+        ({"Host": "[::1]:8470"}, False),
+        ({"Host": "qarina.example"}, True),
+        ({"Host": "192.0.2.7:8470"}, True),
+        # A TLS proxy on this host says the browser's scheme, which uvicorn trusts from it.
+        ({"Host": "qarina.example", "X-Forwarded-Proto": "https"}, False),
     ],
 )
-def test_the_cookie_goes_without_secure_only_over_loopback_http(
-    scheme: str, host: str, loopback: bool
+def test_the_form_warns_where_a_browser_would_drop_the_secure_cookie(
+    service: Service, headers: dict[str, str], warned: bool
 ) -> None:
-    scope = {
-        "type": "http", "scheme": scheme, "server": (host, 8470), "path": "/ui/login",
-        "query_string": b"", "headers": [],
-    }  # fmt: skip
-    assert _over_loopback_http(fastapi.Request(scope)) is loopback
+    form = service.call("GET", "/ui/login", headers=headers)
+    assert form.status == 200
+    assert (b"This address is plain HTTP" in form.body) is warned

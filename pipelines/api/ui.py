@@ -4,7 +4,13 @@
 A browser cannot send the bearer token every other request carries, so a token opens a
 session here instead: `/ui/login` takes it once, in a form, and sets a cookie holding a
 random session id (HttpOnly, so no script reads it; SameSite=Strict, so no other site's page
-makes the browser send it; Path=/ui, and the gate takes it nowhere else). What the pages
+makes the browser send it; Path=/ui, and the gate takes it nowhere else; Secure always:
+Chromium and Firefox keep a Secure cookie from http://localhost and http://127.0.0.1, which
+count as secure origins, so an SSH tunnel works, while a plain-HTTP request to the host's
+name never carries it). The form only takes a token from a page of the service itself (the
+browser's `Sec-Fetch-Site` and `Origin` say so), so a page elsewhere cannot sign a browser
+in under its own token (a proxy in front must pass the `Host` the browser asked for, as
+nginx's `proxy_set_header Host $host` does, and `X-Forwarded-Proto`). What the pages
 show is graphic and confidential, so every answer under /ui also tells the browser to load
 nothing from elsewhere, run no inline script, be framed by no one and send no referrer, and
 to keep no copy of a page or a clear picture (`UiHeaders`). Nothing here logs a token, a
@@ -18,7 +24,7 @@ import ipaddress
 import re
 from dataclasses import dataclass
 from typing import Annotated, Literal
-from urllib.parse import parse_qs, urlencode
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import fastapi
 from fastapi import Depends, HTTPException, Query
@@ -30,15 +36,20 @@ from evidence.store import Store
 from pipelines.api.auth import ApiToken, BrowserSessions, token_owner
 from pipelines.api.gate import SESSION_COOKIE, SIGN_IN_PATH, UI_PREFIX, under_ui
 from pipelines.config import QarinaConfig
-from pipelines.review.pages import PictureRef, ReviewPages, withholding_review
+from pipelines.review.pages import (
+    CONTENT_SECURITY_POLICY,
+    PictureRef,
+    ReviewPages,
+    withholding_review,
+)
 from pipelines.review.thumbs import STATIC_DIR, find_picture, picture_bytes
 
 #: Every answer under /ui: the pages' own files and nothing else (no inline script or style,
-#: no CDN, no framing by another site), no sniffing a type the answer does not declare, and
-#: no referrer naming an item to wherever a reviewer goes next.
+#: no CDN, no plugin, no <base>, forms sent only here, no framing by another site), no
+#: sniffing a type the answer does not declare, and no referrer naming an item to wherever a
+#: reviewer goes next.
 SECURITY_HEADERS = {
-    "content-security-policy": "default-src 'self'; img-src 'self'; style-src 'self';"
-    " script-src 'self'; frame-ancestors 'none'",
+    "content-security-policy": f"{CONTENT_SECURITY_POLICY}; frame-ancestors 'none'",
     "x-content-type-options": "nosniff",
     "referrer-policy": "no-referrer",
 }
@@ -247,11 +258,10 @@ def _sign_in_page(
         if name in ui.static
     )
     message = '<p class="refused" role="alert">That token is not known.</p>' if refused else ""
-    if http.url.scheme == "http" and not _over_loopback_http(http):
-        # The cookie goes out `Secure`, which a browser keeps from a plain HTTP address.
+    if not _keeps_secure_cookies(http):
         message += (
             '<p class="refused" role="alert">This address is plain HTTP: a browser keeps the'
-            " sign-in only over HTTPS, or at this host's loopback address (an SSH tunnel).</p>"
+            " sign-in only over HTTPS, or at localhost or 127.0.0.1 (an SSH tunnel).</p>"
         )
     after = html.escape(_after_sign_in(wanted))
     hours = ui.sessions.lifetime_s / 3600
@@ -271,16 +281,37 @@ or until you sign out.</p></main></body></html>
     return HTMLResponse(page, 401 if refused else 200)
 
 
-def _over_loopback_http(http: fastapi.Request) -> bool:
-    """Plain HTTP to a loopback address: the one case where the cookie may go without
-    `Secure`, which a browser would otherwise refuse to send over plain HTTP."""
-    server = http.scope.get("server")
-    if http.url.scheme != "http" or not server:
-        return False
+def _keeps_secure_cookies(http: fastapi.Request) -> bool:
+    """Whether the browser keeps the `Secure` session cookie at the address it asked for:
+    HTTPS (a proxy in front says so in `X-Forwarded-Proto`, which uvicorn trusts from the
+    loopback address), or a loopback host name, which browsers count as secure."""
+    host = http.url.hostname or ""
+    if http.url.scheme == "https" or host == "localhost":
+        return True
     try:
-        return ipaddress.ip_address(server[0]).is_loopback
+        return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _from_this_service(http: fastapi.Request) -> bool:
+    """A form sent from a page of this service, as far as the browser says where it was sent
+    from: `Sec-Fetch-Site`, when sent (current browsers), must be same-origin, and `Origin`,
+    when sent, must name the host the form went to (`Host`). Every answer here asks for no
+    referrer, which makes a browser send `Origin: null` from the service's own form too, so
+    null passes only with same-origin beside it. A request with neither header (a script,
+    an old browser) forges nothing: its sender holds the token."""
+    site = http.headers.get("sec-fetch-site")
+    origin = http.headers.get("origin")
+    if site is not None and site != "same-origin":
+        return False
+    if origin is None:
+        return True
+    if origin == "null":
+        return site == "same-origin"
+    host = http.headers.get("host", "")
+    parts = urlsplit(origin)
+    return parts.scheme in ("http", "https") and bool(host) and parts.netloc.lower() == host.lower()
 
 
 @router.get("/login")
@@ -295,7 +326,14 @@ def sign_in_form(
 @router.post("/login")
 async def sign_in(http: fastapi.Request, ui: Ui) -> Response:
     """The form's token, checked as the gate checks a bearer token (in constant time); a
-    known one opens a session. The body is the gate's to bound, like any other."""
+    known one opens a session. The body is the gate's to bound, like any other.
+
+    Refused (403) from a page elsewhere: with no form token to check, a page on another site
+    could otherwise sign a reviewer's browser in under the other site's own token, and show
+    them pages while they believe they are in their own session.
+    """
+    if not _from_this_service(http):
+        raise HTTPException(403, "sign in from this service's own form")
     fields = parse_qs((await http.body()).decode("latin-1"))
     token = fields.get("token", [""])[0]
     wanted = fields.get("next", [""])[0]
@@ -308,7 +346,7 @@ async def sign_in(http: fastapi.Request, ui: Ui) -> Response:
         ui.sessions.open(owner),
         max_age=int(ui.sessions.lifetime_s),
         path=UI_PREFIX,
-        secure=not _over_loopback_http(http),
+        secure=True,
         httponly=True,
         samesite="strict",
     )
@@ -326,7 +364,7 @@ def sign_out(http: fastapi.Request, ui: Ui) -> RedirectResponse:
     response.delete_cookie(
         SESSION_COOKIE,
         path=UI_PREFIX,
-        secure=not _over_loopback_http(http),
+        secure=True,
         httponly=True,
         samesite="strict",
     )

@@ -1,4 +1,8 @@
-"""`qarina report`: the review pages as a static site, to share a request's results."""
+"""`qarina report`: the review pages as a static site, to share a request's results.
+
+The site is written into a hidden folder beside `--out`, each item it shows records a
+`report` event (one transaction), and only then is the folder renamed into place
+(`pipelines.review.site.write_site`): a report on disk is always in custody."""
 
 from __future__ import annotations
 
@@ -57,20 +61,10 @@ def report(
         elif shas:
             scope = items_scope(store.database, shas)
         blur = config.review_blur and not no_blur
-        summary = write_site(store, config, folder, blur=blur, scope=scope)
-        # A report shares what the pages show (pictures, metadata, transcripts): each item
-        # it covers records who let it out, and in what scope.
-        store.record_sharing(
-            "report",
-            summary.items,
-            f"qarina-report@{config.operator}",
-            {
-                "scope": scope.label if scope else "the whole store",
-                "items": len(summary.items),
-                "pages": summary.pages,
-                "pictures": summary.pictures,
-                "blur": blur,
-            },
+        # A report shares what the pages show (pictures, metadata, transcripts, a copy's
+        # sources): each item it shows records who let it out, and in what scope.
+        summary = write_site(
+            store, config, folder, blur=blur, scope=scope, actor=f"qarina-report@{config.operator}"
         )
     except UnknownItems as error:
         console.print(f"no item {', '.join(error.missing)}")

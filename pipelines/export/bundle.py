@@ -290,20 +290,16 @@ def export_case_bundle(
         manifest = _manifest(work)
         (work / MANIFEST).write_bytes(manifest)
         manifest_sha256 = hashlib.sha256(manifest).hexdigest()
-        store.record_sharing(
-            "export",
-            shas,
-            actor,
-            {
-                "format": "case",
-                "bundle_manifest_sha256": manifest_sha256,
-                "chain_head_seq": head.seq,
-                "chain_head_hash": head.event_hash,
-                "media": media,
-                "full_chain": full_chain,
-                "items": len(shas),
-            },
-        )
+        details = {
+            "format": "case",
+            "bundle_manifest_sha256": manifest_sha256,
+            "chain_head_seq": head.seq,
+            "chain_head_hash": head.event_hash,
+            "media": media,
+            "full_chain": full_chain,
+            "items": len(shas),
+        }
+        store.record_sharing("export", actor, ((sha256, details) for sha256 in shas))
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise

@@ -14,13 +14,11 @@ renamed into place. A crash before the commit leaves no file and no event; a cra
 the commit and the rename leaves the complete file under its hidden name, recorded. Custody
 may then say more left the store than did, never less, and never for some of the items only.
 
-The transaction appends its events a page at a time (`custody.append` within one
-`writer.begin()`, which is what `Store.record_sharing` does for a list), not through
-`Store.record_sharing`. That method builds every event of the list in memory before the
-insert: about 1.4 kB per event (measured with 100,000 on SQLite), so 1.4 GB for a million
-items, against about 2 MB a page at a time. The transaction holds the chain's lock while it
-appends, about 25 s per million events on SQLite (same measurement). Other writers wait for
-it: on SQLite within its 60 s busy timeout, on PostgreSQL at the chain's advisory lock.
+`Store.record_sharing` appends the events a page at a time within its one transaction, so
+they never sit in memory all at once (about 1.4 kB an event, measured with 100,000 on
+SQLite). The transaction holds the chain's lock while it appends, about 25 s per million
+events on SQLite (same measurement). Other writers wait for it: on SQLite within its 60 s
+busy timeout, on PostgreSQL at the chain's advisory lock.
 """
 
 from __future__ import annotations
@@ -35,7 +33,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from evidence import custody, requests
-from evidence.custody import CustodyEntry, StoredEvent
+from evidence.custody import StoredEvent
 from evidence.db import Database
 from evidence.records import CurrentKeys
 from evidence.schema import acquisitions, items
@@ -109,29 +107,23 @@ def _record(
     store: Store, written: bytes, actor: str, details: dict[str, object], page: int
 ) -> StoredEvent | None:
     """One `export` event per item of `written` (their SHA-256s, 32 bytes each), all in one
-    transaction, appended a page at a time; the chain head before the first of them."""
-    step = _DIGEST_BYTES * page
-    with store.database.writer.begin() as connection:
+    transaction; returns the chain head they are anchored to, read just before."""
+    with store.database.reader.connect() as connection:
         head = custody.chain_head(connection)
-        if head is None:
-            anchor = {"chain_head_seq": 0, "chain_head_hash": custody.GENESIS_HASH}
-        else:
-            anchor = {"chain_head_seq": head.seq, "chain_head_hash": head.event_hash}
-        recorded = {**details, **anchor}
-        for start in range(0, len(written), step):
-            chunk = written[start : start + step]
-            custody.append(
-                connection,
-                [
-                    CustodyEntry(
-                        actor=actor,
-                        action="export",
-                        item_sha256=chunk[offset : offset + _DIGEST_BYTES].hex(),
-                        details=recorded,
-                    )
-                    for offset in range(0, len(chunk), _DIGEST_BYTES)
-                ],
-            )
+    if head is None:
+        anchor = {"chain_head_seq": 0, "chain_head_hash": custody.GENESIS_HASH}
+    else:
+        anchor = {"chain_head_seq": head.seq, "chain_head_hash": head.event_hash}
+    recorded = {**details, **anchor}
+    store.record_sharing(
+        "export",
+        actor,
+        (
+            (written[offset : offset + _DIGEST_BYTES].hex(), recorded)
+            for offset in range(0, len(written), _DIGEST_BYTES)
+        ),
+        page,
+    )
     return head
 
 

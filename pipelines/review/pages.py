@@ -9,6 +9,11 @@ pages runs script). Where a reviewer labelled any copy in an item's near-duplica
 `graphic`, no picture of it is offered at all: the page says who saw it and when, and links
 to that item. Templates escape everything they are given (Jinja2 autoescape), since file
 names, metadata and transcripts come from the evidence, and may come from an adversary.
+
+Pages for a scope (a request's items) still list the near copies of those items that other
+requests brought in, since repeat postings corroborate each other: by hash, kind, sources,
+first sight and the link's distance and times, but never by a picture, which would let
+another request's evidence out with this one's.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +34,7 @@ from evidence.db import Database, utc_now
 from evidence.reviews import (
     REVIEWED_KINDS,
     Review,
+    cluster_members,
     cluster_reviews,
     cluster_reviews_many,
     unreviewed_count,
@@ -43,7 +50,7 @@ from pipelines.review.thumbs import PictureRef
 from pipelines.search import search_transcripts
 from workers.keyframes import KeyframesStage
 
-__all__ = ["Links", "PageKind", "PictureRef", "ReviewPages", "Scope"]
+__all__ = ["CONTENT_SECURITY_POLICY", "Links", "PageKind", "PictureRef", "ReviewPages", "Scope"]
 
 PageKind = Literal["backlog", "items", "clusters", "item", "search"]
 
@@ -53,10 +60,22 @@ TEMPLATES_DIR = Path(__file__).parent / "templates"
 ITEMS_PER_PAGE = 100
 CLUSTERS_PER_PAGE = 50
 SEARCH_PER_PAGE = 50
+#: Near duplicates an item's page shows side by side, nearest first: a picture reposted 300
+#: times would otherwise make a page of 600 pictures. The clusters page lists every copy.
+NEAR_SHOWN = 50
 #: How far back the backlog's throughput chart looks.
 THROUGHPUT_DAYS = 7
 #: Languages written right to left (Whisper's codes): their text is laid out that way.
 RTL_LANGUAGES = frozenset({"ar", "fa", "he", "ps", "sd", "ug", "ur", "yi"})
+#: What the pages may load and run: their own files only, no inline script or style, no
+#: plugin, no <base> to redirect relative links, forms sent only to the site. Pages carry it
+#: in a <meta> element, which Chromium enforces on a report opened from disk as well ('self'
+#: matches the report's own files there); the service also sends it as a header, with
+#: `frame-ancestors`, which a <meta> element cannot carry.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; img-src 'self'; style-src 'self'; script-src 'self';"
+    " base-uri 'none'; form-action 'self'; object-src 'none'"
+)
 
 
 class Links(Protocol):
@@ -137,7 +156,9 @@ _ENVIRONMENT = jinja2.Environment(
     trim_blocks=True,
     lstrip_blocks=True,
 )
-_ENVIRONMENT.globals["page_window"] = page_window
+_ENVIRONMENT.globals.update(
+    page_window=page_window, content_security_policy=CONTENT_SECURITY_POLICY
+)
 _ENVIRONMENT.filters.update(
     clock=clock, when=_when, day=_day, size=_size, short=lambda sha: sha[:12], pretty=_pretty
 )
@@ -198,7 +219,9 @@ class Member:
 
 @dataclass(frozen=True)
 class NearDuplicate:
-    """One stored link from the item to another, with both pictures side by side."""
+    """One stored link from the item to another, with both pictures side by side: `mine` is
+    the video's keyframe nearest the link's time (None for a photo, shown once above the
+    list); `theirs` is None when withheld, or when the other item is out of scope."""
 
     other: Member
     kind: str
@@ -276,12 +299,36 @@ def _pages(count: int, per_page: int) -> int:
     return max(1, math.ceil(count / per_page))
 
 
+@dataclass(frozen=True)
+class ClusterReading:
+    """The near-duplicate clusters with a member in scope, largest first, read from the links
+    up to id `up_to`, and where each member's cluster stands in that order."""
+
+    up_to: int
+    groups: list[list[str]]
+    position: dict[str, int]
+
+    @classmethod
+    def read(cls, database: Database, scope: Scope | None) -> ClusterReading:
+        # Read the newest id first: links added meanwhile make the next reading newer still.
+        up_to = queries.newest_link_id(database)
+        groups = [
+            group
+            for group in dedup_reports.clusters(matches.all_links(database))
+            if scope is None or any(sha in scope.shas for sha in group)
+        ]
+        position = {sha: number for number, group in enumerate(groups) for sha in group}
+        return cls(up_to, groups, position)
+
+
 class ReviewPages:
     """Renders each page as HTML text for the items in `scope` (None: the whole store).
 
     `live` adds the transcript search box (the service answers it; a static report cannot).
     A static report is one moment's snapshot, so its pages share one reading of the
-    clusters; live pages read them afresh on every call.
+    clusters. Live pages share one too, kept while no link is added (links are never changed
+    or removed): reading them all is a scan of the whole `matches` table, which the backlog
+    and clusters pages would otherwise repeat on every click, on the service's threads.
     """
 
     def __init__(
@@ -303,7 +350,9 @@ class ReviewPages:
         self.current = self.plan.current_keys()
         self.planned = frozenset(key for keys in self.current.values() for key in keys)
         self.keyframes_keys = self.plan.keys(KeyframesStage.name)
-        self._clusters_snapshot: list[list[str]] | None = None
+        self._clusters_reading: ClusterReading | None = None
+        # One reading at a time: requests that arrive during a scan wait for its result.
+        self._clusters_lock = threading.Lock()
 
     @property
     def database(self) -> Database:
@@ -313,6 +362,18 @@ class ReviewPages:
 
     def in_scope(self, sha256: str) -> bool:
         return self.scope is None or sha256 in self.scope.shas
+
+    def _clusters(self) -> ClusterReading:
+        """The clusters with a member in scope: the static report's one reading, or the live
+        pages' latest, read again only once a link was added since."""
+        with self._clusters_lock:
+            reading = self._clusters_reading
+            if reading is None or (
+                self.live and queries.newest_link_id(self.database) != reading.up_to
+            ):
+                reading = ClusterReading.read(self.database, self.scope)
+                self._clusters_reading = reading
+            return reading
 
     def item_url(self, sha256: str) -> str | None:
         """The item's page, when this set of pages has one."""
@@ -397,7 +458,7 @@ class ReviewPages:
             days=THROUGHPUT_DAYS,
             unreviewed=self._unreviewed(),
             item_pages=self.page_count("items"),
-            cluster_count=len(self._clusters()),
+            cluster_count=len(self._clusters().groups),
         )
 
     # --- lists ------------------------------------------------------------------------------
@@ -405,15 +466,13 @@ class ReviewPages:
     def page_count(self, kind: Literal["items", "clusters"]) -> int:
         if kind == "items":
             return _pages(queries.count_items(self.database, self.scope), self.items_per_page)
-        return _pages(len(self._clusters()), self.clusters_per_page)
+        return _pages(len(self._clusters().groups), self.clusters_per_page)
 
     def items(self, page: int = 1) -> str:
         """One page of the items in scope, in the order they were first seen."""
         offset = (page - 1) * self.items_per_page
-        rows = (
-            queries.item_rows(self.database, self.planned, self.scope, offset, self.items_per_page)
-            if page >= 1
-            else []
+        rows = queries.item_rows(
+            self.database, self.planned, self.scope, offset, self.items_per_page
         )
         total = queries.count_items(self.database, self.scope)
         shas = [row.sha256 for row in rows]
@@ -431,25 +490,12 @@ class ReviewPages:
             first_number=offset + 1,
         )
 
-    def _clusters(self) -> list[list[str]]:
-        """Near-duplicate clusters with a member in scope, largest first."""
-        if self._clusters_snapshot is not None:
-            return self._clusters_snapshot
-        found = [
-            group
-            for group in dedup_reports.clusters(matches.all_links(self.database))
-            if any(self.in_scope(sha) for sha in group)
-        ]
-        if not self.live:
-            self._clusters_snapshot = found
-        return found
-
     def clusters(self, page: int = 1) -> str:
         """One page of near-duplicate clusters: every copy with its sources and when it was
         first seen, earliest first, since repeat postings corroborate each other."""
-        every = self._clusters()
+        every = self._clusters().groups
         start = (page - 1) * self.clusters_per_page
-        chunk = every[start : start + self.clusters_per_page] if page >= 1 else []
+        chunk = every[start : start + self.clusters_per_page]
         members = self._members([sha for group in chunk for sha in group])
         reviews = cluster_reviews_many(self.database, [group[0] for group in chunk])
         far_past = dt.datetime.min.replace(tzinfo=dt.UTC)
@@ -469,8 +515,35 @@ class ReviewPages:
             f"Clusters, page {page}",
             rows=rows,
             page=page,
-            pages=self.page_count("clusters"),
+            pages=_pages(len(every), self.clusters_per_page),
             total=len(every),
+        )
+
+    def cluster_url(self, sha256: str) -> str | None:
+        """The item's cluster where the clusters pages list it (None when it has none)."""
+        number = self._clusters().position.get(sha256)
+        if number is None:
+            return None
+        page = self.links.page("clusters", page=number // self.clusters_per_page + 1)
+        return f"{page}#cluster-{number + 1}"
+
+    def _cluster_size(self, sha256: str) -> int:
+        """Items in the item's cluster, itself included: from the report's one reading of the
+        clusters, or live by a walk from the item (a link added since the live reading would
+        otherwise cost a scan of every link for one item's page)."""
+        if self.live:
+            return len(cluster_members(self.database, sha256))
+        reading = self._clusters()
+        number = reading.position.get(sha256)
+        return 1 if number is None else len(reading.groups[number])
+
+    def listed_copies(self) -> list[str]:
+        """The items out of scope that the pages list as near copies of items in scope (by
+        hash, sources and times, never by a picture); none for the whole store."""
+        if self.scope is None:
+            return []
+        return sorted(
+            {sha for group in self._clusters().groups for sha in group if not self.in_scope(sha)}
         )
 
     # --- one item ---------------------------------------------------------------------------
@@ -480,11 +553,6 @@ class ReviewPages:
         rendered = self.item_with_pictures(sha256)
         return None if rendered is None else rendered[0]
 
-    def pictures(self, sha256: str) -> list[PictureRef]:
-        """Every picture the item's page shows (none where a review withholds them)."""
-        rendered = self.item_with_pictures(sha256)
-        return [] if rendered is None else rendered[1]
-
     def item_with_pictures(self, sha256: str) -> tuple[str, list[PictureRef]] | None:
         """The item's page and the pictures it shows, from one reading of the store."""
         if not self.in_scope(sha256):
@@ -493,18 +561,23 @@ class ReviewPages:
         if shown is None:
             return None
         exposure = Exposure.of(cluster_reviews(self.database, sha256))
-        links = shown["matches"]
-        others = list(dict.fromkeys(link["other"] for link in links))
+        links = shown["matches"]  # nearest first
+        nearest = links[:NEAR_SHOWN]
+        others = list(dict.fromkeys(link["other"] for link in nearest))
         members = self._members(others)
         frames = queries.keyframes(self.database, self.keyframes_keys, [sha256, *others])
         withheld = exposure.graphic is not None
 
         def still(sha: str, kind: str | None, at: float | None) -> PictureView | None:
-            found = None if withheld else _still(sha, kind, at, frames.get(sha, []))
+            # No picture of a withheld cluster, nor of an item this set of pages leaves out.
+            if withheld or not self.in_scope(sha):
+                return None
+            found = _still(sha, kind, at, frames.get(sha, []))
             return None if found is None else self._picture(*found)
 
+        photo = shown["kind"] == "photo"
         sheet = []
-        if not withheld and shown["kind"] == "photo":
+        if not withheld and photo:
             sheet = [self._picture(PictureRef(sha256, None), "photo")]
         elif not withheld:
             sheet = [
@@ -521,11 +594,14 @@ class ReviewPages:
                 other_time_s=link["other_time_s"],
                 offset_s=link["details"].get("offset_s"),
                 speed=link["details"].get("speed"),
-                mine=still(sha256, shown["kind"], link["time_s"]),
+                # A photo is the same picture for every link: the list shows it once.
+                mine=None if photo else still(sha256, shown["kind"], link["time_s"]),
                 theirs=still(link["other"], members[link["other"]].kind, link["other_time_s"]),
             )
-            for link in links
+            for link in nearest
         ]
+        # Copies linked through other copies count too: the clusters page lists them all.
+        more = self._cluster_size(sha256) - 1 - len(others) if links else 0
         views = [*sheet, *(view for pair in near for view in (pair.mine, pair.theirs) if view)]
         with self.database.reader.connect() as connection:
             trail = custody.item_trail(connection, sha256)
@@ -534,12 +610,15 @@ class ReviewPages:
             "item.html",
             f"Item {sha256[:12]}",
             item=shown,
-            # The first arrival registered the item: its time is the item's first sight.
-            first_seen=min(arrival["acquired_at"] for arrival in shown["acquisitions"]),
+            first_seen=queries.first_seen(self.database, [sha256]).get(sha256),
             sources=sorted({arrival["source"] for arrival in shown["acquisitions"]}),
             exposure=exposure,
             sheet=sheet,
             near=near,
+            links_count=len(links),
+            this_photo=sheet[0] if photo and sheet and near else None,
+            more_copies=max(0, more),
+            cluster_url=self.cluster_url(sha256) if more > 0 else None,
             probe=shown["results"].get("probe"),
             metadata=metadata["data"] if metadata and metadata["status"] == "ok" else None,
             transcript=_transcript(shown["results"].get("transcript")),
@@ -561,7 +640,7 @@ class ReviewPages:
                 for hit in search_transcripts(self.store, self.plan, query, limit=wanted)
                 if self.in_scope(hit["sha256"])
             ]
-            if query.strip() and page >= 1
+            if query.strip()
             else []
         )
         start = (page - 1) * SEARCH_PER_PAGE

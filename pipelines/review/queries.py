@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from evidence.db import Database, as_utc
 from evidence.jobs import DEAD, FAILED, OPEN_STATES
 from evidence.records import ResultKey
-from evidence.schema import acquisitions, artifacts, items, jobs, results, under_keys
+from evidence.schema import acquisitions, artifacts, items, jobs, matches, results, under_keys
 
 #: The states an item is listed under, in the order the backlog's table shows them.
 STATES: tuple[str, ...] = ("processed", "in progress", "failed", "superseded only", "no jobs")
@@ -268,3 +268,10 @@ def item_shas(database: Database, scope: Scope | None) -> list[str]:
                 .order_by(items.c.created_at, items.c.sha256)
             ).scalars()
         )
+
+
+def newest_link_id(database: Database) -> int:
+    """The id of the newest near-duplicate link (0 without any). Links are only ever added,
+    so while it stays the same, so do the clusters: one lookup of the primary key's end."""
+    with database.reader.connect() as connection:
+        return int(connection.execute(sa.select(sa.func.max(matches.c.id))).scalar() or 0)

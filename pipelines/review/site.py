@@ -11,14 +11,22 @@ Layout (every link relative, so the folder can be copied or zipped as it is):
     pictures/<key>-clear.jpg    fetched only when a reviewer selects the picture
     static/qarina.css, qarina.js, qarina.svg (the pages' icon)
 
-No picture of an item withheld by a graphic review is written at all.
+No picture of an item withheld by a graphic review is written at all, nor, in a report of a
+request or of named items, of a near copy from outside it (its row says where it came from).
+
+A report lets evidence out of the store, so it is written into a hidden folder beside its
+destination, every item it shows (`report` custody events, in one transaction) is recorded,
+and only then does the folder take its name: a crash leaves a hidden partial folder or a
+recorded report, never a usable report that custody does not know of.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import time
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -89,11 +97,13 @@ class SiteSummary:
     seconds: float
     #: The items that have a page in the site: what the report lets out of the store.
     items: tuple[str, ...] = ()
+    #: Items out of scope that its lists show as near copies (hash, sources, times).
+    copies: tuple[str, ...] = ()
 
 
 class NotEmpty(Exception):
-    """The report's folder already holds files: a report never mixes with what was there
-    (an earlier report's pictures of items out of this one's scope)."""
+    """The report's folder already holds files (or is a file): a report never mixes with
+    what was there (an earlier report's pictures of items out of this one's scope)."""
 
 
 def write_site(
@@ -103,20 +113,27 @@ def write_site(
     *,
     blur: bool,
     scope: Scope | None,
+    actor: str | None = None,
     items_per_page: int = ITEMS_PER_PAGE,
     clusters_per_page: int = CLUSTERS_PER_PAGE,
 ) -> SiteSummary:
     """Write the report for `scope` (None: the whole store) into `out`, new or empty.
 
-    Pictures are made on all cores as the item pages ask for them, each once however many
-    pages show it (near duplicates show each other's).
+    With `actor`, each item the report shows records a `report` event by `actor` before the
+    report takes its place at `out` (see the module docstring); without it (benchmarks,
+    tests) nothing is recorded. Pictures are made on all cores as the item pages ask for
+    them, each once however many pages show it (near duplicates show each other's).
 
     Raises:
         NotEmpty: `out` holds files already.
     """
     started = time.monotonic()
-    if out.exists() and any(out.iterdir()):
+    out = Path(os.path.abspath(out))  # "." has no name to put a hidden folder beside
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise NotEmpty(str(out))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:12]}"
+    work.mkdir()
     links = StaticLinks()
     pages = ReviewPages(
         store,
@@ -127,8 +144,24 @@ def write_site(
         items_per_page=items_per_page,
         clusters_per_page=clusters_per_page,
     )
+    try:
+        summary = _write_pages(store, work, pages, links, blur)
+        if actor is not None:
+            _record(store, summary, actor, scope, blur)
+        # Over an empty folder, as POSIX rename allows.
+        work.rename(out)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return dataclasses.replace(summary, seconds=time.monotonic() - started)
+
+
+def _write_pages(
+    store: Store, out: Path, pages: ReviewPages, links: StaticLinks, blur: bool
+) -> SiteSummary:
+    """Every page and picture of the report into the (new, empty) folder `out`."""
     for folder in ("items", "clusters", "pictures", "static"):
-        (out / folder).mkdir(parents=True, exist_ok=True)
+        (out / folder).mkdir()
     for name in ASSETS:
         shutil.copyfile(STATIC_DIR / name, out / "static" / name)
     written = 0
@@ -167,7 +200,26 @@ def write_site(
         for made in making:
             made.result()
     total = sum(path.stat().st_size for path in out.rglob("*") if path.is_file())
-    return SiteSummary(written, len(queued), total, time.monotonic() - started, tuple(shown))
+    return SiteSummary(written, len(queued), total, 0.0, tuple(shown), tuple(pages.listed_copies()))
+
+
+def _record(
+    store: Store, summary: SiteSummary, actor: str, scope: Scope | None, blur: bool
+) -> None:
+    """A `report` event on every item the report shows, in one transaction: its own items
+    ("as": "in scope": pages, pictures, metadata, transcripts) and the near copies its lists
+    name from outside its scope ("as": "corroborating copy": hash, kind, sources, times)."""
+    common = {
+        "scope": scope.label if scope else "the whole store",
+        "items": len(summary.items),
+        "copies": len(summary.copies),
+        "pages": summary.pages,
+        "pictures": summary.pictures,
+        "blur": blur,
+    }
+    shown = [(sha, {**common, "as": "in scope"}) for sha in summary.items]
+    shown += [(sha, {**common, "as": "corroborating copy"}) for sha in summary.copies]
+    store.record_sharing("report", actor, shown)
 
 
 def _write_picture(store: Store, ref: PictureRef, folder: Path, blur: bool) -> None:

@@ -1,7 +1,10 @@
 """The review pages in a real Chromium, as the static report (from disk) and live under /ui of
-the service: each kind of page loads with no console error and asks for nothing outside the
-site, Arabic reads right to left with its letters joined, and a picture is blurred and grey
-until a reviewer clicks it, its clear version not even fetched before."""
+the service: each kind of page loads with no console error (the pages' Content-Security-Policy,
+in a <meta> element that Chromium enforces on the report's file:// pages too, reports inline
+script or style as one) and asks for nothing outside the site, holds no audio or video element
+(nothing can play by itself), Arabic reads right to left with its letters joined, and a
+picture is blurred and grey until a reviewer clicks it, its clear version not even fetched
+before."""
 
 from __future__ import annotations
 
@@ -34,9 +37,15 @@ _ARABIC = re.compile("[\u0600-\u06ff]")
 #: How many pictures a page of each kind shows at least: the photo, the video's three shots.
 _PICTURES = {"photo": 1, "video": 3}
 
-_NOTHING_PLAYS = """
-return [...document.querySelectorAll('audio, video')].every(
-    (media) => media.paused && !media.autoplay)
+#: The pages have no player: a recording is read as its transcript, nothing plays by itself.
+_MEDIA_ELEMENTS = "return document.querySelectorAll('audio, video, source, track').length"
+_INLINE_STYLE_APPLIES = """
+const probe = document.createElement('p');
+probe.setAttribute('style', 'color: rgb(1, 2, 3)');
+document.body.append(probe);
+const applied = getComputedStyle(probe).color === 'rgb(1, 2, 3)';
+probe.remove();
+return applied;
 """
 
 
@@ -58,7 +67,9 @@ def test_every_page_kind_loads_cleanly_and_stays_inside_the_site(
     assert page.errors == []
     assert page.requests, "the browser log recorded no request at all"
     assert [url for url in page.requests if not site.inside(url)] == []
-    assert browser.execute_script(_NOTHING_PLAYS)
+    assert browser.execute_script(_MEDIA_ELEMENTS) == 0
+    # The policy holds on every page, from disk too: a style attribute is refused.
+    assert browser.execute_script(_INLINE_STYLE_APPLIES) is False
     shown = [
         image for image in browser.find_elements(By.TAG_NAME, "img") if _loaded(browser, image)
     ]
@@ -140,8 +151,8 @@ def test_the_session_cookie_is_for_the_pages_alone_and_out_of_scripts_reach(
     visit(browser, f"{signed_in}/ui/")
     (cookie,) = [cookie for cookie in browser.get_cookies() if cookie["name"] == SESSION_COOKIE]
     assert (cookie["path"], cookie["httpOnly"], cookie["sameSite"]) == ("/ui", True, "Strict")
-    # Plain HTTP to loopback: a Secure cookie would never be sent back.
-    assert cookie["secure"] is False
+    # Secure, and still kept over plain HTTP to 127.0.0.1, which browsers count as secure.
+    assert cookie["secure"] is True
     assert browser.execute_script("return document.cookie") == ""
     # The API answers the signed-in browser as it answers anyone without a token.
     browser.get(f"{signed_in}/v1/status")
