@@ -300,20 +300,12 @@ class _Builder:
             "acquisition id": str(acquisition["id"]),
             "original name (hex)": acquisition["original_name_hex"],
         }
-        facets = [
-            _ref(
-                self.graph.add(
-                    {
-                        "@id": iri("ActionArgumentFacet", action_id, name),
-                        "@type": "uco-action:ActionArgumentFacet",
-                        "uco-action:argumentName": name,
-                        "uco-action:value": value,
-                    }
-                )
-            )
-            for name, value in arguments.items()
-            if value is not None
-        ]
+        facets = self.named_values(
+            "uco-action:ActionArgumentFacet",
+            action_id,
+            ("uco-action:argumentName", "uco-action:value"),
+            arguments,
+        )
         return self.graph.add(
             {
                 "@id": action_id,
@@ -330,6 +322,31 @@ class _Builder:
             }
         )
 
+    def named_values(
+        self,
+        node_type: str,
+        owner: str,
+        properties: tuple[str, str],
+        values: Mapping[str, str | None],
+    ) -> list[dict[str, str]]:
+        """One node of `node_type` (an action's arguments, a tool's configuration entries)
+        per value that is set, named under its owner so a second export names it alike."""
+        name_property, value_property = properties
+        return [
+            _ref(
+                self.graph.add(
+                    {
+                        "@id": iri(node_type.partition(":")[2], owner, name),
+                        "@type": node_type,
+                        name_property: name,
+                        value_property: value,
+                    }
+                )
+            )
+            for name, value in values.items()
+            if value is not None
+        ]
+
     def stage_tool(self, result: Mapping[str, Any], provenance: Mapping[str, Any]) -> str:
         """The stage, configured: its version, and its options and config hash as entries."""
         stage, version, config_hash = _result_key(result)
@@ -343,20 +360,12 @@ class _Builder:
                 for name, value in (provenance.get("params") or {}).items()
             },
         }
-        entries = [
-            _ref(
-                self.graph.add(
-                    {
-                        "@id": iri("ConfigurationEntry", configuration_id, name),
-                        "@type": "uco-configuration:ConfigurationEntry",
-                        "uco-configuration:itemName": name,
-                        "uco-configuration:itemValue": value,
-                    }
-                )
-            )
-            for name, value in settings.items()
-            if value is not None
-        ]
+        entries = self.named_values(
+            "uco-configuration:ConfigurationEntry",
+            configuration_id,
+            ("uco-configuration:itemName", "uco-configuration:itemValue"),
+            settings,
+        )
         self.graph.add(
             {
                 "@id": configuration_id,
