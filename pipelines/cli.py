@@ -32,6 +32,7 @@ from pipelines.commands import (
     intake,  # noqa: F401 - registers its commands on the app
     review,  # noqa: F401 - registers its commands on the app
     service,  # noqa: F401 - registers its commands on the app
+    sizing,  # noqa: F401 - registers its commands on the app
 )
 from pipelines.commands import (
     report as report_commands,  # noqa: F401 - registers its commands on the app
