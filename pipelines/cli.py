@@ -618,6 +618,59 @@ def eval_dupes(
     )
 
 
+@bench_app.callback(invoke_without_command=True)
+def bench_stages(
+    ctx: typer.Context,
+    sample: Annotated[
+        Path | None,
+        typer.Option(help="Folder of real material (default: a generated phone-shaped sample)."),
+    ] = None,
+    stages: Annotated[
+        list[str] | None,
+        typer.Option("--stages", help="Stages to cost (repeat; default all). All still run."),
+    ] = None,
+    runs: Annotated[int, typer.Option(help="Runs, each on a fresh store; medians.")] = 1,
+    items: Annotated[
+        int, typer.Option("--items", help="Items in the generated sample (without --sample).")
+    ] = 60,
+    peer: Annotated[
+        bool, typer.Option(help="Time each stage's peer (pdqhash, PySceneDetect, faster-whisper).")
+    ] = True,
+    json_out: Annotated[
+        Path, typer.Option("--json", help="The bench file (for qarina plan).")
+    ] = Path("bench-results/bench.json"),
+    html_out: Annotated[Path | None, typer.Option("--html", help="A page with the table.")] = None,
+) -> None:
+    """Every stage on a sample shaped like the backlog: cost per item and per media second by
+    kind, peak memory, peers, store growth; the bench file `qarina plan` reads. The other
+    benchmarks are subcommands."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from pipelines.bench.stages import bench_stages as run_bench
+
+    try:
+        bench = run_bench(
+            config_of(ctx), sample=sample, stages=stages, runs=runs, items_count=items,
+            peer=peer, json_out=json_out, html_out=html_out, progress=console,
+        )  # fmt: skip
+    except (FileNotFoundError, ValueError, whisper.ModelMissing) as error:
+        console.print(str(error))
+        raise typer.Exit(2) from None
+    table = Table(
+        "stage", "kind", "device", "items", "s/item", "s/media s", "peak RSS MiB", "peer s/item"
+    )
+    for cost in bench.costs:
+        peer_s = None if cost.peer is None else cost.peer.get("seconds_per_item")
+        table.add_row(
+            cost.stage, cost.kind, cost.device, str(cost.items), f"{cost.seconds_per_item:.4f}",
+            f"{cost.seconds_per_media_s:.4f}",
+            "-" if cost.peak_rss_bytes is None else f"{cost.peak_rss_bytes / 2**20:.0f}",
+            "-" if peer_s is None else f"{peer_s:.4f}",
+        )  # fmt: skip
+    out.print(table)
+    console.print(f"bench file written to {json_out}")
+
+
 @bench_app.command("hashes")
 def bench_hashes(
     ctx: typer.Context,

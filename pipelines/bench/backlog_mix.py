@@ -81,7 +81,7 @@ _PEER_FIGURES = ("setup_s", "peer_s", "stage_s", "stage_over_peer")
 
 
 @dataclass
-class _Observed:
+class Observed:
     """What one run left in its store, read once before the store goes."""
 
     #: sha256 -> {"kind": ..., "stages": {stage: outcome}}; see `_outcome`.
@@ -112,9 +112,9 @@ def _durations(rows: Iterable[sa.Row[Any]]) -> dict[tuple[str, str], float]:
     return work
 
 
-def _observe(store: Store) -> _Observed:
+def _observe(store: Store) -> Observed:
     """Items, jobs, results and attempts of a fresh store, as the report needs them."""
-    seen = _Observed()
+    seen = Observed()
     with store.database.reader.connect() as connection:
         item_rows = connection.execute(
             sa.select(items.c.sha256, items.c.kind, items.c.size_bytes)
@@ -181,7 +181,7 @@ def _observe(store: Store) -> _Observed:
 
 
 def _stage_figures(
-    seen: _Observed, transcripts: list[Mapping[str, Any]]
+    seen: Observed, transcripts: list[Mapping[str, Any]]
 ) -> dict[str, dict[str, Any]]:
     """Per stage: jobs and their ends, worker time and its share of all worker time."""
     total_s = sum(seen.work.values())
@@ -262,7 +262,7 @@ def _peer_entry(
     description: str,
     shas: list[str],
     blobs: BlobStore,
-    seen: _Observed,
+    seen: Observed,
     stage: str,
     make: Callable[[], Callable[[Path], object]],
 ) -> dict[str, Any]:
@@ -283,7 +283,7 @@ def _peer_entry(
     }
 
 
-def _peers(store: Store, plan: Plan, config: QarinaConfig, seen: _Observed) -> dict[str, Any]:
+def _peers(store: Store, plan: Plan, config: QarinaConfig, seen: Observed) -> dict[str, Any]:
     """Each stage's peer on the items that stage ran on (for hashes, the photos only: the
     peer hashes photos, while the stage also hashes the keyframes of videos)."""
 
@@ -321,11 +321,18 @@ def _peers(store: Store, plan: Plan, config: QarinaConfig, seen: _Observed) -> d
     return peers
 
 
-def _one_run(
-    config: QarinaConfig, scratch: Path, corpus: Path, index: int, peer: bool, progress: Console
-) -> tuple[dict[str, Any], _Observed]:
+def one_run(
+    config: QarinaConfig,
+    scratch: Path,
+    corpus: Path,
+    index: int,
+    peer: bool,
+    progress: Console,
+    inspect: Callable[[Store, Observed], None] | None = None,
+) -> tuple[dict[str, Any], Observed]:
     """Ingest the folder into a fresh store and data folder, process it on a private local
-    Ray as `qarina run` does (Ray started here and timed apart), read what it left."""
+    Ray as `qarina run` does (Ray started here and timed apart), read what it left;
+    `inspect` reads more of the store (`qarina bench`: growth, devices) before it goes."""
     run_config = fresh_data(config, scratch, f"run-{index}")
     plan = Plan.default(settings=run_config)
     store = open_store(run_config)
@@ -340,6 +347,8 @@ def _one_run(
         startup_s = timed(lambda: start_ray(run_config.ray_address))
         summary = process_queue(run_config, store, False, progress, quiet=progress.quiet)
         seen = _observe(store)
+        if inspect is not None:
+            inspect(store, seen)
         peers = _peers(store, plan, run_config, seen) if peer else {}
     finally:
         store.close()
@@ -470,7 +479,7 @@ def bench_backlog_mix(
     with scratch_folder(config) as scratch:
         machine = machine_info(scratch)
         for index in range(runs):
-            run, seen = _one_run(
+            run, seen = one_run(
                 config, scratch, folder, index, peer, progress or Console(quiet=True)
             )
             measured.append(run)

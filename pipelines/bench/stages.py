@@ -1,0 +1,568 @@
+"""`qarina bench`: every stage measured on a sample shaped like the backlog, as a bench file.
+
+A plan is only as good as the figures it rests on, and a figure from one long recording did
+not hold for short voice notes (issue 16: 7-10x real time on one long file, about 0.4x on
+the corpus's 98 short clips). So this runs a whole sample as `qarina run` does, reusing
+`backlog_mix.one_run` (fresh store, private local Ray, worker seconds of every attempt read
+from custody), and turns what each stage spent on each item into the cost model of
+`pipelines.sizing.costs`, the one module `qarina plan` also reads:
+
+- per stage and kind, device-seconds as `seconds_per_item + seconds_per_media_s * media_s`.
+  For video and audio the two parts come from a least-squares line over the items (the fixed
+  part is what makes short voice notes slow); with fewer than three items, durations spread
+  over less than a second, or a negative part, the fit falls back to a line through the
+  origin (all cost per media second) or a flat cost per item, and `sample["fits"]` says which;
+- the device from the results (`cuda` in a transcript's data means a GPU), the peak RSS of
+  the worker processes that ran the stage (sampled from /proc while the run goes), the peer's
+  figure from the same run (pdqhash/imagehash, PySceneDetect, direct faster-whisper);
+- the machine, the stages' tool and model versions (the Whisper weights by SHA-256), the
+  sample's shape by kind and size band, and the store's growth per item of each kind;
+- with several runs, each item's seconds are the median over runs before anything is fitted.
+"""
+
+from __future__ import annotations
+
+import functools
+import html
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import tempfile
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import sqlalchemy as sa
+from rich.console import Console
+
+from evidence.schema import artifacts, custody_events, items, metadata, results
+from evidence.store import Store
+from models import whisper
+from pipelines.bench.backlog_mix import Observed, one_run
+from pipelines.bench.report import fresh_data, machine_info, scratch_folder
+from pipelines.config import QarinaConfig
+from pipelines.plan import Plan
+from pipelines.samples.mixed_backlog import make_backlog
+from pipelines.session import open_store
+from pipelines.sizing.costs import KINDS, BenchFile, Device, Growth, StageCost, write_bench
+from workers import STAGES
+from workers.tools import package_version
+
+#: Items in the generated sample when no folder is given: a few minutes on two cores.
+DEFAULT_SAMPLE_ITEMS = 60
+#: Libraries whose versions change stage costs; the stages' own tools come from provenance.
+_PACKAGES = (
+    "ray", "faster-whisper", "ctranslate2", "onnxruntime", "pdqhash", "imagehash",
+    "scenedetect", "pillow", "numpy", "av", "sqlalchemy",
+)  # fmt: skip
+#: Size bands: photos by bytes (a messenger's re-post, a phone photo, a camera original),
+#: video and audio by seconds (a voice note, a clip, a longer recording).
+_PHOTO_BANDS = ((200_000, "<200 KB"), (2_000_000, "200 KB-2 MB"), (None, ">2 MB"))
+_MEDIA_BANDS = ((15.0, "<15 s"), (60.0, "15-60 s"), (180.0, "60-180 s"), (None, ">180 s"))
+#: Columns naming the item a row belongs to, in order of preference (an artifact's own
+#: `sha256` is its blob's, so its parent comes first).
+_ITEM_COLUMNS = ("parent_sha256", "item_sha256", "archive_sha256", "b_sha256", "sha256")
+_PEERS = {"hashes": ("photo",), "keyframes": ("video",), "transcript": ("audio", "video")}
+_SAMPLE_S = 0.25
+
+
+@dataclass
+class _RunRecord:
+    """What `_inspect` read from one run's store before it went."""
+
+    items: dict[str, dict[str, Any]] = field(default_factory=dict)
+    devices: dict[tuple[str, str], str] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    pids: dict[str, set[int]] = field(default_factory=dict)
+    rows_after: dict[str, int] = field(default_factory=dict)
+    #: kind -> [blob bytes, artifact bytes, attributed rows]
+    growth: dict[str, list[float]] = field(default_factory=dict)
+
+
+def _row_counts(store: Store) -> dict[str, int]:
+    with store.database.reader.connect() as connection:
+        return {
+            table.name: int(
+                connection.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
+            )
+            for table in metadata.sorted_tables
+        }
+
+
+def _item_column(table: sa.Table) -> sa.Column[Any] | None:
+    for name in _ITEM_COLUMNS:
+        if name in table.c and (name != "sha256" or table.c.sha256.foreign_keys or table is items):
+            return table.c[name]
+    return None
+
+
+def _inspect(store: Store, seen: Observed, record: _RunRecord) -> None:
+    """Per item its kind, bytes and media seconds; devices, versions and worker pids from the
+    results and custody; the rows, blob and artifact bytes each item of each kind added."""
+    kinds = {sha256: entry["kind"] for sha256, entry in seen.items.items()}
+    with store.database.reader.connect() as connection:
+        for sha256, size_bytes in connection.execute(sa.select(items.c.sha256, items.c.size_bytes)):
+            record.items[sha256] = {
+                "kind": kinds.get(sha256, "other"),
+                "bytes": int(size_bytes),
+                "media_s": 0.0,
+            }
+        for row in connection.execute(
+            sa.select(results.c.sha256, results.c.stage, results.c.data, results.c.provenance)
+        ):
+            data, provenance = row.data or {}, row.provenance or {}
+            item = record.items.get(row.sha256)
+            if row.stage == "probe" and item is not None:
+                item["media_s"] = float(data.get("duration_s") or 0.0)
+            device = str(data.get("device") or "cpu")
+            record.devices[(row.stage, kinds.get(row.sha256, "other"))] = (
+                "gpu" if "cuda" in device else "cpu"
+            )
+            record.versions[f"stage.{row.stage}"] = str(provenance.get("stage_version"))
+            for tool, version in (provenance.get("tools") or {}).items():
+                record.versions[str(tool)] = str(version)
+            if provenance.get("qarina"):
+                record.versions["qarina"] = str(provenance["qarina"])
+            model = data.get("model")
+            if row.stage == "transcript" and isinstance(model, dict):
+                record.versions["whisper_model"] = str(model.get("name"))
+                record.versions["whisper_model_sha256"] = str(model.get("sha256"))
+        for stage, details in connection.execute(
+            sa.select(custody_events.c.stage, custody_events.c.details).where(
+                custody_events.c.action.in_(("result", "skip", "failure"))
+            )
+        ):
+            pid = _details(details).get("provenance", {}).get("worker_pid")
+            if pid is not None and stage:
+                record.pids.setdefault(stage, set()).add(int(pid))
+        _owned_growth(connection, kinds, record)
+    record.rows_after = _row_counts(store)
+
+
+def _owned_growth(connection: sa.Connection, kinds: dict[str, str], record: _RunRecord) -> None:
+    """Per kind: the items' blob bytes, their artifacts' bytes, and the rows of every table
+    that name one of them (directly, or through the result they belong to)."""
+    growth = record.growth
+    for item in record.items.values():
+        growth.setdefault(item["kind"], [0.0, 0.0, 0.0])[0] += item["bytes"]
+    for row in connection.execute(sa.select(artifacts.c.parent_sha256, artifacts.c.size_bytes)):
+        growth.setdefault(kinds.get(row.parent_sha256, "other"), [0.0, 0.0, 0.0])[1] += float(
+            row.size_bytes
+        )
+    result_items = dict(connection.execute(sa.select(results.c.id, results.c.sha256)).all())
+    for table in metadata.sorted_tables:
+        column = _item_column(table)
+        if column is None and "result_id" in table.c:
+            owners: Iterable[Any] = (
+                result_items.get(value)
+                for value in connection.execute(sa.select(table.c.result_id)).scalars()
+            )
+        elif column is not None:
+            owners = connection.execute(sa.select(column)).scalars()
+        else:
+            continue
+        for owner in owners:
+            if owner in kinds:
+                growth.setdefault(kinds[owner], [0.0, 0.0, 0.0])[2] += 1
+
+
+def _details(details: Any) -> dict[str, Any]:
+    return cast(dict[str, Any], json.loads(details) if isinstance(details, str) else details or {})
+
+
+class _RssWatch:
+    """Peak RSS (the kernel's VmHWM) of every process descending from this one, sampled from
+    /proc a few times a second: Ray's workers are grandchildren of the driver, and each keeps
+    its own high-water mark, so a sample only has to come before the process ends."""
+
+    def __init__(self) -> None:
+        self.peaks: dict[int, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="bench-rss", daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(_SAMPLE_S):
+            self.sample()
+
+    def sample(self) -> None:
+        parents: dict[int, int] = {}
+        peaks: dict[int, int] = {}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                status = (entry / "status").read_text()
+            except OSError:
+                continue
+            fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+            pid = int(entry.name)
+            parents[pid] = int(fields.get("PPid", "0").strip() or 0)
+            if "VmHWM" in fields:
+                peaks[pid] = int(fields["VmHWM"].split()[0]) * 1024
+        me = os.getpid()
+        for pid, peak in peaks.items():
+            ancestor, hops = pid, 0
+            while ancestor not in (0, 1, me) and hops < 64:
+                ancestor, hops = parents.get(ancestor, 0), hops + 1
+            if ancestor == me:
+                self.peaks[pid] = max(peak, self.peaks.get(pid, 0))
+
+    def __enter__(self) -> _RssWatch:
+        if Path("/proc/self/status").exists():
+            self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+
+def gpu_info() -> list[dict[str, Any]]:
+    """The GPUs nvidia-smi lists (name, memory), or none when it is absent or fails."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return []
+    try:
+        listed = subprocess.run(
+            [smi, "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
+            capture_output=True, text=True, timeout=20, check=True,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return []
+    gpus = []
+    for line in listed.stdout.splitlines():
+        name, _, memory = line.rpartition(",")
+        if name.strip():
+            gpus.append({"name": name.strip(), "memory_bytes": int(float(memory)) * 2**20})
+    return gpus
+
+
+def fit(points: Sequence[tuple[float, float]]) -> tuple[float, float, str]:
+    """(seconds per item, seconds per media second, method) for (media s, seconds) points.
+
+    Least squares when at least three items span a second or more of media and both parts
+    come out non-negative; otherwise a line through the origin (`proportional`: media seconds
+    then carry the whole cost, the safer reading when lengths cannot be told apart), or a
+    flat mean per item (`per-item`) when the items have no duration or cost fell with length.
+    """
+    xs = [x for x, _ in points]
+    ys = [y for _, y in points]
+    mean_y = statistics.fmean(ys) if ys else 0.0
+    if len(points) >= 3 and max(xs) - min(xs) >= 1.0:
+        mean_x = statistics.fmean(xs)
+        spread = sum((x - mean_x) ** 2 for x in xs)
+        slope = sum((x - mean_x) * (y - mean_y) for x, y in points) / spread
+        intercept = mean_y - slope * mean_x
+        if slope >= 0 and intercept >= 0:
+            return intercept, slope, "least-squares"
+        if slope < 0:
+            return mean_y, 0.0, "per-item"
+    total_x = sum(xs)
+    if total_x > 0:
+        return 0.0, sum(x * y for x, y in points) / sum(x * x for x in xs), "proportional"
+    return mean_y, 0.0, "per-item"
+
+
+def _band(kind: str, item: dict[str, Any]) -> str:
+    value, bands = (
+        (item["bytes"], _PHOTO_BANDS) if kind == "photo" else (item["media_s"], _MEDIA_BANDS)
+    )
+    return next(name for limit, name in bands if limit is None or value < limit)
+
+
+def _shape(record: _RunRecord) -> dict[str, Any]:
+    by_kind: dict[str, dict[str, Any]] = {}
+    for item in record.items.values():
+        entry = by_kind.setdefault(
+            item["kind"], {"items": 0, "bytes": 0, "media_s": 0.0, "bands": {}}
+        )
+        entry["items"] += 1
+        entry["bytes"] += item["bytes"]
+        entry["media_s"] = round(entry["media_s"] + item["media_s"], 2)
+        if item["kind"] in KINDS:
+            band = _band(item["kind"], item)
+            entry["bands"][band] = entry["bands"].get(band, 0) + 1
+    return {
+        "items": len(record.items),
+        "bytes": sum(item["bytes"] for item in record.items.values()),
+        "by_kind": dict(sorted(by_kind.items())),
+    }
+
+
+def _peer_figures(run: dict[str, Any], stage: str, media_s: float) -> dict[str, float] | None:
+    entry = run.get("peers", {}).get(stage)
+    if not entry or not entry.get("items"):
+        return None
+    figures = {
+        "seconds_per_item": entry["peer_s"] / entry["items"],
+        "setup_s": float(entry["setup_s"]),
+        "items": float(entry["items"]),
+    }
+    if media_s > 0:
+        figures["seconds_per_media_s"] = entry["peer_s"] / media_s
+    if entry.get("stage_over_peer") is not None:
+        figures["stage_over_peer"] = float(entry["stage_over_peer"])
+    return figures
+
+
+def _median_peer(figures: list[dict[str, float] | None]) -> dict[str, float] | None:
+    present = [entry for entry in figures if entry]
+    if not present:
+        return None
+    keys = set().union(*present)
+    return {
+        key: round(statistics.median([entry[key] for entry in present if key in entry]), 6)
+        for key in sorted(keys)
+    }
+
+
+def _costs(
+    wanted: Sequence[str],
+    runs: list[tuple[dict[str, Any], Observed, _RunRecord]],
+    rss: dict[int, int],
+) -> tuple[list[StageCost], list[dict[str, Any]], list[dict[str, Any]]]:
+    """Costs per (stage, kind), the fit each rests on, and per size band the mean seconds."""
+    last = runs[-1][2]
+    costs: list[StageCost] = []
+    fits: list[dict[str, Any]] = []
+    bands: list[dict[str, Any]] = []
+    for stage in wanted:
+        stage_pids = set().union(*(record.pids.get(stage, set()) for _, _, record in runs))
+        peaks = [rss[pid] for pid in stage_pids if pid in rss]
+        peak = max(peaks) if peaks else (max(rss.values()) if rss else None)
+        for kind in KINDS:
+            shas = sorted(
+                sha256
+                for sha256, item in last.items.items()
+                if item["kind"] == kind and (stage, sha256) in runs[-1][1].work
+            )
+            if not shas:
+                continue
+            seconds = {
+                sha256: statistics.median(
+                    seen.work.get((stage, sha256), 0.0) for _, seen, _ in runs
+                )
+                for sha256 in shas
+            }
+            media = {sha256: last.items[sha256]["media_s"] for sha256 in shas}
+            if kind == "photo":
+                per_item, per_media, method = statistics.fmean(seconds.values()), 0.0, "mean"
+            else:
+                per_item, per_media, method = fit([(media[s], seconds[s]) for s in shas])
+            peer = None
+            if kind in _PEERS.get(stage, ()):
+                peer_media = sum(
+                    item["media_s"]
+                    for sha256, item in last.items.items()
+                    if (stage, sha256) in runs[-1][1].work and item["kind"] in ("audio", "video")
+                )
+                peer = _median_peer([_peer_figures(run, stage, peer_media) for run, _, _ in runs])
+            device = cast(Device, last.devices.get((stage, kind), "cpu"))
+            costs.append(
+                StageCost(
+                    stage,
+                    kind,
+                    device,
+                    round(per_item, 6),
+                    round(per_media, 6),
+                    peak,
+                    len(shas),
+                    peer,
+                )
+            )
+            fits.append({"stage": stage, "kind": kind, "method": method, "items": len(shas)})
+            by_band: dict[str, list[float]] = {}
+            for sha256 in shas:
+                by_band.setdefault(_band(kind, last.items[sha256]), []).append(seconds[sha256])
+            bands.extend(
+                {
+                    "stage": stage,
+                    "kind": kind,
+                    "band": band,
+                    "items": len(values),
+                    "seconds_per_item": round(statistics.fmean(values), 6),
+                }
+                for band, values in by_band.items()
+            )
+    return costs, fits, bands
+
+
+def _growth(runs: list[_RunRecord], before: dict[str, int]) -> tuple[list[Growth], dict[str, int]]:
+    """Per item of each kind: blob and artifact bytes and the rows its items own, plus an even
+    share of the rows no item owns (the run's own custody, controls): medians over runs."""
+    added = {name: count - before.get(name, 0) for name, count in runs[-1].rows_after.items()}
+    growths = []
+    for kind in KINDS:
+        per_run = []
+        for record in runs:
+            count = sum(1 for item in record.items.values() if item["kind"] == kind)
+            if not count:
+                continue
+            total_rows = sum(record.rows_after.values()) - sum(before.values())
+            owned = sum(values[2] for values in record.growth.values())
+            shared = max(0.0, total_rows - owned) / max(1, len(record.items))
+            blob, artifact, rows = record.growth.get(kind, [0.0, 0.0, 0.0])
+            per_run.append((blob / count, artifact / count, rows / count + shared))
+        if per_run:
+            growths.append(
+                Growth(
+                    kind,
+                    *(round(statistics.median(column), 3) for column in zip(*per_run, strict=True)),
+                )
+            )
+    return growths, added
+
+
+@contextmanager
+def _sample_folder(sample: Path | None, scratch: Path, count: int) -> Iterator[Path]:
+    if sample is not None:
+        if not sample.is_dir():
+            raise FileNotFoundError(f"no sample folder at {sample}")
+        yield sample.resolve()
+        return
+    folder = Path(tempfile.mkdtemp(prefix="sample-", dir=scratch))
+    make_backlog(folder, count)
+    yield folder
+
+
+def bench_stages(
+    config: QarinaConfig,
+    *,
+    sample: Path | None = None,
+    stages: Sequence[str] | None = None,
+    runs: int = 1,
+    items_count: int = DEFAULT_SAMPLE_ITEMS,
+    peer: bool = True,
+    json_out: Path | None = None,
+    html_out: Path | None = None,
+    progress: Console | None = None,
+) -> BenchFile:
+    """Measure every stage (or `stages`: every stage still runs, since later stages read the
+    earlier ones' results, but only these are costed and peered) on `sample`, or on a generated
+    phone-shaped backlog of `items_count` items, `runs` times; write the bench file.
+
+    Raises:
+        ValueError: runs below 1, or an unknown stage name.
+        FileNotFoundError: the sample folder is not there.
+        ModelMissing: no Whisper model, checked before anything is timed.
+    """
+    if runs < 1:
+        raise ValueError("runs must be at least 1")
+    names = [stage_class.name for stage_class, _ in STAGES]
+    wanted = list(stages) if stages else names
+    unknown = sorted(set(wanted) - set(names))
+    if unknown:
+        raise ValueError(f"unknown stages {unknown}; stages are {names}")
+    wanted = [name for name in names if name in wanted]
+    config = config.with_overrides(models_root=config.models_dir)
+    if "transcript" in Plan.default(settings=config).stages:
+        whisper.resolve(config.models_dir, config.whisper_model)
+    measured: list[tuple[dict[str, Any], Observed, _RunRecord]] = []
+    with scratch_folder(config) as scratch, _sample_folder(sample, scratch, items_count) as folder:
+        machine = machine_info(scratch)
+        baseline = fresh_data(config, scratch, "baseline")
+        empty = open_store(baseline)
+        try:
+            before = _row_counts(empty)
+        finally:
+            empty.close()
+        with _RssWatch() as watch:
+            for index in range(runs):
+                record = _RunRecord()
+                run, seen = one_run(
+                    config, scratch, folder, index, peer, progress or Console(quiet=True),
+                    inspect=functools.partial(_inspect, record=record),
+                )  # fmt: skip
+                measured.append((run, seen, record))
+    costs, fits, bands = _costs(wanted, measured, watch.peaks)
+    growth, rows_added = _growth([record for _, _, record in measured], before)
+    last_run = measured[-1][0]
+    versions = {
+        **{name: str(package_version(name)) for name in _PACKAGES},
+        **measured[-1][2].versions,
+    }
+    bench = BenchFile(
+        machine={
+            **machine,
+            "cores": machine["cpus_usable"],
+            "gpus": gpu_info(),
+            "peak_rss_bytes_run": max(watch.peaks.values(), default=None),
+        },
+        versions=dict(sorted(versions.items())),
+        sample={
+            **_shape(measured[-1][2]),
+            "folder": "generated" if sample is None else str(folder),
+            "generated_items": None if sample is not None else items_count,
+            "runs": runs,
+            "stages": wanted,
+            "fits": fits,
+            "bands": bands,
+            "rows_added": rows_added,
+            "wall_s": [run["wall_s"] for run, _, _ in measured],
+            "processing_s": [run["processing_s"] for run, _, _ in measured],
+            "worker_s": [run["worker_s"] for run, _, _ in measured],
+            "ray_address": "local",
+            "peers": {name: entry["peer"] for name, entry in last_run["peers"].items()},
+        },
+        costs=costs,
+        growth=growth,
+    )
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        write_bench(bench, json_out)
+    if html_out is not None:
+        html_out.parent.mkdir(parents=True, exist_ok=True)
+        html_out.write_text(render_html(bench), encoding="utf-8")
+    return bench
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return html.escape(str(value))
+
+
+def render_html(bench: BenchFile) -> str:
+    """One static page: the machine, the sample, a row per stage and kind, growth."""
+    machine = bench.machine
+    gpus = ", ".join(gpu["name"] for gpu in machine.get("gpus") or []) or "none"
+    rows = "".join(
+        "<tr>" + "".join(f"<td>{_cell(value)}</td>" for value in (
+            cost.stage, cost.kind, cost.device, cost.items, cost.seconds_per_item,
+            cost.seconds_per_media_s,
+            None if cost.peak_rss_bytes is None else round(cost.peak_rss_bytes / 2**20, 1),
+            None if cost.peer is None else cost.peer.get("seconds_per_item"),
+        )) + "</tr>"
+        for cost in bench.costs
+    )  # fmt: skip
+    growth = "".join(
+        f"<tr><td>{_cell(g.kind)}</td><td>{_cell(g.blob_bytes)}</td>"
+        f"<td>{_cell(g.artifact_bytes)}</td><td>{_cell(g.db_rows)}</td></tr>"
+        for g in bench.growth
+    )
+    kinds = ", ".join(
+        f"{entry['items']} {kind} ({entry['media_s']} s)"
+        for kind, entry in bench.sample.get("by_kind", {}).items()
+    )
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>qarina bench</title>
+<style>body{{font-family:sans-serif}}td,th{{padding:2px 8px;text-align:right}}</style></head>
+<body><h1>qarina bench</h1>
+<p>{_cell(machine.get("cpu_model"))}, {_cell(machine.get("cores"))} cores,
+{_cell((machine.get("ram_bytes") or 0) / 2**30)} GiB RAM, GPUs: {_cell(gpus)};
+measured {_cell(machine.get("measured_at"))}</p>
+<p>sample: {_cell(kinds)}; runs: {_cell(bench.sample.get("runs"))}</p>
+<table><tr><th>stage</th><th>kind</th><th>device</th><th>items</th><th>s/item</th>
+<th>s/media s</th><th>peak RSS MiB</th><th>peer s/item</th></tr>{rows}</table>
+<h2>Store growth per item</h2>
+<table><tr><th>kind</th><th>blob bytes</th><th>artifact bytes</th><th>DB rows</th></tr>
+{growth}</table></body></html>
+"""
