@@ -518,21 +518,32 @@ def _insert_results(
             for row in rows
         }
     stored = {job.id: _Stored(ids.get((job.sha256, job.key)), digests[job.id]) for job, _ in kept}
-    derived = [
-        {
-            "sha256": artifact.sha256,
-            "parent_sha256": job.sha256,
-            "result_id": stored[job.id].result_id,
-            "stage": job.stage,
-            "role": artifact.role,
-            "media_type": artifact.media_type,
-            "size_bytes": artifact.size_bytes,
-            "meta": dict(artifact.meta),
-        }
-        for job, outcome in kept
-        if stored[job.id].result_id is not None
-        for artifact in outcome.artifacts
-    ]
+    # One row per file and role of a result: two keyframes of a still shot can be the same
+    # JPEG, byte for byte. The result's data names each of them (time, artifact hash), so
+    # the first's row stands for both; a second row would break the unique key and with it
+    # the whole commit.
+    derived: list[dict[str, Any]] = []
+    filed: set[tuple[int, str, str]] = set()
+    for job, outcome in kept:
+        result_id = stored[job.id].result_id
+        if result_id is None:
+            continue
+        for artifact in outcome.artifacts:
+            if (result_id, artifact.sha256, artifact.role) in filed:
+                continue
+            filed.add((result_id, artifact.sha256, artifact.role))
+            derived.append(
+                {
+                    "sha256": artifact.sha256,
+                    "parent_sha256": job.sha256,
+                    "result_id": result_id,
+                    "stage": job.stage,
+                    "role": artifact.role,
+                    "media_type": artifact.media_type,
+                    "size_bytes": artifact.size_bytes,
+                    "meta": dict(artifact.meta),
+                }
+            )
     if derived:
         connection.execute(sa.insert(artifacts), derived)
     return stored

@@ -76,10 +76,15 @@ def _item(store: Store, tmp_path: Path, content: bytes) -> str:
 
 
 def _finish(
-    store: Store, spec: records.JobSpec, data: dict[str, object], artifact: str | None = None
+    store: Store,
+    spec: records.JobSpec,
+    data: dict[str, object],
+    artifact: str | None = None,
+    copies: int = 1,
 ) -> None:
     [job] = jobs.lease(store.database, "test", [spec.key], 1, TTL)
-    made = [records.ArtifactRecord(artifact, "keyframe", "image/jpeg", 1)] if artifact else []
+    record = records.ArtifactRecord(artifact, "keyframe", "image/jpeg", 1) if artifact else None
+    made = [record] * copies if record else []
     outcome = records.Success(data, {"node": "test"}, artifacts=made)
     assert jobs.commit(store.database, [(job, outcome)], "test").committed == 1
 
@@ -88,6 +93,21 @@ def _artifact(store: Store, tmp_path: Path, content: bytes) -> str:
     path = tmp_path / "frame.jpg"
     path.write_bytes(content)
     return store.blobs.put(path).sha256
+
+
+def test_a_result_naming_one_file_twice_stores_it_once(store: Store, tmp_path: Path) -> None:
+    """Two keyframes of a still shot can be the same JPEG: the commit stores the result with
+    one artifact row for that file, instead of failing on the unique key."""
+    sha = _item(store, tmp_path, b"a still video")
+    _finish(store, PROBE, {"kind": "video"})
+    frame = _artifact(store, tmp_path, b"the same frame")
+    with store.database.writer.begin() as connection:
+        jobs.enqueue(store.database, connection, sha, [NEW], 0, 3)
+    _finish(store, NEW, {"frames": [0.0, 4.0]}, frame, copies=2)
+
+    found = jobs.upstream_results(store.database, [(sha, NEW.key)])
+    assert found[(sha, NEW.key)].data == {"frames": [0.0, 4.0]}
+    assert found[(sha, NEW.key)].artifacts == (frame,)
 
 
 def test_upstream_show_and_status_use_the_planned_key(store: Store, tmp_path: Path) -> None:
