@@ -427,7 +427,7 @@ def _sample_folder(sample: Path | None, scratch: Path, count: int) -> Iterator[P
         yield sample.resolve()
         return
     folder = Path(tempfile.mkdtemp(prefix="sample-", dir=scratch))
-    make_backlog(folder, count)
+    make_backlog(folder, count, shape="phone")
     yield folder
 
 

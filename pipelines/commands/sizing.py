@@ -1,4 +1,5 @@
-"""`qarina plan`: the cores, GPUs and days that clear a backlog, from `qarina bench` files.
+"""`qarina plan`: the cores, GPUs and days that clear a backlog, from `qarina bench` files;
+`qarina plan-check`: that plan checked end to end on this machine.
 
 The arithmetic lives in `pipelines/sizing/plan.py`; this module parses options, prints the
 table and writes the page.
@@ -13,7 +14,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from pipelines.commands.base import app, console, out, write_json
+from models import whisper
+from pipelines.commands.base import app, config_of, console, out, write_json
 from pipelines.sizing.costs import BenchFileError, load_bench
 from pipelines.sizing.plan import (
     SECONDS_PER_DAY,
@@ -111,3 +113,54 @@ def _table(result: Plan) -> Table:
             )
         table.add_row(*row)
     return table
+
+
+@app.command("plan-check")
+def plan_check(
+    ctx: typer.Context,
+    sample_items: Annotated[int, typer.Option(help="Items in the benched sample.")] = 200,
+    backlog_items: Annotated[int, typer.Option(help="Items in the processed backlog.")] = 1000,
+    runs: Annotated[int, typer.Option(help="Bench runs on the sample; medians.")] = 1,
+    video_share: Annotated[float, typer.Option(help="Share of videos (10-120 s).")] = 0.1,
+    audio_share: Annotated[float, typer.Option(help="Share of voice notes (2-60 s).")] = 0.1,
+    json_out: Annotated[Path, typer.Option("--json", help="The check's report.")] = Path(
+        "bench-results/plan-check.json"
+    ),
+    bench_out: Annotated[
+        Path | None, typer.Option("--bench", help="Also keep the sample's bench file here.")
+    ] = None,
+) -> None:
+    """Bench a phone-shaped sample, plan a backlog of the same shape on this machine from that
+    bench file, process the backlog as `qarina run` does, and compare: within 20%?"""
+    from pipelines.sizing.check import run_check
+
+    try:
+        report = run_check(
+            config_of(ctx), sample_items=sample_items, backlog_items=backlog_items, runs=runs,
+            video_share=video_share, audio_share=audio_share, json_out=json_out,
+            bench_out=bench_out, progress=console,
+        )  # fmt: skip
+    except (ValueError, whisper.ModelMissing) as error:
+        console.print(f"[red]{error}[/red]")
+        raise typer.Exit(2) from None
+    table = Table("stage", "predicted device-s", "measured worker-s", "predicted/measured")
+    for row in report["stages"]:
+        ratio = row["predicted_over_measured"]
+        table.add_row(
+            row["stage"], f"{row['predicted_s']:,.1f}", f"{row['measured_s']:,.1f}",
+            "-" if ratio is None else f"{ratio:.2f}",
+        )  # fmt: skip
+    out.print(table)
+    comparison, measured = report["comparison"], report["measured"]
+    out.print(
+        f"time to clear {report['backlog']['items']} items on {report['predicted']['cores']} cores:"
+        f" predicted {comparison['predicted_s']:,.1f} s (efficiency "
+        f"{report['predicted']['efficiency']:.0%}), measured {comparison['measured_s']:,.1f} s"
+        f" of processing ({measured['wall_s']:,.1f} s with intake): error "
+        f"{comparison['error']:+.1%}, {'within' if comparison['within'] else 'outside'} 20%"
+    )
+    out.print(
+        f"measured efficiency {measured['efficiency']:.0%} (worker s / cores x wall); "
+        f"the margin that would have been exact: {report['efficiency_for_exact']:.0%}"
+    )
+    console.print(f"wrote {json_out}")
