@@ -640,6 +640,14 @@ def bench_stages(
         Path, typer.Option("--json", help="The bench file (for qarina plan).")
     ] = Path("bench-results/bench.json"),
     html_out: Annotated[Path | None, typer.Option("--html", help="A page with the table.")] = None,
+    address: Annotated[
+        str | None,
+        typer.Option(
+            "--address",
+            help="Ray cluster (HOST:PORT) to run the sample on; default a private local Ray."
+            " Figures per core and GPU are then the cluster's; the data folder must be shared.",
+        ),
+    ] = None,
 ) -> None:
     """Every stage on a sample shaped like the backlog: cost per item and per media second by
     kind, peak memory, peers, store growth; the bench file `qarina plan` reads. The other
@@ -651,21 +659,25 @@ def bench_stages(
     try:
         bench = run_bench(
             config_of(ctx), sample=sample, stages=stages, runs=runs, items_count=items,
-            peer=peer, json_out=json_out, html_out=html_out, progress=console,
+            peer=peer, json_out=json_out, html_out=html_out, progress=console, address=address,
         )  # fmt: skip
     except (FileNotFoundError, ValueError, whisper.ModelMissing) as error:
         console.print(str(error))
         raise typer.Exit(2) from None
     table = Table(
-        "stage", "kind", "device", "items", "s/item", "s/media s", "peak RSS MiB", "peer s/item"
+        "stage", "kind", "device", "items", "s/item", "s/media s", "peak RSS MiB", "peers s/item"
     )
     for cost in bench.costs:
-        peer_s = None if cost.peer is None else cost.peer.get("seconds_per_item")
+        peers = {
+            name.removesuffix(".seconds_per_item"): value
+            for name, value in (cost.peer or {}).items()
+            if name.endswith(".seconds_per_item")
+        }
         table.add_row(
             cost.stage, cost.kind, cost.device, str(cost.items), f"{cost.seconds_per_item:.4f}",
             f"{cost.seconds_per_media_s:.4f}",
             "-" if cost.peak_rss_bytes is None else f"{cost.peak_rss_bytes / 2**20:.0f}",
-            "-" if peer_s is None else f"{peer_s:.4f}",
+            ", ".join(f"{name} {value:.4f}" for name, value in peers.items()) or "-",
         )  # fmt: skip
     out.print(table)
     console.print(f"bench file written to {json_out}")

@@ -258,7 +258,7 @@ def _whisper_peer(
     return transcribe
 
 
-def _peer_entry(
+def peer_entry(
     description: str,
     shas: list[str],
     blobs: BlobStore,
@@ -296,12 +296,12 @@ def _peers(store: Store, plan: Plan, config: QarinaConfig, seen: Observed) -> di
 
     blobs = store.blobs
     peers: dict[str, Any] = {
-        "hashes": _peer_entry(
+        "hashes": peer_entry(
             f"pdqhash {package_version('pdqhash')} + imagehash {package_version('imagehash')}"
             " on a full Pillow decode (`bench hashes` peer_hashes), photos only",
             ran("hashes", Kind.PHOTO), blobs, seen, "hashes", lambda: peer_hashes,
         ),
-        "keyframes": _peer_entry(
+        "keyframes": peer_entry(
             f"scenedetect {package_version('scenedetect')} detect(path, AdaptiveDetector())",
             ran("keyframes"), blobs, seen, "keyframes", lambda: pyscenedetect_cuts,
         ),
@@ -311,7 +311,7 @@ def _peers(store: Store, plan: Plan, config: QarinaConfig, seen: Observed) -> di
         assert isinstance(stage_config, TranscriptConfig)
         model = whisper.resolve(config.models_dir, config.whisper_model)
         settings = seen.transcribed_with
-        peers["transcript"] = _peer_entry(
+        peers["transcript"] = peer_entry(
             f"faster-whisper {package_version('faster-whisper')} WhisperModel.transcribe(path)"
             f" with the stage's options, {settings['device']} {settings['compute_type']}"
             f" {settings['mode']}; setup_s is the model load",
@@ -329,11 +329,13 @@ def one_run(
     peer: bool,
     progress: Console,
     inspect: Callable[[Store, Observed], None] | None = None,
+    address: str | None = None,
 ) -> tuple[dict[str, Any], Observed]:
     """Ingest the folder into a fresh store and data folder, process it on a private local
-    Ray as `qarina run` does (Ray started here and timed apart), read what it left;
-    `inspect` reads more of the store (`qarina bench`: growth, devices) before it goes."""
-    run_config = fresh_data(config, scratch, f"run-{index}")
+    Ray as `qarina run` does (Ray started here and timed apart), or on the running cluster at
+    `address`, read what it left; `inspect` reads more of the store (`qarina bench`: growth,
+    devices, the cluster's resources) before it goes, while Ray is still joined."""
+    run_config = fresh_data(config, scratch, f"run-{index}").with_overrides(ray_address=address)
     plan = Plan.default(settings=run_config)
     store = open_store(run_config)
     started_ray = False
