@@ -181,11 +181,16 @@ class BlobStore:
 
     def rehash(self, sha256: str) -> str:
         """The SHA-256 of a stored blob as it is on disk now (fixity check)."""
-        digest = hashlib.sha256()
-        with open(self.path_for(sha256), "rb", buffering=0) as blob:
-            while chunk := blob.read(CHUNK_BYTES):
-                digest.update(chunk)
-        return digest.hexdigest()
+        return file_sha256(self.path_for(sha256))
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file as it is on disk now, read in CHUNK_BYTES pieces."""
+    digest = hashlib.sha256()
+    with open(path, "rb", buffering=0) as stream:
+        while chunk := stream.read(CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -668,11 +668,7 @@ def bench_stages(
         "stage", "kind", "device", "items", "s/item", "s/media s", "peak RSS MiB", "peers s/item"
     )
     for cost in bench.costs:
-        peers = {
-            name.removesuffix(".seconds_per_item"): value
-            for name, value in (cost.peer or {}).items()
-            if name.endswith(".seconds_per_item")
-        }
+        peers = cost.peers_per_item()
         table.add_row(
             cost.stage, cost.kind, cost.device, str(cost.items), f"{cost.seconds_per_item:.4f}",
             f"{cost.seconds_per_media_s:.4f}",

@@ -6,7 +6,8 @@ page, not the whole site, is what a reviewer waits for. This writes the report o
 configured store (the whole store, or a request's items) several times into scratch folders
 and measures:
 - the site: seconds to write it (median), pages, pictures, bytes, the largest page;
-- each page kind rendered alone (backlog, first and last list pages, item pages): median ms;
+- each page kind rendered alone once (backlog, first and last list pages), and a sample of item
+  pages (median and slowest), in ms;
 - the peer, in the same run: every in-scope item dumped as `qarina show --json` gives it, the
   plain form an analyst would read without the report; the ratio says what the pages and
   pictures add to that.
@@ -101,7 +102,6 @@ def bench_review_report(
     config: QarinaConfig, output: Path, *, runs: int, request: str | None
 ) -> dict[str, Any]:
     store = open_store(config)
-    plan = Plan.default(settings=config)
     try:
         scope: Scope | None = None if request is None else request_scope(store.database, request)
         links = StaticLinks()
@@ -118,7 +118,7 @@ def bench_review_report(
                 site_s.append(summary.seconds)
                 figures = _site_figures(folder)
                 started = time.perf_counter()
-                kinds = _dump_json(store, plan, shas, scratch / f"show-{run}.jsonl")
+                kinds = _dump_json(store, pages.plan, shas, scratch / f"show-{run}.jsonl")
                 peer_s.append(time.perf_counter() - started)
             render = _render_times(pages, links)
     finally:

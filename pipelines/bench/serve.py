@@ -42,7 +42,7 @@ from pipelines.bench.report import (
 from pipelines.config import QarinaConfig
 from pipelines.ingest import ingest_paths
 from pipelines.plan import Plan
-from pipelines.runner import SequentialExecutor, run_queue
+from pipelines.runner import run_plan
 from pipelines.samples import photos
 
 #: Single registrations timed per round for the first-stage latency.
@@ -159,11 +159,7 @@ def _sequential_round(
         started = time.perf_counter()
         ingest_paths(store, plan, run_config, [batch], source="bench-batch")
         ingest_s = time.perf_counter() - started
-        executor = SequentialExecutor(plan, run_config)
-        try:
-            run_queue(store, plan, executor, run_config)
-        finally:
-            executor.close()
+        run_plan(store, plan, run_config)
         wall_s = time.perf_counter() - started
     finally:
         store.close()

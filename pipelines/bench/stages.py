@@ -466,6 +466,11 @@ def _costs(
         stage_pids = set().union(*(record.pids.get(stage, set()) for _, _, record in runs))
         peaks = [rss[pid] for pid in stage_pids if pid in rss]
         peak = max(peaks) if peaks else (max(rss.values()) if rss and any_peak else None)
+        peer_media = sum(
+            item["media_s"]
+            for sha256, item in last.items.items()
+            if (stage, sha256) in runs[-1][1].work and item["kind"] in ("audio", "video")
+        )
         for kind in KINDS:
             shas = sorted(
                 sha256
@@ -485,11 +490,6 @@ def _costs(
                 per_item, per_media, method = statistics.fmean(seconds.values()), 0.0, "mean"
             else:
                 per_item, per_media, method = fit([(media[s], seconds[s]) for s in shas])
-            peer_media = sum(
-                item["media_s"]
-                for sha256, item in last.items.items()
-                if (stage, sha256) in runs[-1][1].work and item["kind"] in ("audio", "video")
-            )
             peer = _median_peer(
                 [_run_peers(run, record, stage, kind, peer_media) for run, _, record in runs]
             )
@@ -793,9 +793,7 @@ def render_html(bench: BenchFile) -> str:
             cost.seconds_per_media_s,
             None if cost.peak_rss_bytes is None else round(cost.peak_rss_bytes / 2**20, 1),
             ", ".join(
-                f"{name.removesuffix('.seconds_per_item')} {value:.4g}"
-                for name, value in (cost.peer or {}).items()
-                if name.endswith(".seconds_per_item")
+                f"{name} {value:.4g}" for name, value in cost.peers_per_item().items()
             ) or None,
         )) + "</tr>"
         for cost in bench.costs

@@ -29,7 +29,7 @@ from pipelines.bench.report import finish, machine_info, median
 from pipelines.config import QarinaConfig
 from pipelines.ingest import ingest_paths
 from pipelines.plan import Plan
-from pipelines.runner import SequentialExecutor, run_queue
+from pipelines.runner import run_plan
 from pipelines.samples import corpus_speech
 from pipelines.session import open_store
 from workers.base import Kind, StageEnvironment, StageInput
@@ -91,11 +91,7 @@ def _pipeline(
     try:
         (sha256,) = ingest_paths(store, plan, settings, [path], source="bench").sha256s
         started = time.perf_counter()
-        executor = SequentialExecutor(plan, settings)
-        try:
-            run_queue(store, plan, executor, settings)
-        finally:
-            executor.close()
+        run_plan(store, plan, settings)
         elapsed = time.perf_counter() - started
         shown = store.show(sha256, plan.current_keys()) or {}
     finally:

@@ -35,7 +35,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from evidence import custody
-from evidence.blobs import CHUNK_BYTES
+from evidence.blobs import CHUNK_BYTES, file_sha256
 from evidence.custody import StoredEvent
 from evidence.matches import links_of
 from evidence.records import CurrentKeys
@@ -152,14 +152,6 @@ def _copy_blob(store: Store, sha256: str, target: Path) -> None:
     target.chmod(0o444)
 
 
-def _file_sha256(path: Path) -> str:
-    hasher = hashlib.sha256()
-    with path.open("rb") as stream:
-        while chunk := stream.read(CHUNK_BYTES):
-            hasher.update(chunk)
-    return hasher.hexdigest()
-
-
 def _write_custody(
     path: Path,
     scope: str,
@@ -196,7 +188,7 @@ def _manifest(folder: Path) -> bytes:
         if path.is_dir():
             continue
         name = path.relative_to(folder).as_posix()
-        digest = _file_sha256(path)
+        digest = file_sha256(path)
         if name.startswith(f"{FILES}/") and digest != path.name:
             raise ExportError(f"the copy of blob {path.name} does not read back as written")
         lines.append(f"{digest}  {name}\n")

@@ -441,6 +441,7 @@ class ReviewPages:
             if state in STATES[:3] or any(seen == state for _, seen in counts)
         ]
         kinds = sorted({kind for kind, _ in counts})
+        total = sum(counts.values())
         now = utc_now()
         since = now - dt.timedelta(days=THROUGHPUT_DAYS)
         chart = hourly_chart(
@@ -452,12 +453,13 @@ class ReviewPages:
             states=states,
             rows=[(kind, [counts.get((kind, state), 0) for state in states]) for kind in kinds],
             totals=[sum(counts.get((kind, state), 0) for kind in kinds) for state in states],
-            total=sum(counts.values()),
+            total=total,
             failures=queries.failures(self.database, self.planned, self.scope),
             chart=chart,
             days=THROUGHPUT_DAYS,
             unreviewed=self._unreviewed(),
-            item_pages=self.page_count("items"),
+            # Every item in scope has one (kind, state): no second count of the items.
+            item_pages=_pages(total, self.items_per_page),
             cluster_count=len(self._clusters().groups),
         )
 

@@ -63,6 +63,15 @@ class StageCost:
         """Device-seconds one item of `media_s` seconds of media costs."""
         return self.seconds_per_item + self.seconds_per_media_s * media_s
 
+    def peers_per_item(self) -> dict[str, float]:
+        """Each peer's seconds per item, by peer name (`pdqhash`, `openssl_sha256`, ...)."""
+        suffix = ".seconds_per_item"
+        return {
+            name.removesuffix(suffix): value
+            for name, value in (self.peer or {}).items()
+            if name.endswith(suffix)
+        }
+
 
 @dataclass(frozen=True)
 class Growth:
