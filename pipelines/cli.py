@@ -665,12 +665,15 @@ def bench_stages(
         console.print(str(error))
         raise typer.Exit(2) from None
     table = Table(
-        "stage", "kind", "device", "items", "s/item", "s/media s", "peak RSS MiB", "peers s/item"
-    )
+        "stage", "kind", "device", "held", "items", "s/item", "s/media s", "peak RSS MiB",
+        "peers s/item", caption="s: reserved device-seconds (worker seconds x units held); "
+        "peers: wall seconds",
+    )  # fmt: skip
     for cost in bench.costs:
         peers = cost.peers_per_item()
         table.add_row(
-            cost.stage, cost.kind, cost.device, str(cost.items), f"{cost.seconds_per_item:.4f}",
+            cost.stage, cost.kind, cost.device, f"{cost.reserved:g}", str(cost.items),
+            f"{cost.seconds_per_item:.4f}",
             f"{cost.seconds_per_media_s:.4f}",
             "-" if cost.peak_rss_bytes is None else f"{cost.peak_rss_bytes / 2**20:.0f}",
             ", ".join(f"{name} {value:.4f}" for name, value in peers.items()) or "-",

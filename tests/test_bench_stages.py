@@ -26,7 +26,7 @@ from pipelines.bench.stages import (
 )
 from pipelines.config import QarinaConfig
 from pipelines.samples import audio, photos, videos
-from pipelines.sizing.costs import BenchFile, load_bench
+from pipelines.sizing.costs import BenchFile, load_bench, reserved_units
 
 
 def test_fit_splits_fixed_and_per_media_second_cost() -> None:
@@ -219,6 +219,11 @@ def test_bench_on_a_tiny_mixed_sample(sqlite_config: QarinaConfig, tmp_path: Pat
     assert bench.sample["ray_address"] == "local"
     assert bench.machine["ray"]["cpus"] >= 1
     assert by_key["hashes", "photo"].items == 5
+    # Costs are the seconds each stage's actors held of the cores, not their workers' seconds.
+    assert by_key["probe", "photo"].reserved == reserved_units("probe", "cpu") == 0.25
+    assert by_key["transcript", "audio"].reserved == reserved_units(
+        "transcript", by_key["transcript", "audio"].device
+    )
     assert all(cost.device == "cpu" or cost.stage == "transcript" for cost in bench.costs)
     assert any(cost.peak_rss_bytes for cost in bench.costs)
     assert bench.machine["cores"] >= 1

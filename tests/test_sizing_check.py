@@ -11,8 +11,14 @@ import pytest
 from pipelines.config import QarinaConfig
 from pipelines.samples.mixed_backlog import make_backlog, media_seconds
 from pipelines.sizing.check import Comparison, backlog_of, measured_efficiency, stage_split
-from pipelines.sizing.costs import BenchFile, Growth, StageCost
-from pipelines.sizing.plan import Units, make_plan
+from pipelines.sizing.costs import (
+    BenchFile,
+    Growth,
+    StageCost,
+    reserved_seconds,
+    reserved_units,
+)
+from pipelines.sizing.plan import EFFICIENCY, Units, make_plan
 
 
 def _probe(path: Path) -> tuple[float, list[str]]:
@@ -73,7 +79,7 @@ def test_phone_backlog_holds_its_shares_at_any_size() -> None:
 
 
 def test_comparison_and_efficiency_arithmetic() -> None:
-    # Work of 800 core-seconds on 2 cores at the plan's 0.8 is 500 s to clear.
+    # The plan divides the work by the cores at its margin.
     bench = BenchFile(
         machine={"cores": 2, "gpus": []},
         versions={},
@@ -97,7 +103,7 @@ def test_comparison_and_efficiency_arithmetic() -> None:
     # 800 photos x 0.5 + 200 videos x (1 + 0.1 x 30) = 400 + 800 = 1200 core-s.
     assert plan.seconds["cpu"] == pytest.approx(1200.0)
     assert plan.days is not None
-    assert plan.days * 86_400 == pytest.approx(1200.0 / (2 * 0.8))
+    assert plan.days * 86_400 == pytest.approx(1200.0 / (2 * EFFICIENCY))
     close = Comparison(predicted_s=750.0, measured_s=680.0)
     assert close.error == pytest.approx(70 / 680)
     assert close.within
@@ -105,7 +111,7 @@ def test_comparison_and_efficiency_arithmetic() -> None:
     assert far.error == pytest.approx(0.25)
     assert not far.within
     assert Comparison(480.0, 600.0).within  # exactly -20%
-    assert measured_efficiency(worker_s=960.0, cores=2, wall_s=600.0) == pytest.approx(0.8)
+    assert measured_efficiency(reserved_s=960.0, cores=2, wall_s=600.0) == pytest.approx(0.8)
     with pytest.raises(ValueError):
         measured_efficiency(1.0, 0, 1.0)
     split = stage_split(
@@ -115,9 +121,26 @@ def test_comparison_and_efficiency_arithmetic() -> None:
     )
     by_stage = {row["stage"]: row for row in split}
     assert by_stage["probe"]["predicted_s"] == pytest.approx(1200.0)
-    assert by_stage["probe"]["measured_s"] == pytest.approx(5.0)
-    assert by_stage["probe"]["measured_by_kind"] == {"photo": 2.0, "video": 3.0}
+    # Worker seconds count as the cores the stage's actor reserves: probe 0.25, hashes 1.
+    assert by_stage["probe"]["measured_s"] == pytest.approx(5.0 * 0.25)
+    assert by_stage["probe"]["measured_by_kind"] == {"photo": 0.5, "video": 0.75}
+    assert by_stage["hashes"]["measured_s"] == pytest.approx(1.0)
     assert by_stage["hashes"]["predicted_s"] == 0.0  # measured but not planned: still shown
+
+
+def test_worker_seconds_count_the_cores_the_stage_holds() -> None:
+    """Ray admits an actor only when its reserved cores are free, so a plan must charge a
+    stage's reservation, not its worker's wall-seconds: a 2-core transcription actor working
+    10 s keeps 20 core-seconds from the rest (the reservations are the stages' own)."""
+    assert reserved_units("transcript", "cpu") == 2.0
+    assert reserved_units("transcript", "gpu") == 1.0
+    assert reserved_units("probe", "cpu") == 0.25
+    assert reserved_units("metadata", "cpu") == 0.75
+    assert reserved_units("hashes", "cpu") == 1.0
+    work = {("transcript", "a"): 10.0, ("probe", "a"): 4.0, ("transcript", "b"): 1.0}
+    assert reserved_seconds(work) == pytest.approx(2 * 11.0 + 0.25 * 4.0)
+    with pytest.raises(KeyError):
+        reserved_units("no-such-stage", "cpu")
 
 
 @pytest.mark.slow

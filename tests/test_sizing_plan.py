@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from pipelines.cli import app
 from pipelines.sizing.costs import (
+    FORMAT_VERSION,
     BenchFile,
     BenchFileError,
     Growth,
@@ -24,6 +25,7 @@ from pipelines.sizing.costs import (
     write_bench,
 )
 from pipelines.sizing.plan import (
+    EFFICIENCY,
     Backlog,
     PlanError,
     Units,
@@ -40,6 +42,8 @@ from pipelines.sizing.plan import (
 
 #: The stages the hand-computed cases charge: probe for every kind, transcript for media.
 REQUIRED = {"photo": ("probe",), "video": ("probe", "transcript"), "audio": ("probe", "transcript")}
+#: The hand-computed cases' margin, fixed here so that they do not move with the default.
+MARGIN = 0.8
 NOW = dt.datetime(2027, 1, 1, tzinfo=dt.UTC)
 #: Ten days after NOW: 864,000 s, of which a unit gives 0.8 x 864,000 = 691,200 s of work.
 DEADLINE = dt.date(2027, 1, 11)
@@ -93,7 +97,12 @@ def backlog(items: int = 2_000_000) -> Backlog:
 
 def test_deadline_with_cpu_and_gpu_nodes_gives_cores_and_gpus() -> None:
     plan = make_plan(
-        backlog(), [cpu_bench(), gpu_bench()], deadline=DEADLINE, now=NOW, required=REQUIRED
+        backlog(),
+        [cpu_bench(), gpu_bench()],
+        deadline=DEADLINE,
+        now=NOW,
+        required=REQUIRED,
+        efficiency=MARGIN,
     )
     assert plan.use_gpu
     assert plan.seconds == pytest.approx({"cpu": 1_100_000, "gpu": 5_300_000})
@@ -107,7 +116,9 @@ def test_deadline_with_cpu_and_gpu_nodes_gives_cores_and_gpus() -> None:
 
 
 def test_deadline_on_cpu_only_runs_transcript_on_cores() -> None:
-    plan = make_plan(backlog(), [cpu_bench()], deadline=DEADLINE, now=NOW, required=REQUIRED)
+    plan = make_plan(
+        backlog(), [cpu_bench()], deadline=DEADLINE, now=NOW, required=REQUIRED, efficiency=MARGIN
+    )
     assert not plan.use_gpu
     # (550 + 24,500) x 2,000 = 50,100,000 core-s; / 691,200 = 72.48 -> 73 cores
     assert plan.needed == Units(cpu=73, gpu=0)
@@ -117,7 +128,7 @@ def test_deadline_on_cpu_only_runs_transcript_on_cores() -> None:
 
 def test_cluster_gives_days_to_clear_and_the_limiting_device() -> None:
     both = [cpu_bench(), gpu_bench()]
-    plan = make_plan(backlog(), both, cluster=Units(64, 2), required=REQUIRED)
+    plan = make_plan(backlog(), both, cluster=Units(64, 2), required=REQUIRED, efficiency=MARGIN)
     # GPU: 5,300,000 / (2 x 0.8) / 86,400 = 38.339 days; CPU: 1,100,000 / 51.2 / 86,400 = 0.249
     assert plan.days == pytest.approx(5_300_000 / 1.6 / 86_400)
     assert plan.days == pytest.approx(38.339, abs=1e-3)
@@ -126,12 +137,14 @@ def test_cluster_gives_days_to_clear_and_the_limiting_device() -> None:
 
     # One core and eight GPUs: CPU 1,100,000 / 0.8 / 86,400 = 15.91 days beats GPU 9.59 days,
     # and probe is the only stage left on the CPU.
-    starved = make_plan(backlog(), both, cluster=Units(1, 8), required=REQUIRED)
+    starved = make_plan(backlog(), both, cluster=Units(1, 8), required=REQUIRED, efficiency=MARGIN)
     assert starved.days == pytest.approx(1_100_000 / 0.8 / 86_400)
     assert starved.bottleneck == ("cpu", "probe")
 
     # No GPUs in the cluster: transcript goes back to its CPU cost, 50,100,000 / 51.2 / 86,400.
-    cpu_only = make_plan(backlog(), both, cluster=Units(64, 0), required=REQUIRED)
+    cpu_only = make_plan(
+        backlog(), both, cluster=Units(64, 0), required=REQUIRED, efficiency=MARGIN
+    )
     assert not cpu_only.use_gpu
     assert cpu_only.days == pytest.approx(11.3254, abs=1e-4)
     assert cpu_only.bottleneck == ("cpu", "transcript")
@@ -145,6 +158,7 @@ def test_deadline_and_cluster_together_say_whether_it_is_met() -> None:
         now=NOW,
         cluster=Units(64, 2),
         required=REQUIRED,
+        efficiency=MARGIN,
     )
     assert plan.needed == Units(2, 8)
     assert plan.days == pytest.approx(38.339, abs=1e-3)
@@ -204,17 +218,28 @@ def test_gpu_only_costs_on_a_cluster_without_gpus_are_refused() -> None:
     gpu = gpu_bench()
     only_gpu = BenchFile(gpu.machine, {}, {}, [*cpu_bench().costs[:3], *gpu.costs[1:]], GROWTH)
     with pytest.raises(PlanError, match=r"only GPU costs for transcript \(audio\)"):
-        make_plan(backlog(), [only_gpu], cluster=Units(64, 0), required=REQUIRED)
+        make_plan(backlog(), [only_gpu], cluster=Units(64, 0), required=REQUIRED, efficiency=MARGIN)
 
 
 def test_two_bench_files_of_one_class_costing_the_same_stage_are_refused() -> None:
     with pytest.raises(PlanError, match="two bench files give a CPU cost for stage probe"):
-        make_plan(backlog(), [cpu_bench(), cpu_bench()], cluster=Units(64, 0), required=REQUIRED)
+        make_plan(
+            backlog(),
+            [cpu_bench(), cpu_bench()],
+            cluster=Units(64, 0),
+            required=REQUIRED,
+            efficiency=MARGIN,
+        )
 
 
 def test_html_has_the_chart_and_no_external_resources() -> None:
     plan = make_plan(
-        backlog(), [cpu_bench(), gpu_bench()], deadline=DEADLINE, now=NOW, required=REQUIRED
+        backlog(),
+        [cpu_bench(), gpu_bench()],
+        deadline=DEADLINE,
+        now=NOW,
+        required=REQUIRED,
+        efficiency=MARGIN,
     )
     page = plan_html(plan)
     assert "<svg" in page and "<polyline" in page and 'class="deadline"' in page
@@ -228,7 +253,9 @@ def test_html_has_the_chart_and_no_external_resources() -> None:
 
 def test_stage_names_are_escaped_in_the_page() -> None:
     hostile = cpu_bench([cost("<script>", "photo", "cpu", 0.1)])
-    page = plan_html(make_plan(backlog(), [hostile], cluster=Units(64, 0), required=REQUIRED))
+    page = plan_html(
+        make_plan(backlog(), [hostile], cluster=Units(64, 0), required=REQUIRED, efficiency=MARGIN)
+    )
     assert "<script>" not in page and "&lt;script&gt;" in page
 
 
@@ -242,7 +269,7 @@ def test_bench_file_round_trips_and_bad_files_are_refused(tmp_path: Path) -> Non
     path.write_text(json.dumps(data))
     with pytest.raises(BenchFileError, match="format 99"):
         load_bench(path)
-    data["format"] = 1
+    data["format"] = FORMAT_VERSION
     del data["costs"][0]["seconds_per_item"]
     path.write_text(json.dumps(data))
     with pytest.raises(BenchFileError, match="seconds_per_item"):
@@ -287,6 +314,8 @@ def test_cli_plan_end_to_end(tmp_path: Path) -> None:
         str(gpu),
         "--cluster",
         "cpu=64,gpu=2",
+        "--efficiency",
+        str(MARGIN),
     ]
     result = runner.invoke(app, [*common, "--json", "--html", str(page)])
     assert result.exit_code == 0, result.output
@@ -308,3 +337,9 @@ def test_cli_plan_end_to_end(tmp_path: Path) -> None:
     refused = runner.invoke(app, [*common[:6], "photo=0.7,video=0.2", *common[7:]])
     assert refused.exit_code == 2
     assert "sum to 1" in refused.output
+
+    default = runner.invoke(app, [*common[:-2], "--json"])
+    assert default.exit_code == 0, default.output
+    assert json.loads(default.stdout)["efficiency"] == EFFICIENCY
+    too_high = runner.invoke(app, [*common[:-1], "1.5"])
+    assert too_high.exit_code == 2 and "efficiency" in too_high.output

@@ -7,7 +7,8 @@ the corpus's 98 short clips). So this runs a whole sample as `qarina run` does, 
 from custody), and turns what each stage spent on each item into the cost model of
 `pipelines.sizing.costs`, the one module `qarina plan` also reads:
 
-- per stage and kind, device-seconds as `seconds_per_item + seconds_per_media_s * media_s`.
+- per stage and kind, reserved device-seconds (worker seconds times the cores or GPUs the
+  stage's actor holds) as `seconds_per_item + seconds_per_media_s * media_s`.
   For video and audio the two parts come from a least-squares line over the items (the fixed
   part is what makes short voice notes slow); with fewer than three items, durations spread
   over less than a second, or a negative part, the fit falls back to a line through the
@@ -56,7 +57,15 @@ from pipelines.config import QarinaConfig
 from pipelines.plan import Plan
 from pipelines.samples.mixed_backlog import make_backlog
 from pipelines.session import open_store
-from pipelines.sizing.costs import KINDS, BenchFile, Device, Growth, StageCost, write_bench
+from pipelines.sizing.costs import (
+    KINDS,
+    BenchFile,
+    Device,
+    Growth,
+    StageCost,
+    reserved_units,
+    write_bench,
+)
 from workers import STAGES
 from workers.tools import package_version
 
@@ -479,10 +488,11 @@ def _costs(
             )
             if not shas:
                 continue
+            device = cast(Device, last.devices.get((stage, kind), "cpu"))
+            reserved = reserved_units(stage, device)
             seconds = {
-                sha256: statistics.median(
-                    seen.work.get((stage, sha256), 0.0) for _, seen, _ in runs
-                )
+                sha256: reserved
+                * statistics.median(seen.work.get((stage, sha256), 0.0) for _, seen, _ in runs)
                 for sha256 in shas
             }
             media = {sha256: last.items[sha256]["media_s"] for sha256 in shas}
@@ -493,7 +503,6 @@ def _costs(
             peer = _median_peer(
                 [_run_peers(run, record, stage, kind, peer_media) for run, _, record in runs]
             )
-            device = cast(Device, last.devices.get((stage, kind), "cpu"))
             costs.append(
                 StageCost(
                     stage,
@@ -504,6 +513,7 @@ def _costs(
                     peak,
                     len(shas),
                     peer,
+                    reserved,
                 )
             )
             fits.append({"stage": stage, "kind": kind, "method": method, "items": len(shas)})
@@ -789,7 +799,7 @@ def render_html(bench: BenchFile) -> str:
     gpus = ", ".join(gpu["name"] for gpu in machine.get("gpus") or []) or "none"
     rows = "".join(
         "<tr>" + "".join(f"<td>{_cell(value)}</td>" for value in (
-            cost.stage, cost.kind, cost.device, cost.items, cost.seconds_per_item,
+            cost.stage, cost.kind, cost.device, cost.reserved, cost.items, cost.seconds_per_item,
             cost.seconds_per_media_s,
             None if cost.peak_rss_bytes is None else round(cost.peak_rss_bytes / 2**20, 1),
             ", ".join(
@@ -815,7 +825,9 @@ def render_html(bench: BenchFile) -> str:
 {_cell((machine.get("ram_bytes") or 0) / 2**30)} GiB RAM, GPUs: {_cell(gpus)};
 measured {_cell(machine.get("measured_at"))}</p>
 <p>sample: {_cell(kinds)}; runs: {_cell(bench.sample.get("runs"))}</p>
-<table><tr><th>stage</th><th>kind</th><th>device</th><th>items</th><th>s/item</th>
+<p>s: reserved device-seconds, the worker's seconds times the cores or GPUs its actor held;
+the peers' figures are their wall seconds.</p>
+<table><tr><th>stage</th><th>kind</th><th>device</th><th>held</th><th>items</th><th>s/item</th>
 <th>s/media s</th><th>peak RSS MiB</th><th>peers s/item</th></tr>{rows}</table>
 <h2>Store growth per item</h2>
 <table><tr><th>kind</th><th>blob bytes</th><th>artifact bytes</th><th>DB rows</th></tr>

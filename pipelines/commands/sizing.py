@@ -18,6 +18,7 @@ from models import whisper
 from pipelines.commands.base import app, config_of, console, out, write_json
 from pipelines.sizing.costs import BenchFileError, load_bench
 from pipelines.sizing.plan import (
+    EFFICIENCY,
     SECONDS_PER_DAY,
     Backlog,
     Plan,
@@ -53,6 +54,14 @@ def plan(
     html_out: Annotated[
         Path | None, typer.Option("--html", help="Write the page with the chart here.")
     ] = None,
+    efficiency: Annotated[
+        float,
+        typer.Option(
+            "--efficiency",
+            help="Share of device time that goes to stage work (the rest: scheduling, commits,"
+            " the queue's tail); measured by qarina plan-check.",
+        ),
+    ] = EFFICIENCY,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """How many cores and GPUs clear a backlog by a date, or how long a cluster takes."""
@@ -68,6 +77,7 @@ def plan(
             benches,
             deadline=due,
             cluster=parse_units(cluster) if cluster else None,
+            efficiency=efficiency,
         )
     except (PlanError, BenchFileError) as error:
         console.print(f"[red]{error}[/red]")

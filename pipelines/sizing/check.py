@@ -8,11 +8,13 @@
 3. The backlog is processed as `qarina run` does (`backlog_mix.one_run`: ingest into a fresh
    store, `process_queue` on a private local Ray), and the plan's time to clear is compared
    with the measured processing wall time; per stage, the plan's device-seconds with the
-   worker seconds custody recorded (`duration_s` of every attempt).
+   worker seconds custody recorded (`duration_s` of every attempt) times the cores the stage's
+   actor reserves, as the bench counts them (`costs.reserved_units`).
 
-The plan divides work by `cores * EFFICIENCY`. The measured efficiency here is worker seconds
-over `cores * processing wall`: the share of the cores' time that went to stage work; the
-rest is the driver, the store's commits, scheduling gaps and the tail of the queue. Where the
+The plan divides work by `cores * EFFICIENCY`. The measured efficiency here is reserved
+core-seconds over `cores * processing wall`: the share of the cores' time the scheduler had
+handed to stage work; the rest is the driver, the store's commits, scheduling gaps and the
+tail of the queue. Where the
 measured efficiency is near the plan's margin and the per-stage work matches, the plan holds;
 `efficiency_for_exact` is the margin that would have made the prediction exact.
 """
@@ -42,7 +44,7 @@ from pipelines.samples.mixed_backlog import (
     BacklogShape,
     make_backlog,
 )
-from pipelines.sizing.costs import write_bench
+from pipelines.sizing.costs import reserved_seconds, write_bench
 from pipelines.sizing.plan import (
     EFFICIENCY,
     SECONDS_PER_DAY,
@@ -88,11 +90,11 @@ class Comparison:
         }
 
 
-def measured_efficiency(worker_s: float, cores: int, wall_s: float) -> float:
-    """The share of the cores' time that went to stage work: worker s / (cores x wall s)."""
+def measured_efficiency(reserved_s: float, cores: int, wall_s: float) -> float:
+    """The share of the cores' time handed to stage work: reserved core-s / (cores x wall s)."""
     if cores <= 0 or wall_s <= 0:
         raise ValueError("cores and wall time must be positive")
-    return worker_s / (cores * wall_s)
+    return reserved_s / (cores * wall_s)
 
 
 def backlog_of(shape: BacklogShape) -> Backlog:
@@ -115,13 +117,14 @@ def stage_split(
 ) -> list[dict[str, Any]]:
     """Per stage: the plan's device-seconds and the measured worker seconds, by kind too.
 
-    `measured` is worker seconds by (stage, item), `kinds` each item's kind.
+    `measured` is worker seconds by (stage, item), counted here in reserved core-seconds as
+    the bench counts its costs; `kinds` is each item's kind.
     """
     by_stage: dict[str, dict[str, float]] = {}
     for (stage, sha256), seconds in measured.items():
         kind = kinds.get(sha256, "other")
         entry = by_stage.setdefault(stage, {})
-        entry[kind] = entry.get(kind, 0.0) + seconds
+        entry[kind] = entry.get(kind, 0.0) + reserved_seconds({(stage, sha256): seconds})
     rows = []
     predicted = {work.stage: work for work in plan.works}
     for stage in [*predicted, *(name for name in by_stage if name not in predicted)]:
@@ -202,7 +205,8 @@ def run_check(
     work_s = sum(plan.seconds.values())
     processing = Comparison(predicted_s, float(run["processing_s"]))
     with_intake = Comparison(predicted_s, float(run["wall_s"]))
-    efficiency = measured_efficiency(float(run["worker_s"]), bench.cores, run["processing_s"])
+    reserved_s = reserved_seconds(seen.work)
+    efficiency = measured_efficiency(reserved_s, bench.cores, run["processing_s"])
     report: dict[str, Any] = {
         "machine": bench.machine,
         "versions": bench.versions,
@@ -241,15 +245,14 @@ def run_check(
             "ingest_s": run["ingest_s"],
             "ray_startup_s": run["ray_startup_s"],
             "worker_s": run["worker_s"],
+            "reserved_core_s": round(reserved_s, 3),
             "jobs_committed": run["jobs_committed"],
             "jobs_failed": run["jobs_failed"],
             "efficiency": round(efficiency, 4),
         },
         # The margin that would have made the prediction exact, and the work's own ratio.
         "efficiency_for_exact": round(work_s / (bench.cores * float(run["processing_s"])), 4),
-        "work_predicted_over_measured": (
-            round(work_s / float(run["worker_s"]), 4) if run["worker_s"] else None
-        ),
+        "work_predicted_over_measured": (round(work_s / reserved_s, 4) if reserved_s else None),
         "comparison": processing.as_json(),
         "comparison_with_intake": with_intake.as_json(),
         "stages": stage_split(plan, seen.work, kinds),

@@ -7,12 +7,17 @@ long file, about 0.4x on 98 short clips): the fixed part (model warm-up per item
 parsing) dominates short media, so a plan must weigh both by the backlog's shape.
 
 Costs are device-seconds: CPU core-seconds or GPU-seconds, so that dividing work by the
-seconds a cluster has gives the number of cores or GPUs directly.
+seconds a cluster has gives the number of cores or GPUs directly. They are the seconds a stage
+*holds* of the cluster, not the seconds its worker ran: Ray admits an actor only when its
+reserved CPUs (or GPUs) are free, so a transcription actor that reserves two cores for ten
+seconds keeps twenty core-seconds from every other stage whatever its threads did. Counting
+worker wall-seconds instead made a 2-core plan 36% optimistic, measured (issue 16).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -21,7 +26,7 @@ from typing import Any, Literal, cast
 KINDS = ("photo", "video", "audio")
 DEVICES = ("cpu", "gpu")
 #: Bumped when a field's meaning changes; `load_bench` refuses files of another version.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 Device = Literal["cpu", "gpu"]
 
@@ -34,8 +39,11 @@ class BenchFileError(ValueError):
 class StageCost:
     """One stage's cost for one kind on one device class, measured on one machine.
 
-    `seconds_per_item` and `seconds_per_media_s` are device-seconds (CPU core-seconds, or
-    GPU-seconds): an item of `m` media seconds costs `seconds_per_item + seconds_per_media_s * m`.
+    `seconds_per_item` and `seconds_per_media_s` are reserved device-seconds (CPU core-seconds,
+    or GPU-seconds): an item of `m` media seconds costs `seconds_per_item +
+    seconds_per_media_s * m`. `reserved` is how many cores (or GPUs) one of the stage's actors
+    held while the worker seconds were measured: the worker's wall-seconds times `reserved`
+    are the figures here, and the factor is kept so a reader can get the wall-seconds back.
     Photos have no duration, so their `seconds_per_media_s` is 0. `items` says how many items
     the figure rests on, so a reader can weigh a figure from three items accordingly. `peer`
     holds the peer tool's figures from the same run (e.g. `{"seconds_per_item": ...}` for
@@ -50,6 +58,7 @@ class StageCost:
     peak_rss_bytes: int | None
     items: int
     peer: dict[str, float] | None = None
+    reserved: float = 1.0
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -58,6 +67,8 @@ class StageCost:
             raise BenchFileError(f"unknown device {self.device!r} for stage {self.stage!r}")
         if self.seconds_per_item < 0 or self.seconds_per_media_s < 0:
             raise BenchFileError(f"negative cost for stage {self.stage!r}, kind {self.kind!r}")
+        if self.reserved <= 0:
+            raise BenchFileError(f"no reservation for stage {self.stage!r}, kind {self.kind!r}")
 
     def seconds_for(self, media_s: float) -> float:
         """Device-seconds one item of `media_s` seconds of media costs."""
@@ -167,6 +178,7 @@ def _cost_from_json(c: dict[str, Any]) -> StageCost:
         peak_rss_bytes=None if rss is None else int(rss),
         items=int(c["items"]),
         peer=None if peer is None else {str(k): float(v) for k, v in peer.items()},
+        reserved=float(c["reserved"]),
     )
 
 
@@ -180,6 +192,33 @@ def _growth_from_json(g: dict[str, Any]) -> Growth:
         artifact_bytes_per_media_s=float(g.get("artifact_bytes_per_media_s", 0.0)),
         db_rows_per_media_s=float(g.get("db_rows_per_media_s", 0.0)),
     )
+
+
+def reserved_units(stage: str, device: Device) -> float:
+    """Cores (device `cpu`) or GPUs (`gpu`) one actor of the registered `stage` reserves on a
+    cluster of that device class: what each of its worker seconds costs the cluster.
+
+    Read from the stage's own `Resources`, as the Ray runtime asks for them, so a changed
+    reservation changes the bench's figures with it. Raises `KeyError` for an unknown stage.
+    """
+    from workers import STAGES  # the registry; imported here to keep this module's import light
+
+    for stage_class, _ in STAGES:
+        if stage_class.name == stage:
+            wanted = stage_class.resources.on_cluster({"GPU": 1.0} if device == "gpu" else {})
+            return wanted.num_gpus if device == "gpu" else wanted.num_cpus
+    raise KeyError(stage)
+
+
+def reserved_seconds(work: Mapping[tuple[str, str], float], device: Device = "cpu") -> float:
+    """Worker seconds by (stage, item), as custody records them, in reserved device-seconds."""
+    factors: dict[str, float] = {}
+    total = 0.0
+    for (stage, _), seconds in work.items():
+        if stage not in factors:
+            factors[stage] = reserved_units(stage, device)
+        total += seconds * factors[stage]
+    return total
 
 
 def load_bench(path: Path) -> BenchFile:
