@@ -153,7 +153,7 @@ def plan_check(
     except (ValueError, whisper.ModelMissing) as error:
         console.print(f"[red]{error}[/red]")
         raise typer.Exit(2) from None
-    table = Table("stage", "predicted device-s", "measured worker-s", "predicted/measured")
+    table = Table("stage", "predicted core-s", "measured reserved core-s", "predicted/measured")
     for row in report["stages"]:
         ratio = row["predicted_over_measured"]
         table.add_row(
@@ -170,7 +170,7 @@ def plan_check(
         f"{comparison['error']:+.1%}, {'within' if comparison['within'] else 'outside'} 20%"
     )
     out.print(
-        f"measured efficiency {measured['efficiency']:.0%} (worker s / cores x wall); "
+        f"measured efficiency {measured['efficiency']:.0%} (reserved core-s / cores x wall); "
         f"the margin that would have been exact: {report['efficiency_for_exact']:.0%}"
     )
     console.print(f"wrote {json_out}")
