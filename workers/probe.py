@@ -34,6 +34,7 @@ from workers.base import (
     StageInput,
     StageOutput,
 )
+from workers.containers import structure_flags
 from workers.images import DEFAULT_MAX_PIXELS, UNREADABLE, check_pixel_limit, quiet_bomb_warning
 from workers.tools import ToolLimits, ffprobe_json, tool_version
 
@@ -41,9 +42,11 @@ from workers.tools import ToolLimits, ffprobe_json, tool_version
 #: ftyp box's compatible brands, small enough to cost nothing next to a decode.
 _HEAD_BYTES = 4096
 
-#: Bytes read from the end of a JPEG to look for its End Of Image marker; cameras and editors
-#: pad a few bytes after EOI, so the marker need not be the very last two.
-_TAIL_BYTES = 64
+#: The fewest bytes a second of real audio or video takes in any container we read: below
+#: every speech codec's lowest rate (AMR-NB 4.75 kbit/s, Opus 6 kbit/s), and below a still
+#: screen's video. A claimed duration the bytes cannot hold at this rate is a lie, and it must
+#: not become a stage's time budget (a 1,000-hour claim would grant ffmpeg two days).
+MIN_BYTES_PER_MEDIA_S = 32
 
 
 @dataclass(frozen=True)
@@ -286,27 +289,9 @@ def _open_regular(path: Path) -> int:
     return info.st_size
 
 
-def _read_head_tail(path: Path, size: int) -> tuple[bytes, bytes]:
+def _read_head(path: Path) -> bytes:
     with path.open("rb") as handle:
-        head = handle.read(_HEAD_BYTES)
-        if size > _TAIL_BYTES:
-            handle.seek(size - _TAIL_BYTES)
-        tail = handle.read(_TAIL_BYTES)
-    return head, tail
-
-
-def _jpeg_tail_flags(head: bytes, tail: bytes) -> list[str]:
-    """Flag a JPEG whose bytes stop before the End Of Image marker (FF D9).
-
-    Padding after EOI is common and harmless, so trailing NUL/0xFF/whitespace bytes are
-    ignored. Motion photos (Google "MicroVideo"/"MotionPhoto" XMP, Samsung SEFT trailers)
-    append a video after EOI; they are flagged `trailing_data` rather than `truncated`.
-    """
-    if tail.rstrip(b"\x00\xff\r\n ").endswith(b"\xff\xd9"):
-        return []
-    if tail.endswith(b"SEFT") or b"MicroVideo" in head or b"MotionPhoto" in head:
-        return ["trailing_data"]
-    return ["truncated"]
+        return handle.read(_HEAD_BYTES)
 
 
 def _pillow_header(path: Path, max_pixels: int) -> tuple[int, int, str]:
@@ -398,7 +383,10 @@ class ProbeStage(Stage[ProbeConfig, ProbeResult]):
     name: ClassVar[str] = "probe"
     #: 2: zip and tar (plain, gzip, xz) are archives, checked before media signatures, where 1
     #: refused them as unsupported (and could take a tar starting `ID3` for an MP3).
-    version: ClassVar[str] = "2"
+    #: 3: containers whose structure runs past their bytes are flagged `truncated` (2 flagged
+    #: JPEG only, by its tail), appended content `trailing_data`/`appended_archive`, and a
+    #: duration the bytes cannot hold `duration_implausible`, bounded by the bytes.
+    version: ClassVar[str] = "3"
     kinds: ClassVar[frozenset[Kind]] = frozenset(Kind)
     requires: ClassVar[tuple[str, ...]] = ()
     decides_kind: ClassVar[bool] = True
@@ -433,27 +421,35 @@ class ProbeStage(Stage[ProbeConfig, ProbeResult]):
         """
         del workdir  # the probe writes nothing
         size = _open_regular(item.path)
-        head, tail = _read_head_tail(item.path, size)
+        head = _read_head(item.path)
         family = detect_family(head)
         if family is None:
             raise StageError(FailureReason.UNSUPPORTED_TYPE, describe_unsupported(head))
         if family.route == _PHOTO:
-            return StageOutput(self._probe_photo(item.path, family, size, head, tail))
+            return StageOutput(self._probe_photo(item.path, family, size))
         if family.route == _ARCHIVE:
             return StageOutput(_without_streams(Kind.ARCHIVE, family, size))
         return StageOutput(self._probe_av(item.path, family, size))
 
-    def _probe_photo(
-        self, path: Path, family: Family, size: int, head: bytes, tail: bytes
-    ) -> ProbeResult:
+    def _probe_photo(self, path: Path, family: Family, size: int) -> ProbeResult:
         # Registering is idempotent and cheap; it makes run() work without setup() at a prompt.
         pillow_heif.register_heif_opener()
         width, height, _ = _pillow_header(path, self.config.max_image_pixels)
-        flags = _jpeg_tail_flags(head, tail) if family.name == "jpeg" else []
+        flags = structure_flags(family.name, path)
         return _without_streams(Kind.PHOTO, family, size, (width, height), flags)
 
     def _probe_av(self, path: Path, family: Family, size: int) -> ProbeResult:
-        described = ffprobe_json(path, self.config.tool)
+        flags = structure_flags(family.name, path)
+        try:
+            described = ffprobe_json(path, self.config.tool)
+        except StageError as error:
+            if "truncated" not in flags or error.reason is not FailureReason.CORRUPT_MEDIA:
+                raise
+            # Say why: the part that would have described the media is missing.
+            raise StageError(
+                error.reason, f"truncated: the {family.name} structure runs past the end of the"
+                f" file; {error.detail}", retryable=error.retryable,
+            ) from None  # fmt: skip
         fmt = described.get("format")
         if isinstance(fmt, dict):
             # The store path says nothing about the evidence and must not leak into results.
@@ -483,6 +479,10 @@ class ProbeStage(Stage[ProbeConfig, ProbeResult]):
         if duration is None:
             durations = [d for s in streams if (d := _float_or_none(s.get("duration"))) is not None]
             duration = max(durations, default=None)
+        if duration is not None and duration * MIN_BYTES_PER_MEDIA_S > size:
+            # ffprobe's own output keeps the claim; the result holds what the bytes can hold.
+            flags.append("duration_implausible")
+            duration = size / MIN_BYTES_PER_MEDIA_S
         first_video = video[0] if video else {}
         width = first_video.get("width")
         height = first_video.get("height")
@@ -497,6 +497,6 @@ class ProbeStage(Stage[ProbeConfig, ProbeResult]):
             has_video=has_video,
             has_audio=has_audio,
             rotation=_stream_rotation(first_video) if video else None,
-            flags=[],
+            flags=flags,
             ffprobe=described,
         )
