@@ -84,8 +84,40 @@ def _ran_out_of_memory(stderr: bytes) -> bool:
     return any(sign in text for sign in ("cannot allocate memory", "out of memory", "memoryerror"))
 
 
-def _classify_signal(tool: str, returncode: int, stderr: bytes) -> StageError:
-    if _ran_out_of_memory(stderr) or returncode == -signal.SIGKILL:
+#: Where the kernel counts the processes its out-of-memory killer took in this container's
+#: memory cgroup: cgroup v2, then v1.
+_OOM_COUNTERS = (
+    (Path("/sys/fs/cgroup/memory.events"), "oom_kill"),
+    (Path("/sys/fs/cgroup/memory/memory.oom_control"), "oom_kill"),
+)
+
+
+def oom_kills() -> int | None:
+    """How many processes the kernel's out-of-memory killer has taken in this cgroup, or None
+    where no counter can be read."""
+    for path, field_name in _OOM_COUNTERS:
+        try:
+            lines = path.read_text(encoding="ascii").splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            name, _, value = line.partition(" ")
+            if name == field_name and value.strip().isdigit():
+                return int(value)
+    return None
+
+
+def _classify_signal(
+    tool: str, returncode: int, stderr: bytes, oom_before: int | None
+) -> StageError:
+    """A tool that died by a signal: out of memory where it said so or the kernel's
+    out-of-memory killer took a process meanwhile; otherwise a crash. A SIGKILL alone does not
+    mean memory: an operator, a watchdog or another tool's cleanup sends it too, and the
+    address-space limit makes a tool fail to allocate long before the kernel steps in."""
+    oom_now = oom_kills() if returncode == -signal.SIGKILL else None
+    if _ran_out_of_memory(stderr) or (
+        oom_before is not None and oom_now is not None and oom_now > oom_before
+    ):
         return StageError(
             FailureReason.RESOURCE_LIMIT, f"{tool} ran out of memory (exit {returncode})"
         )
@@ -100,6 +132,7 @@ def run_tool(argv: Sequence[str], limits: ToolLimits) -> ToolRun:
             killed), resource_limit when the memory limit stops it, tool_crash on a signal.
     """
     tool = Path(argv[0]).name
+    oom_before = oom_kills()
     try:
         process = subprocess.Popen(
             list(argv),
@@ -121,7 +154,7 @@ def run_tool(argv: Sequence[str], limits: ToolLimits) -> ToolRun:
             FailureReason.TOOL_TIMEOUT, f"{tool} exceeded {limits.timeout_s:g} s"
         ) from None
     if process.returncode < 0:
-        raise _classify_signal(tool, process.returncode, stderr)
+        raise _classify_signal(tool, process.returncode, stderr, oom_before)
     if process.returncode != 0 and _ran_out_of_memory(stderr):
         raise StageError(FailureReason.RESOURCE_LIMIT, f"{tool} could not allocate memory")
     return ToolRun(process.returncode, stdout, stderr)
@@ -205,6 +238,7 @@ class ExiftoolSession:
         self._stderr: list[bytes] = []
         self._stderr_lock = threading.Lock()
         self._counter = 0
+        self._oom_before = oom_kills()
 
     def start(self) -> None:
         """Start the process now (setup time) rather than on the first item."""
@@ -271,6 +305,7 @@ class ExiftoolSession:
         process = self._ensure_started()
         assert process.stdin is not None and process.stdout is not None
         self._counter += 1
+        self._oom_before = oom_kills()
         marker = f"{{ready{self._counter}}}".encode()
         with self._stderr_lock:
             self._stderr.clear()
@@ -320,7 +355,7 @@ class ExiftoolSession:
                     returncode = process.wait()
                     self._process = None
                     if returncode < 0:
-                        raise _classify_signal("exiftool", returncode, b"")
+                        raise _classify_signal("exiftool", returncode, b"", self._oom_before)
                     raise StageError(FailureReason.TOOL_CRASH, f"exiftool exited with {returncode}")
                 buffer += chunk
         return bytes(buffer)
