@@ -1,0 +1,147 @@
+"""A Ray worker killed with SIGKILL in the middle of ffmpeg (issue 17): the item gets exactly
+one result later, nothing half-made is stored under a hash, and no tool process outlives it.
+
+The run is real (`qarina run` on a private local Ray). A stub `ffmpeg` first on PATH waits a
+few seconds before it becomes the real ffmpeg, so the test can find a worker whose ffmpeg is
+running and kill that worker, as the kernel or an operator would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from evidence.schema import artifacts, jobs, results
+from pipelines.samples import audio, photos
+
+pytestmark = pytest.mark.slow
+
+QARINA = str(Path(sys.executable).parent / "qarina")
+
+
+def _stub_ffmpeg(folder: Path) -> None:
+    real = shutil.which("ffmpeg")
+    assert real is not None
+    folder.mkdir()
+    stub = folder / "ffmpeg"
+    # One process all along (exec, no child): the worker's death signal reaches it.
+    stub.write_text(
+        textwrap.dedent(f"""
+            #!{sys.executable}
+            import os, sys, time
+            if "-version" not in sys.argv:
+                time.sleep(4)
+            os.execv({real!r}, [{real!r}, *sys.argv[1:]])
+        """).lstrip()
+    )
+    stub.chmod(0o755)
+
+
+def _stub_processes() -> list[tuple[int, int, int]]:
+    """(pid, parent pid, process group) of every stub ffmpeg still sleeping."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes()
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if b"/stubs/ffmpeg" in argv and fields[0] != "Z":
+            found.append((int(entry.name), int(fields[1]), int(fields[2])))
+    return found
+
+
+def _group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_a_worker_killed_mid_ffmpeg_leaves_one_result_and_no_tool_behind(
+    tmp_path: Path, models_dir: Path
+) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for index in range(3):
+        audio.speech(folder / f"note-{index}.wav", f"{audio.GREETING} {index}")
+    photos.photo(folder / "photo.jpg", size=(320, 240))
+    _stub_ffmpeg(tmp_path / "stubs")
+    env = {
+        **os.environ,
+        "PATH": f"{tmp_path / 'stubs'}{os.pathsep}{os.environ['PATH']}",
+        "QARINA_MODELS_DIR": str(models_dir),
+    }
+    data = tmp_path / "data"
+    ingest = subprocess.run(
+        [QARINA, "--data", str(data), "ingest", str(folder), "--source", "kill"],
+        env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert ingest.returncode == 0, ingest.stderr
+
+    driver = subprocess.Popen(
+        [QARINA, "--data", str(data), "run"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 180
+    while not (running := _stub_processes()):
+        assert driver.poll() is None, driver.communicate()[1][-2000:]
+        assert time.monotonic() < deadline, "no ffmpeg started"
+        time.sleep(0.1)
+    ffmpeg_pid, worker_pid, group = running[0]
+    assert group == ffmpeg_pid  # the tool leads its own process group
+    os.kill(worker_pid, signal.SIGKILL)
+    gone_by = time.monotonic() + 10
+    while _group_alive(group) and time.monotonic() < gone_by:
+        time.sleep(0.1)
+    assert not _group_alive(group), "the killed worker's ffmpeg outlived it"
+
+    _, stderr = driver.communicate(timeout=300)
+    assert driver.returncode == 0, stderr[-3000:]
+
+    engine = sa.create_engine(f"sqlite:///{data / 'qarina.sqlite3'}")
+    try:
+        with engine.connect() as connection:
+            states = connection.execute(sa.select(jobs.c.stage, jobs.c.state)).all()
+            retried = connection.execute(
+                sa.select(sa.func.count()).where(jobs.c.stage == "transcript", jobs.c.attempts > 0)
+            ).scalar_one()
+            twice = connection.execute(
+                sa.select(results.c.sha256, results.c.stage)
+                .group_by(results.c.sha256, results.c.stage)
+                .having(sa.func.count() > 1)
+            ).all()
+            transcripts = connection.execute(
+                sa.select(sa.func.count()).where(results.c.stage == "transcript")
+            ).scalar_one()
+            stored = connection.execute(sa.select(artifacts.c.sha256)).scalars().all()
+    finally:
+        engine.dispose()
+    assert all(state == "done" for _, state in states), states
+    assert twice == []
+    assert transcripts == 3
+    assert retried >= 1, "the killed worker's job should have been tried again"
+    # Nothing half-written under a hash: every blob file holds the bytes its name says.
+    blobs = [path for path in (data / "blobs" / "sha256").rglob("*") if path.is_file()]
+    assert blobs and set(stored) <= {path.name for path in blobs}
+    for path in blobs:
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == path.name
+    assert not _stub_processes()
+    verdict = subprocess.run(
+        [QARINA, "--data", str(data), "verify", "--fixity"],
+        env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert verdict.returncode == 0, verdict.stdout
