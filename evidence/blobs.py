@@ -154,27 +154,31 @@ class BlobStore:
         return self._copy_in(read)
 
     def _copy_in(self, read: Callable[[], bytes]) -> StoredBlob:
-        """Copy what `read` returns until it returns b"" into the store by content."""
+        """Copy what `read` returns until it returns b"" into the store by content.
+
+        The temporary copy goes whatever happens, also when the copy was whole but its name
+        under the hash could not be made (a full disk refuses the folder or the link too): a
+        full disk must not fill further with copies nobody will ever link.
+        """
         self._tmp.mkdir(parents=True, exist_ok=True)
         temp = self._tmp / f"{uuid.uuid4().hex}.part"
         temp_fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
-            sha256, size = _copy_hash_and_verify(read, temp_fd, temp)
-        except BaseException:
-            os.close(temp_fd)
+            try:
+                sha256, size = _copy_hash_and_verify(read, temp_fd, temp)
+            finally:
+                os.close(temp_fd)
+            os.chmod(temp, 0o444)
+            final = self.path_for(sha256)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                # link, not rename: an existing blob (same bytes) is never replaced.
+                os.link(temp, final)
+                created = True
+            except FileExistsError:
+                created = False
+        finally:
             temp.unlink(missing_ok=True)
-            raise
-        os.close(temp_fd)
-        os.chmod(temp, 0o444)
-        final = self.path_for(sha256)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            # link, not rename: an existing blob (same bytes) is never replaced.
-            os.link(temp, final)
-            created = True
-        except FileExistsError:
-            created = False
-        temp.unlink()
         if created:
             _fsync_dir(final.parent)
         return StoredBlob(sha256, size, created)
@@ -214,6 +218,7 @@ def _write_chunks(
     drops them from the page cache and so reads what the disk really holds.
     """
     offset = synced = 0
+    chunk: bytes | None = b""
     try:
         while (chunk := to_write.get()) is not None:
             view = memoryview(chunk)
@@ -229,8 +234,12 @@ def _write_chunks(
             to_verify.put((synced, offset - synced))
     except BaseException as error:
         failures.append(error)
-        while to_write.get() is not None:  # keep draining so the reader never blocks
-            pass
+        # Keep taking chunks so the thread reading the source never blocks on a full queue,
+        # but only up to the end marker: a failure at the last fsync (ENOSPC or EIO, as a
+        # network or thin-provisioned disk reports it) comes after the marker was taken, and
+        # waiting for another would hang the copy for good.
+        while chunk is not None:
+            chunk = to_write.get()
     finally:
         to_verify.put(None)
 

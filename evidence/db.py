@@ -3,20 +3,34 @@
 SQLite is the embedded default: WAL so readers never block the writer, `BEGIN IMMEDIATE` so a
 writing transaction takes the write lock up front instead of failing half-way with SQLITE_BUSY,
 and `synchronous=FULL` because a committed result must survive a power cut, not just a crash.
-PostgreSQL is the store at scale; leasing there uses `FOR UPDATE SKIP LOCKED`.
+PostgreSQL is the store at scale; leasing there uses `FOR UPDATE SKIP LOCKED`. A write that a
+passing fault ends (a lock held past the busy timeout, a dropped connection) can be tried again
+after a pause with `write_retrying`, where running it twice is safe.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
+import sqlite3
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
 _MIGRATIONS = Path(__file__).parent / "migrations"
+#: Pauses between the tries of a write that a passing fault ended (see `write_retrying`):
+#: about 50 s in all, the time a PostgreSQL restart or failover takes; on SQLite each try
+#: also waits out the 60 s busy timeout first.
+_RETRY_DELAYS_S = (0.1, 0.5, 2.0, 5.0, 10.0, 30.0)
 
 
 def utc_now() -> dt.datetime:
@@ -103,6 +117,41 @@ def connect(url: str) -> Database:
         hide_parameters=_HIDE_PARAMETERS,
     )
     return Database(url, engine, engine)
+
+
+def _is_transient(error: sa.exc.DBAPIError) -> bool:
+    """Whether a write failed for a cause that passes by itself, so that trying it again later
+    may succeed: SQLite's write lock still held by another writer when the busy timeout ran
+    out, or the connection to the server lost (a restart, a failover, a terminated backend).
+    A refused statement (a constraint, a bug) fails the same way every time."""
+    if error.connection_invalidated:
+        return True
+    code = getattr(error.orig, "sqlite_errorcode", None)
+    return code is not None and (code & 0xFF) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+def write_retrying(database: Database, work: Callable[[sa.Connection], T], what: str) -> T:
+    """Run `work` in one write transaction; when a transient fault (`_is_transient`) ends it,
+    back off and run it again in a new one, each pause of `_RETRY_DELAYS_S` in turn, then
+    let the last fault propagate.
+
+    A failed transaction left nothing behind, but a connection lost during COMMIT leaves it
+    unknown whether that COMMIT landed: `work` must find what an earlier run of it committed
+    and not do it again (a job commit's fencing token does). `what` names the write in the
+    warning each retry logs.
+    """
+    for delay in _RETRY_DELAYS_S:
+        try:
+            with database.writer.begin() as connection:
+                return work(connection)
+        except sa.exc.DBAPIError as error:
+            if not _is_transient(error):
+                raise
+            cause = "unreachable" if error.connection_invalidated else "locked"
+            log.warning("the store is %s; trying the %s again in %.1f s", cause, what, delay)
+        time.sleep(delay)
+    with database.writer.begin() as connection:
+        return work(connection)
 
 
 def migrate(database: Database) -> None:

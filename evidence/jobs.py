@@ -18,7 +18,7 @@ import sqlalchemy as sa
 
 from evidence import archives, custody
 from evidence.custody import CustodyEntry, canonical_json
-from evidence.db import Database, utc_now
+from evidence.db import Database, utc_now, write_retrying
 from evidence.records import Failure, JobSpec, LeasedJob, Outcome, ResultKey, Success
 from evidence.schema import artifacts, items, jobs, results, under_keys
 
@@ -353,62 +353,75 @@ def commit(
     partial result exists. An outcome whose lease token no longer matches (the job expired
     and went to someone else) is refused: its job has a newer owner. Custody events follow
     the order of `outcomes`.
+
+    A database locked past its busy timeout or a connection lost does not lose the batch: the
+    commit is tried again after a pause (`write_retrying`). The fencing check makes that safe
+    where a lost connection hides whether the COMMIT landed: if it had, the retry finds the
+    leases ended and counts the outcomes stale, storing nothing twice.
     """
     # The same outcome delivered twice (a retried call) commits once: the copy is stale.
     first: dict[tuple[int, int], tuple[LeasedJob, Outcome]] = {}
     for job, outcome in outcomes:
         first.setdefault((job.id, job.token), (job, outcome))
     batch = list(first.values())
-    with database.writer.begin() as connection:
-        now = utc_now()
-        successes = [(job, outcome) for job, outcome in batch if isinstance(outcome, Success)]
-        priorities = _finish(
-            connection,
-            [job for job, _ in successes],
-            now,
-            state=DONE,
-            finished_at=now,
-            error_reason=None,
-            error_detail=None,
-        )
-        failed = {
-            (job.id, job.token): state
-            for job, outcome in batch
-            if isinstance(outcome, Failure)
-            and (state := _finish_failure(connection, job, outcome, now)) is not None
-        }
-        held = set(priorities) | set(failed)
-        kept = [(job, outcome) for job, outcome in successes if (job.id, job.token) in priorities]
-        stored = _insert_results(database, connection, kept, now)
-        _set_kinds(
-            connection,
-            [
-                (job.sha256, outcome.item_kind)
-                for job, outcome in batch
-                if (job.id, job.token) in held
-            ],
-        )
-        _enqueue_all(
-            database,
-            connection,
-            [
-                (job.sha256, outcome.follow_ups, priorities[job.id, job.token], job.max_attempts)
-                for job, outcome in kept
-            ],
-        )
-        entries: list[CustodyEntry] = []
-        for job, outcome in batch:
-            lease = (job.id, job.token)
-            if lease not in held:
-                continue
-            if isinstance(outcome, Success):
-                entries += _success_entries(
-                    database, connection, job, outcome, stored[job.id], priorities[lease], actor
-                )
-            else:
-                entries.append(_failure_entry(job, outcome, failed[lease], actor))
-        custody.append(connection, entries)
-    return CommitReport(len(held), len(outcomes) - len(held))
+    held = write_retrying(
+        database, lambda connection: _commit_batch(database, connection, batch, actor), "commit"
+    )
+    return CommitReport(held, len(outcomes) - held)
+
+
+def _commit_batch(
+    database: Database,
+    connection: sa.Connection,
+    batch: Sequence[tuple[LeasedJob, Outcome]],
+    actor: str,
+) -> int:
+    """`commit`'s writes, in the caller's transaction; returns how many leases still held."""
+    now = utc_now()
+    successes = [(job, outcome) for job, outcome in batch if isinstance(outcome, Success)]
+    priorities = _finish(
+        connection,
+        [job for job, _ in successes],
+        now,
+        state=DONE,
+        finished_at=now,
+        error_reason=None,
+        error_detail=None,
+    )
+    failed = {
+        (job.id, job.token): state
+        for job, outcome in batch
+        if isinstance(outcome, Failure)
+        and (state := _finish_failure(connection, job, outcome, now)) is not None
+    }
+    held = set(priorities) | set(failed)
+    kept = [(job, outcome) for job, outcome in successes if (job.id, job.token) in priorities]
+    stored = _insert_results(database, connection, kept, now)
+    _set_kinds(
+        connection,
+        [(job.sha256, outcome.item_kind) for job, outcome in batch if (job.id, job.token) in held],
+    )
+    _enqueue_all(
+        database,
+        connection,
+        [
+            (job.sha256, outcome.follow_ups, priorities[job.id, job.token], job.max_attempts)
+            for job, outcome in kept
+        ],
+    )
+    entries: list[CustodyEntry] = []
+    for job, outcome in batch:
+        lease = (job.id, job.token)
+        if lease not in held:
+            continue
+        if isinstance(outcome, Success):
+            entries += _success_entries(
+                database, connection, job, outcome, stored[job.id], priorities[lease], actor
+            )
+        else:
+            entries.append(_failure_entry(job, outcome, failed[lease], actor))
+    custody.append(connection, entries)
+    return len(held)
 
 
 def _finish(
