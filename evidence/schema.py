@@ -23,6 +23,12 @@ metadata = sa.MetaData(
 )
 
 SHA256 = sa.String(64)
+#: The longest name an operator types (a source, a request reference, a reviewer) that the
+#: name columns below hold; the CLI and the API refuse a longer one before anything is stored.
+NAME_MAX_CHARS = 200
+#: What such a name must match as a whole: one line without control characters (a newline
+#: or a terminal escape has no place in a name that tables and custody show).
+NAME_PATTERN = r"^[^\x00-\x1f\x7f]+$"
 #: Timestamps are timezone-aware UTC everywhere; SQLite stores them as ISO text.
 Timestamp = sa.DateTime(timezone=True)
 

@@ -8,12 +8,13 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
+from evidence.schema import NAME_MAX_CHARS, NAME_PATTERN
 from workers.base import FailureReason
 
 #: A name an operator types (source, request reference): one line, no control characters.
 Label = Annotated[
     str,
-    StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$"),
+    StringConstraints(min_length=1, max_length=NAME_MAX_CHARS, pattern=NAME_PATTERN),
 ]
 #: Free text kept in custody (why a requeue, a pause).
 Reason = Annotated[

@@ -23,7 +23,7 @@ from evidence.controls import PauseState
 from evidence.db import as_utc
 from evidence.requeue import requeue_failed
 from pipelines.backlog import BacklogProgress, Deadline, StageProgress
-from pipelines.commands.base import app, config_of, console, out, write_json
+from pipelines.commands.base import app, checked_name, config_of, console, out, write_json
 from pipelines.config import QarinaConfig
 from pipelines.plan import Plan
 from pipelines.session import open_store
@@ -57,7 +57,10 @@ def _request_json(request: requests.Request) -> dict[str, object]:
 @request_app.command("create")
 def request_create(
     ctx: typer.Context,
-    ref: Annotated[str, typer.Argument(help="The request's reference, e.g. RFA-2291.")],
+    ref: Annotated[
+        str,
+        typer.Argument(help="The request's reference, e.g. RFA-2291.", callback=checked_name),
+    ],
     priority: Annotated[
         int | None,
         typer.Option(help="Higher runs first; its items' queued jobs take it at once."),

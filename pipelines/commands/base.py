@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -16,6 +17,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
+from evidence.schema import NAME_MAX_CHARS, NAME_PATTERN
 from pipelines.config import QarinaConfig
 
 app = typer.Typer(
@@ -55,6 +57,31 @@ LANGUAGE = typer.Option(
 
 def with_language(config: QarinaConfig, language: str | None) -> QarinaConfig:
     return config.with_overrides(transcript_language=language) if language else config
+
+
+def checked_name(value: str | None) -> str | None:
+    """A name an operator types (source, request reference, reviewer), refused as the HTTP API
+    refuses it (`pipelines/api/models.Label`, by the same rule from `evidence.schema`): empty,
+    past NAME_MAX_CHARS characters, or holding a control character.
+
+    PostgreSQL refuses an over-long name with a database error, and only at registration,
+    after ingest has copied the files, while SQLite keeps it whole: checked here, both backends
+    give one answer before anything is copied.
+    """
+    if value is None:
+        return None
+    if not 1 <= len(value) <= NAME_MAX_CHARS:
+        raise typer.BadParameter(f"a name of 1 to {NAME_MAX_CHARS} characters, not {len(value)}")
+    if not re.match(NAME_PATTERN, value):
+        raise typer.BadParameter("a name without control characters (newlines, escapes)")
+    return value
+
+
+def checked_names(values: list[str] | None) -> list[str] | None:
+    """`checked_name` for an option given once per drop folder."""
+    for value in values or ():
+        checked_name(value)
+    return values
 
 
 @app.callback()

@@ -25,15 +25,25 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from pipelines.commands.base import app, bench_app, config_of, console, out, write_json
+from pipelines.commands.base import (
+    app,
+    bench_app,
+    checked_name,
+    config_of,
+    console,
+    out,
+    write_json,
+)
 from pipelines.ingest import IngestSummary, ingest_paths
 from pipelines.plan import Plan
 from pipelines.session import open_store
 from pipelines.watch import DropFolder, PollReport, Watcher
 
-SOURCE = typer.Option("--source", help="Who or what the material came from.")
+SOURCE = typer.Option("--source", help="Who or what the material came from.", callback=checked_name)
 PRIORITY = typer.Option(help="Higher runs first.")
-REQUEST = typer.Option("--request", help="The request (for assistance) the material is for.")
+REQUEST = typer.Option(
+    "--request", help="The request (for assistance) the material is for.", callback=checked_name
+)
 
 
 @app.command()

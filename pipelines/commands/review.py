@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from evidence import reviews
-from pipelines.commands.base import app, config_of, console, out, write_json
+from pipelines.commands.base import app, checked_name, config_of, console, out, write_json
 from pipelines.session import open_store
 
 
@@ -26,7 +26,11 @@ def review(
     ] = None,
     reviewer: Annotated[
         str | None,
-        typer.Option("--reviewer", help="Who looked (default: the operator, QARINA_OPERATOR)."),
+        typer.Option(
+            "--reviewer",
+            help="Who looked (default: the operator, QARINA_OPERATOR).",
+            callback=checked_name,
+        ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:

@@ -9,7 +9,15 @@ from typing import Annotated
 import typer
 
 from models import whisper
-from pipelines.commands.base import app, bench_app, config_of, console, out, write_json
+from pipelines.commands.base import (
+    app,
+    bench_app,
+    checked_names,
+    config_of,
+    console,
+    out,
+    write_json,
+)
 
 #: The API's default address: loopback, so nothing outside this host reaches it unless an
 #: operator binds it elsewhere on purpose.
@@ -53,7 +61,11 @@ def serve(
     ] = None,
     source: Annotated[
         list[str] | None,
-        typer.Option("--source", help="Source of the drop folder in the same position."),
+        typer.Option(
+            "--source",
+            help="Source of the drop folder in the same position.",
+            callback=checked_names,
+        ),
     ] = None,
     priority: Annotated[
         list[int] | None,
@@ -61,7 +73,11 @@ def serve(
     ] = None,
     request: Annotated[
         list[str] | None,
-        typer.Option("--request", help="Request of the drop folder in the same position."),
+        typer.Option(
+            "--request",
+            help="Request of the drop folder in the same position.",
+            callback=checked_names,
+        ),
     ] = None,
     settle_s: Annotated[
         float, typer.Option(help="Seconds a dropped file must stay unchanged before it is taken.")
