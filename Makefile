@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 SYSTEM_TOOLS := ffmpeg ffprobe exiftool espeak-ng chromium chromedriver
 
-.PHONY: demo test lint typecheck system-tools setup clean
+.PHONY: demo test lint typecheck system-tools setup clean fuzz
 
 system-tools:
 	@missing=""; for tool in $(SYSTEM_TOOLS); do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
@@ -40,6 +40,12 @@ lint: setup
 # -m "" clears the fast-only default of a bare `pytest` (pyproject.toml): CI runs everything.
 test: lint
 	$(BIN)/python -m pytest -q -ra -m ""
+
+# A longer fuzz campaign than `make test`'s bounded one, over the probe's parsers: inputs that
+# break them are kept in tests/hardening/fuzz_regressions/, which `make test` replays.
+FUZZ_MINUTES ?= 10
+fuzz: setup
+	$(BIN)/python -m tests.hardening.fuzz_campaign --minutes $(FUZZ_MINUTES)
 
 clean:
 	rm -rf $(VENV) qarina-data .mypy_cache .ruff_cache .pytest_cache

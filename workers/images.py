@@ -47,8 +47,18 @@ _ORIENTATION_TRANSPOSE = {
     8: Image.Transpose.ROTATE_90,
 }
 
-#: What Pillow and its plugins raise on a file they cannot read (pillow-heif: EOFError).
-UNREADABLE = (UnidentifiedImageError, OSError, EOFError, SyntaxError, ValueError, struct.error)
+#: What Pillow and its plugins raise on a file they cannot read (pillow-heif: EOFError; the
+#: AVIF plugin passes libavif's RuntimeError on, for a damaged container at open and damaged
+#: pixel data at decode: found by `make fuzz`, tests/hardening/fuzz_regressions/avif-*.bin).
+UNREADABLE = (
+    UnidentifiedImageError,
+    OSError,
+    EOFError,
+    SyntaxError,
+    ValueError,
+    RuntimeError,
+    struct.error,
+)
 
 
 @dataclass

@@ -59,6 +59,17 @@ _STORE_COPY_KEYS = frozenset(
 
 #: Real UTC offsets run from -12:00 to +14:00; an unknown offset hides up to this much.
 _MAX_OFFSET = timedelta(hours=14)
+#: Dates must lie this far inside datetime's years 1-9999: comparing one moves it by up to
+#: _MAX_OFFSET, which past either end raises OverflowError. No camera wrote those years anyway.
+_EARLIEST = datetime.min + _MAX_OFFSET
+_LATEST = datetime.max - _MAX_OFFSET
+#: The longest duration a single recording is believed to have. A continuous recorder's file
+#: runs hours or days; a claimed duration past a year (an mvhd duration of 2**64 ticks) is
+#: no duration, and as a date tolerance it would overflow timedelta or excuse any date.
+_MAX_DURATION_S = 366 * 86400.0
+#: A pixel count in Composite:ImageSize: at most ten ASCII digits. `str.isdigit` also accepts
+#: superscripts, which `int` refuses, as it refuses over 4,300 digits; no image side needs ten.
+_PIXELS = re.compile(r"[0-9]{1,10}")
 
 _DATE = re.compile(
     r"^(?P<y>\d{4}):(?P<mo>\d{2}):(?P<d>\d{2})[ T](?P<h>\d{2}):(?P<mi>\d{2}):(?P<s>\d{2})"
@@ -228,6 +239,8 @@ def _parse_date(value: Any, offset_value: Any = None, utc_by_spec: bool = False)
         )
     except ValueError:
         raise _InvalidDate(text) from None
+    if not _EARLIEST <= local <= _LATEST:
+        raise _InvalidDate(text)
     if match["tz"] is not None:
         offset = _parse_offset(match["tz"])
     elif utc_by_spec:
@@ -286,6 +299,27 @@ def _number(value: Any) -> float | None:
     else:
         return None
     return number if math.isfinite(number) else None
+
+
+def _duration(value: Any) -> float | None:
+    """A claimed duration in seconds, or None when no recording could last it (see
+    _MAX_DURATION_S): negative, or longer than a year."""
+    number = _number(value)
+    return number if number is not None and 0 <= number <= _MAX_DURATION_S else None
+
+
+def _json_safe(value: Any) -> Any:
+    """A value of exiftool's record as strict JSON can hold it. exiftool prints numbers such
+    as `1e999` unquoted, which Python reads as infinity; results are stored and hashed as
+    JSON, where infinity and NaN have no spelling (PostgreSQL refuses them), so they are
+    kept as text."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, list):
+        return [_json_safe(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    return value
 
 
 def _gps_candidates(record: Mapping[str, Any]) -> list[tuple[Any, Any, Any]]:
@@ -379,7 +413,7 @@ def _size(record: Mapping[str, Any], probe: ProbeResult | None) -> tuple[int | N
     image_size = record.get("Composite:ImageSize")
     if isinstance(image_size, str):
         parts = image_size.replace("x", " ").split()
-        if len(parts) == 2 and all(part.isdigit() for part in parts):
+        if len(parts) == 2 and all(_PIXELS.fullmatch(part) for part in parts):
             return int(parts[0]), int(parts[1])
     return None, None
 
@@ -404,7 +438,10 @@ class MetadataStage(Stage[MetadataConfig, MetadataResult]):
     """Extracts and normalises capture metadata with one long-lived exiftool per worker."""
 
     name: ClassVar[str] = "metadata"
-    version: ClassVar[str] = "1"
+    #: 2: dates within 14 h of the calendar's ends are `date_invalid`, durations outside 0 to
+    #: 366 days unknown, non-finite numbers in `raw` kept as text (strict JSON), sizes ASCII
+    #: digits only: what 1 stored for such records differs, where it did not crash.
+    version: ClassVar[str] = "2"
     kinds: ClassVar[frozenset[Kind]] = frozenset({Kind.PHOTO, Kind.VIDEO, Kind.AUDIO})
     requires: ClassVar[tuple[str, ...]] = ("probe",)
     #: The actor mostly waits while its exiftool child parses (exiftool used 2.0 CPU-s of a
@@ -502,7 +539,7 @@ class MetadataStage(Stage[MetadataConfig, MetadataResult]):
 
         duration = probe.duration_s if probe is not None else None
         if duration is None:
-            duration = _number(record.get("QuickTime:Duration"))
+            duration = _duration(record.get("QuickTime:Duration"))
         tolerance = timedelta(seconds=self.config.dates_tolerance_s + (duration or 0.0))
         witnesses = _dates(record, _WITNESS_TAGS, flags)
         if any(
@@ -538,5 +575,9 @@ class MetadataStage(Stage[MetadataConfig, MetadataResult]):
             duration_s=duration if kind is not Kind.PHOTO else None,
             codecs=_codecs(probe),
             flags=sorted(flags),
-            raw={key: value for key, value in record.items() if key not in _STORE_COPY_KEYS},
+            raw={
+                key: _json_safe(value)
+                for key, value in record.items()
+                if key not in _STORE_COPY_KEYS
+            },
         )

@@ -322,18 +322,21 @@ def _stream_rotation(stream: dict[str, Any]) -> int | None:
 
     ffprobe reports the matrix angle counter-clockwise (-90 for a phone held upright), the
     legacy `rotate` tag and exiftool report it clockwise (90); we store the clockwise one.
+    The tag is text the file chose (a Matroska SimpleTag named `rotate` reaches ffprobe's
+    stream tags as written), so "inf" rounds to OverflowError and "nan" to ValueError: no
+    rotation, like any other value that is not a number.
     """
     for side_data in stream.get("side_data_list", []):
         if isinstance(side_data, dict) and "rotation" in side_data:
             try:
                 return round(-float(side_data["rotation"])) % 360
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 return None
     rotate = stream.get("tags", {}).get("rotate")
     if rotate is not None:
         try:
             return round(float(rotate)) % 360
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             return None
     return None
 
