@@ -64,6 +64,13 @@ CLASSIFIED = {
 }
 
 
+@pytest.fixture
+def config(sqlite_config: QarinaConfig) -> QarinaConfig:
+    """SQLite only: what is checked here is how stages and tools behave, which the backend
+    does not change; the store's own faults run on both (test_store_faults.py)."""
+    return sqlite_config
+
+
 def _corpus_or_skip() -> Path:
     if not all((CORPUS / name).is_dir() for name in BROKEN_SETS):
         if os.environ.get("CI") == "true":

@@ -33,6 +33,13 @@ from workers.tools import ToolLimits
 LINGER = "7777.25"
 
 
+@pytest.fixture
+def config(sqlite_config: QarinaConfig) -> QarinaConfig:
+    """SQLite only: what is checked here is how stages and tools behave, which the backend
+    does not change; the store's own faults run on both (test_store_faults.py)."""
+    return sqlite_config
+
+
 def _stub(folder: Path, name: str, body: str) -> None:
     path = folder / name
     path.write_text(textwrap.dedent(body).lstrip())
