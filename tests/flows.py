@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import http.client
+import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from evidence.store import Store
 from pipelines.config import QarinaConfig
@@ -42,3 +45,33 @@ def ingest_and_run(
     summary = ingest_paths(store, plan, config, [folder], source=source, priority=priority)
     run_plan(store, plan, config)
     return summary.sha256s
+
+
+def api_call(
+    url: str,
+    method: str,
+    path: str,
+    body: Any = None,
+    headers: Mapping[str, str] | None = None,
+) -> tuple[int, dict[str, str], Any]:
+    """One request to the API served at `url` (http://HOST:PORT), on a fresh connection: a
+    dict body goes as JSON, bytes as they are. The status, the headers (names lower-cased)
+    and the parsed JSON reply (None when empty)."""
+    sent = dict(headers or {})
+    payload: bytes | None = None
+    if isinstance(body, bytes):
+        payload = body
+        sent.setdefault("Content-Type", "application/octet-stream")
+    elif body is not None:
+        payload = json.dumps(body).encode()
+        sent["Content-Type"] = "application/json"
+    host, port = url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        connection.request(method, path, payload, sent)
+        response = connection.getresponse()
+        raw = response.read()
+    finally:
+        connection.close()
+    answered = {name.lower(): value for name, value in response.getheaders()}
+    return response.status, answered, json.loads(raw) if raw else None

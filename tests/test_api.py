@@ -39,6 +39,7 @@ from pipelines.ingest import NotBelow, ingest_below
 from pipelines.local_cluster import free_port
 from pipelines.plan import Plan
 from tests.conftest import _reset_postgres
+from tests.flows import api_call
 
 INTAKE_TOKEN = "intake-" + "1f" * 20
 OPS_TOKEN = "ops-" + "2e" * 20
@@ -77,22 +78,7 @@ class Server:
         sent = dict(headers or {})
         if token is not None:
             sent["Authorization"] = f"Bearer {token}"
-        payload: bytes | None = None
-        if isinstance(body, bytes):
-            payload = body
-            sent.setdefault("Content-Type", "application/octet-stream")
-        elif body is not None:
-            payload = json.dumps(body).encode()
-            sent["Content-Type"] = "application/json"
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        try:
-            connection.request(method, path, payload, sent)
-            response = connection.getresponse()
-            raw = response.read()
-        finally:
-            connection.close()
-        parsed = json.loads(raw) if raw else None
-        return Reply(response.status, {k.lower(): v for k, v in response.getheaders()}, parsed)
+        return Reply(*api_call(self.url, method, path, body, sent))
 
     def upload(
         self,

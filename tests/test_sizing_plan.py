@@ -27,6 +27,7 @@ from pipelines.sizing.costs import (
 from pipelines.sizing.plan import (
     EFFICIENCY,
     Backlog,
+    Plan,
     PlanError,
     Units,
     available_seconds,
@@ -95,8 +96,8 @@ def backlog(items: int = 2_000_000) -> Backlog:
 # For 2,000,000 items multiply by 2,000.
 
 
-def test_deadline_with_cpu_and_gpu_nodes_gives_cores_and_gpus() -> None:
-    plan = make_plan(
+def _cpu_and_gpu_nodes_by_deadline() -> Plan:
+    return make_plan(
         backlog(),
         [cpu_bench(), gpu_bench()],
         deadline=DEADLINE,
@@ -104,6 +105,10 @@ def test_deadline_with_cpu_and_gpu_nodes_gives_cores_and_gpus() -> None:
         required=REQUIRED,
         efficiency=MARGIN,
     )
+
+
+def test_deadline_with_cpu_and_gpu_nodes_gives_cores_and_gpus() -> None:
+    plan = _cpu_and_gpu_nodes_by_deadline()
     assert plan.use_gpu
     assert plan.seconds == pytest.approx({"cpu": 1_100_000, "gpu": 5_300_000})
     # cores: 1,100,000 / 691,200 = 1.59 -> 2; GPUs: 5,300,000 / 691,200 = 7.67 -> 8
@@ -233,14 +238,7 @@ def test_two_bench_files_of_one_class_costing_the_same_stage_are_refused() -> No
 
 
 def test_html_has_the_chart_and_no_external_resources() -> None:
-    plan = make_plan(
-        backlog(),
-        [cpu_bench(), gpu_bench()],
-        deadline=DEADLINE,
-        now=NOW,
-        required=REQUIRED,
-        efficiency=MARGIN,
-    )
+    plan = _cpu_and_gpu_nodes_by_deadline()
     page = plan_html(plan)
     assert "<svg" in page and "<polyline" in page and 'class="deadline"' in page
     assert not re.search(r"https?://", page)

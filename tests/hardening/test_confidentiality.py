@@ -13,7 +13,6 @@ each must be stored exactly as given or refused with a clear error, and nothing 
 from __future__ import annotations
 
 import hashlib
-import http.client
 import json
 import os
 import re
@@ -40,6 +39,7 @@ from pipelines.config import QarinaConfig
 from pipelines.plan import Plan
 from pipelines.samples import audio, hostile, photos, videos
 from tests.browser.serving import REVIEWER_TOKEN, serving, write_tokens
+from tests.flows import api_call
 from workers.arabic import normalise
 
 QARINA = str(Path(sys.executable).parent / "qarina")
@@ -489,22 +489,8 @@ def _call(
 ) -> tuple[int, Any]:
     """One API request with the reviewer's token; the status and the parsed JSON reply."""
     sent = {"Authorization": f"Bearer {REVIEWER_TOKEN}", **(headers or {})}
-    payload: bytes | None = None
-    if isinstance(body, bytes):
-        payload = body
-        sent["Content-Type"] = "application/octet-stream"
-    elif body is not None:
-        payload = json.dumps(body).encode()
-        sent["Content-Type"] = "application/json"
-    host, port = base.removeprefix("http://").split(":")
-    connection = http.client.HTTPConnection(host, int(port), timeout=30)
-    try:
-        connection.request(method, path, payload, sent)
-        response = connection.getresponse()
-        raw = response.read()
-    finally:
-        connection.close()
-    return response.status, json.loads(raw) if raw else None
+    status, _, reply = api_call(base, method, path, body, sent)
+    return status, reply
 
 
 def test_hostile_text_in_every_api_input_is_kept_verbatim_or_refused(

@@ -40,6 +40,15 @@ def config(sqlite_config: QarinaConfig) -> QarinaConfig:
     return sqlite_config
 
 
+def _stub_folder(tmp_path: Path, tool: str) -> tuple[Path, str]:
+    """A folder for stub tools, and where the real `tool` is (the stub hands work on to it)."""
+    real = shutil.which(tool)
+    assert real is not None, f"{tool} is not installed"
+    stubs = tmp_path / "stubs"
+    stubs.mkdir()
+    return stubs, real
+
+
 def _stub(folder: Path, name: str, body: str) -> None:
     path = folder / name
     path.write_text(textwrap.dedent(body).lstrip())
@@ -93,10 +102,7 @@ def test_a_hanging_or_dying_ffprobe_fails_its_item_alone(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     sha = {name: hashlib.sha256(path.read_bytes()).hexdigest() for name, path in items.items()}
-    stubs = tmp_path / "stubs"
-    stubs.mkdir()
-    real = shutil.which("ffprobe")
-    assert real is not None
+    stubs, real = _stub_folder(tmp_path, "ffprobe")
     # The hanging stub leaves a child of its own: only a kill of the whole group ends both.
     _stub(
         stubs,
@@ -144,10 +150,7 @@ def test_an_exiftool_killed_mid_request_fails_that_item_and_the_next_one_gets_a_
     """The stub speaks exiftool's -stay_open protocol by handing each request to the real
     exiftool, and kills itself when a request names the chosen item."""
     doomed = hashlib.sha256(items["crash"].read_bytes()).hexdigest()
-    stubs = tmp_path / "stubs"
-    stubs.mkdir()
-    real = shutil.which("exiftool")
-    assert real is not None
+    stubs, real = _stub_folder(tmp_path, "exiftool")
     _stub(
         stubs,
         "exiftool",
