@@ -313,13 +313,16 @@ class ExiftoolSession:
         # included, so the request would never finish. A resolved path starts with "/" and
         # cannot be mistaken for an option, which is what `--` would have guarded against.
         request = [*self._common_args, str(path.resolve()), f"-execute{self._counter}"]
+        # The clock starts before the request is sent: time this worker spent descheduled
+        # after sending counts against the limit, as it does for a tool run to completion.
+        deadline = time.monotonic() + self._limits.timeout_s
         try:
             process.stdin.write(("\n".join(request) + "\n").encode())
             process.stdin.flush()
         except BrokenPipeError as error:
             self._kill()
             raise StageError(FailureReason.TOOL_CRASH, "exiftool exited") from error
-        output = self._read_until(process, marker)
+        output = self._read_until(process, marker, deadline)
         body = output[: output.rfind(marker)].strip()
         if not body:
             with self._stderr_lock:
@@ -336,9 +339,10 @@ class ExiftoolSession:
         record: dict[str, Any] = parsed[0]
         return record
 
-    def _read_until(self, process: subprocess.Popen[bytes], marker: bytes) -> bytes:
+    def _read_until(
+        self, process: subprocess.Popen[bytes], marker: bytes, deadline: float
+    ) -> bytes:
         assert process.stdout is not None
-        deadline = time.monotonic() + self._limits.timeout_s
         buffer = bytearray()
         with selectors.DefaultSelector() as selector:
             selector.register(process.stdout, selectors.EVENT_READ)
