@@ -44,7 +44,7 @@ from pipelines.samples.mixed_backlog import (
     BacklogShape,
     make_backlog,
 )
-from pipelines.sizing.costs import reserved_seconds, write_bench
+from pipelines.sizing.costs import reserved_seconds, reserved_units, write_bench
 from pipelines.sizing.plan import (
     EFFICIENCY,
     SECONDS_PER_DAY,
@@ -124,7 +124,7 @@ def stage_split(
     for (stage, sha256), seconds in measured.items():
         kind = kinds.get(sha256, "other")
         entry = by_stage.setdefault(stage, {})
-        entry[kind] = entry.get(kind, 0.0) + reserved_seconds({(stage, sha256): seconds})
+        entry[kind] = entry.get(kind, 0.0) + seconds * reserved_units(stage, "cpu")
     rows = []
     predicted = {work.stage: work for work in plan.works}
     for stage in [*predicted, *(name for name in by_stage if name not in predicted)]:
