@@ -259,6 +259,7 @@ def lease_each(
                 jobs.c.priority,
                 jobs.c.attempts,
                 jobs.c.max_attempts,
+                jobs.c.error_reason.label("last_error"),
             )
             .join(items, items.c.sha256 == jobs.c.sha256)
             .where(jobs.c.id.in_(ids))

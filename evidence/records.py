@@ -65,6 +65,9 @@ class LeasedJob:
     priority: int
     attempts: int
     max_attempts: int
+    #: The reason the previous attempt failed, None on a first attempt (or after a lease that
+    #: expired without an outcome): the driver runs a job that timed out in a batch of its own.
+    last_error: str | None = None
 
     @property
     def key(self) -> ResultKey:

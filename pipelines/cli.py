@@ -871,6 +871,43 @@ def bench_backlog_mix(
         raise typer.Exit(1)
 
 
+@bench_app.command("hangs")
+def bench_hangs(
+    ctx: typer.Context,
+    items: Annotated[int, typer.Option(help="Files in the phone-shaped backlog.")] = 30,
+    hang_share: Annotated[
+        float, typer.Option(help="Share of the backlog made of files that hang ffprobe.")
+    ] = 0.1,
+    mode: Annotated[
+        str, typer.Option(help="spin: the hang keeps a CPU busy; sleep: it waits forever.")
+    ] = "spin",
+    runs: Annotated[int, typer.Option(help="Pairs of runs (clean, with hangs); medians.")] = 1,
+    output: Annotated[Path, typer.Option(help="JSON results.")] = Path("bench-results/hangs.json"),
+) -> None:
+    """The good files' throughput with files that hang a tool in the backlog, against the
+    good files alone in the same run."""
+    from pipelines.bench.hangs import bench_hangs as run_bench
+
+    if mode not in ("spin", "sleep"):
+        console.print(f"unknown --mode {mode!r}: spin or sleep")
+        raise typer.Exit(2)
+    try:
+        result = run_bench(
+            config_of(ctx),
+            output,
+            items=items,
+            hang_share=hang_share,
+            mode="spin" if mode == "spin" else "sleep",
+            runs=runs,
+            progress=console,
+        )
+    except whisper.ModelMissing as error:
+        console.print(str(error))
+        raise typer.Exit(2) from None
+    if not result["meets_target"]:
+        raise typer.Exit(1)
+
+
 @bench_app.command("cluster")
 def bench_cluster(
     ctx: typer.Context,

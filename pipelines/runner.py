@@ -24,7 +24,7 @@ from evidence.store import Store
 from pipelines.config import QarinaConfig
 from pipelines.execute import StageHost, Task
 from pipelines.plan import Plan
-from workers.base import Kind
+from workers.base import FailureReason, Kind
 
 log = logging.getLogger(__name__)
 
@@ -236,11 +236,8 @@ class _Driver:
         self.summary.lease_s += time.perf_counter() - started
         self.in_flight.update((job.id, job) for job in every)
         for (name, _), stage_jobs in zip(wanted, leased, strict=True):
-            size = self.plan.stages[name].batch_size
-            for first in range(0, len(stage_jobs), size):
-                self.executor.submit(
-                    name, [tasks[job.id] for job in stage_jobs[first : first + size]]
-                )
+            for batch in _batches(stage_jobs, self.plan.stages[name].batch_size):
+                self.executor.submit(name, [tasks[job.id] for job in batch])
 
     def _finished_when_idle(self) -> bool:
         """With nothing in flight: whether the loop is done (stopping, or, for a run, no
@@ -306,6 +303,15 @@ class _Driver:
         jobs.renew(self.store.database, self.owner, list(self.in_flight), self.config.lease_ttl)
         jobs.release_expired(self.store.database)
         self.last_upkeep = time.monotonic()
+
+
+def _batches(leased: list[records.LeasedJob], size: int) -> list[list[records.LeasedJob]]:
+    """The stage's batches of `size`, except that a job whose last attempt timed out runs
+    alone: a tool that hung on it once is likely to hang again, and its batch-mates would
+    wait out the whole timeout with it, again and again over its retries."""
+    alone = [[job] for job in leased if job.last_error == FailureReason.TOOL_TIMEOUT.value]
+    rest = [job for job in leased if job.last_error != FailureReason.TOOL_TIMEOUT.value]
+    return [rest[first : first + size] for first in range(0, len(rest), size)] + alone
 
 
 def _tasks(store: Store, plan: Plan, leased: list[records.LeasedJob]) -> list[Task]:

@@ -49,14 +49,14 @@ class _AllAtOnce:
 
     def __init__(self) -> None:
         self.held: list[list[Task]] = []
-        self.batch_sizes: list[int] = []
+        self.batches: list[list[str]] = []  # the SHA-256s of each batch submitted
 
     def free_slots(self, stage: str) -> int:
         return 3 - len(self.held)
 
     def submit(self, stage: str, tasks: list[Task]) -> None:
         self.held.append(tasks)
-        self.batch_sizes.append(len(tasks))
+        self.batches.append([task.job.sha256 for task in tasks])
 
     def collect(self, timeout_s: float) -> list[tuple[list[Task], list[Outcome]]]:
         done, self.held = self.held, []
@@ -150,6 +150,32 @@ def test_one_lease_fills_every_free_slot_and_one_commit_takes_every_finished_bat
     batch = plan.stages["probe"].batch_size
     assert leases[0] == [(3 * batch, 40)]  # three slots, one lease
     assert all(got == 0 for call in leases[1:] for _, got in call)
-    assert executor.batch_sizes == [batch, batch, 40 - 2 * batch]
+    assert [len(tasks) for tasks in executor.batches] == [batch, batch, 40 - 2 * batch]
     assert commits == [40] and summary.committed == 40
+    assert _states(store) == ["done"] * 40
+
+
+def test_a_job_whose_last_attempt_timed_out_runs_in_a_batch_of_its_own(
+    store: Store, config: QarinaConfig, tmp_path: Path
+) -> None:
+    """A tool that hung on an item once may hang on it again: its batch-mates must not wait
+    out the timeout with it on every retry."""
+    for index in range(40):
+        (tmp_path / f"item-{index}").write_bytes(f"item {index}".encode())
+    plan = Plan.default(["probe"], settings=config)
+    ingest_paths(store, plan, config, sorted(tmp_path.glob("item-*")), source="test")
+    with store.database.writer.begin() as connection:
+        hung = list(connection.execute(sa.select(jobs.c.sha256).limit(2)).scalars())
+        connection.execute(
+            sa.update(jobs)
+            .where(jobs.c.sha256.in_(hung))
+            .values(attempts=1, error_reason="tool_timeout")
+        )
+    executor = _AllAtOnce()
+    run_queue(store, plan, executor, config)
+    batch = plan.stages["probe"].batch_size
+    assert sorted(map(len, executor.batches)) == [1, 1, 40 - 2 - 2 * batch, batch, batch]
+    assert sorted(tasks for tasks in executor.batches if len(tasks) == 1) == sorted(
+        [sha256] for sha256 in hung
+    )
     assert _states(store) == ["done"] * 40

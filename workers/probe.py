@@ -242,9 +242,14 @@ class ProbeConfig(StageConfig):
 
     Pillow's MAX_IMAGE_PIXELS (a 1024 MiB 24-bit image divided by 4 and 3): real phone and
     camera photos stay far below it, decompression bombs far above.
+
+    ffprobe reads headers only (its probe size and analysis window are bounded), and took at
+    most 0.3 s on every file of the shared corpus under load; every second past that is a
+    hanging file's, paid on each attempt by a worker and by the batch waiting with it. Ten
+    seconds (was 120) keeps a margin of 30 and makes a hang cost little more than a video.
     """
 
-    tool: ToolLimits = field(default_factory=ToolLimits)
+    tool: ToolLimits = field(default_factory=lambda: ToolLimits(timeout_s=10.0))
     max_image_pixels: int = DEFAULT_MAX_PIXELS
 
 

@@ -20,14 +20,16 @@ import sqlalchemy as sa
 
 from evidence.schema import jobs
 from evidence.store import Store
+from pipelines.bench.hangs import HangMode, make_hanging, stand_in_ffprobe
 from pipelines.config import QarinaConfig
 from pipelines.ingest import ingest_paths
 from pipelines.plan import Plan
 from pipelines.runner import run_plan
 from pipelines.samples import lying, photos
+from workers.base import FailureReason, StageError
 from workers.metadata import MetadataConfig, MetadataStage
 from workers.probe import ProbeConfig, ProbeStage
-from workers.tools import ToolLimits
+from workers.tools import ToolLimits, ffprobe_json
 
 #: The marker a hanging stub's own child carries, so the test can find any left behind.
 LINGER = "7777.25"
@@ -55,18 +57,18 @@ def _stub(folder: Path, name: str, body: str) -> None:
     path.chmod(path.stat().st_mode | stat.S_IXUSR)
 
 
-def _lingering() -> list[int]:
-    """Processes still running `sleep LINGER`."""
+def _running(needle: str) -> list[int]:
+    """Live processes whose command line holds `needle`."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            argv = (entry / "cmdline").read_bytes()
             state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue
-        if LINGER.encode() in argv and state != "Z":
+        if needle.encode() in argv and state != "Z":
             found.append(int(entry.name))
     return found
 
@@ -136,7 +138,7 @@ def test_a_hanging_or_dying_ffprobe_fails_its_item_alone(
     assert states[sha["photo"], "probe"][0] == "done"
     # Each attempt ends at the timeout, not at the stub's 7,777 s.
     assert elapsed < hang_attempts * 1.5 + 30
-    assert not _lingering()
+    assert not _running(LINGER)
 
 
 @pytest.mark.allow_logged_errors
@@ -187,3 +189,25 @@ def test_an_exiftool_killed_mid_request_fails_that_item_and_the_next_one_gets_a_
     assert states[doomed, "metadata"][:2] == ("dead", "tool_crash")
     for other in shas - {doomed}:
         assert states[other, "metadata"][0] == "done", other
+
+
+@pytest.mark.parametrize("mode", ["spin", "sleep"])
+def test_the_hang_bench_stand_in_hangs_on_marked_copies_only(
+    mode: HangMode, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`qarina bench hangs` rests on its stand-in ffprobe: the real answer for a file, a hang
+    for a marked copy of it, ended with its process group at the probe's timeout."""
+    good = lying.phone_video(tmp_path / "good.mp4")
+    make_hanging([good], tmp_path / "hanging", 1)
+    marked = next((tmp_path / "hanging").iterdir())
+    stand_in = stand_in_ffprobe(tmp_path / "tools", mode)
+    monkeypatch.setenv("PATH", f"{stand_in.parent}{os.pathsep}{os.environ['PATH']}")
+    limits = ToolLimits(timeout_s=1.0, memory_mb=1024)
+
+    assert ffprobe_json(good, limits)["streams"]
+    started = time.monotonic()
+    with pytest.raises(StageError) as raised:
+        ffprobe_json(marked, limits)
+    assert raised.value.reason is FailureReason.TOOL_TIMEOUT
+    assert time.monotonic() - started < 10
+    assert not _running(str(stand_in))
