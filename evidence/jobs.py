@@ -153,25 +153,32 @@ def only_under_other_keys(
 
 
 def release_expired(database: Database) -> int:
-    """Return jobs whose lease ran out (a lost worker or driver) to the queue."""
-    with database.writer.begin() as connection:
-        return connection.execute(
-            sa.update(jobs)
-            .where(jobs.c.state == LEASED, jobs.c.lease_expires_at < utc_now())
-            .values(state=QUEUED, lease_owner=None, lease_expires_at=None, updated_at=utc_now())
-        ).rowcount
+    """Return jobs whose lease ran out (a lost worker or driver) to the queue.
+
+    This and the other queue writes (lease, renew, release) ride out a locked or lost store
+    like a commit (`write_retrying`): each is safe to run again after a COMMIT whose answer was
+    lost, and a long-running service must not stop for a database restart. The count may then
+    miss what the lost COMMIT released; it only feeds logs.
+    """
+    return _release(database, jobs.c.lease_expires_at < utc_now(), "release of expired leases")
 
 
 def release_owners(database: Database, owners: Sequence[str]) -> int:
     """Return the leases of owners known to be dead (a killed driver on this host) at once."""
     if not owners:
         return 0
-    with database.writer.begin() as connection:
+    return _release(database, jobs.c.lease_owner.in_(owners), "release of leases")
+
+
+def _release(database: Database, which: sa.ColumnElement[bool], what: str) -> int:
+    def release(connection: sa.Connection) -> int:
         return connection.execute(
             sa.update(jobs)
-            .where(jobs.c.state == LEASED, jobs.c.lease_owner.in_(owners))
+            .where(jobs.c.state == LEASED, which)
             .values(state=QUEUED, lease_owner=None, lease_expires_at=None, updated_at=utc_now())
         ).rowcount
+
+    return write_retrying(database, release, what)
 
 
 def lease_owners(database: Database) -> list[str]:
@@ -221,8 +228,11 @@ def lease_each(
     asked = [(keys, limit) for keys, limit in wanted if limit > 0 and keys]
     if not asked or not any_queued(database, {key for keys, _ in asked for key in keys}):
         return [[] for _ in wanted]
-    now = utc_now()
-    with database.writer.begin() as connection:
+
+    def take(connection: sa.Connection) -> list[LeasedJob]:
+        # A retry after a COMMIT whose answer was lost leases other jobs; those it had
+        # leased stay ours until their lease runs out and they return to the queue.
+        now = utc_now()
         ids: list[int] = []
         for keys, limit in asked:
             candidates = (
@@ -235,7 +245,7 @@ def lease_each(
                 candidates = candidates.with_for_update(skip_locked=True)
             ids += connection.execute(candidates).scalars()
         if not ids:
-            return [[] for _ in wanted]
+            return []
         connection.execute(
             sa.update(jobs)
             .where(jobs.c.id.in_(ids))
@@ -265,7 +275,9 @@ def lease_each(
             .where(jobs.c.id.in_(ids))
             .order_by(jobs.c.priority.desc(), jobs.c.id)
         ).all()
-    leased = [LeasedJob(**row._mapping) for row in rows]
+        return [LeasedJob(**row._mapping) for row in rows]
+
+    leased = write_retrying(database, take, "lease")
     return [
         [job for job in leased if job.key in keys] if limit > 0 else [] for keys, limit in wanted
     ]
@@ -275,12 +287,15 @@ def renew(database: Database, owner: str, job_ids: Sequence[int], ttl: dt.timede
     """Extend the leases a live driver still holds, so long jobs are not taken from it."""
     if not job_ids:
         return
-    with database.writer.begin() as connection:
-        connection.execute(
+    write_retrying(
+        database,
+        lambda connection: connection.execute(
             sa.update(jobs)
             .where(jobs.c.id.in_(job_ids), jobs.c.lease_owner == owner, jobs.c.state == LEASED)
             .values(lease_expires_at=utc_now() + ttl)
-        )
+        ),
+        "lease renewal",
+    )
 
 
 @dataclass(frozen=True)

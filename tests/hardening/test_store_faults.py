@@ -359,6 +359,27 @@ def test_a_commit_locked_out_past_the_busy_timeout_backs_off_and_lands_once(
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_driver_starting_against_a_locked_store_waits_for_it_instead_of_stopping(
+    store: Store, config: QarinaConfig, photo_folder: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The queue's own writes (releasing expired leases, leasing) back off like a commit:
+    a service must not stop because another writer held the store for a while."""
+    plan = Plan.default(only=["probe"])
+    ingest_paths(store, plan, config, [photo_folder], source="faults")
+    _shorten_busy_timeout(store, ms=100)
+    lock = WriteLock(_sqlite_path(store), hold_s=0.6)
+    lock.take()
+
+    summary = run_plan(store, plan, config)
+    lock.release()
+
+    assert (summary.committed, summary.stale) == (2, 0)
+    retried = [record.getMessage() for record in caplog.records if "locked" in record.getMessage()]
+    assert retried and "commit" not in retried[0]
+    _assert_each_result_once(store, done=2)
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_a_commit_locked_out_for_good_gives_up_and_a_restart_stores_each_result_once(
     store: Store,
     config: QarinaConfig,
