@@ -250,8 +250,11 @@ def _read_back(
     digest: hashlib._Hash,
     failures: list[BaseException],
 ) -> None:
-    read_fd = os.open(temp, os.O_RDONLY | os.O_CLOEXEC)
+    read_fd: int | None = None
     try:
+        # Inside the handler: a descriptor refused (EMFILE) must reach the caller as what it
+        # is, and the writer, blocked on a full queue, must still be drained.
+        read_fd = os.open(temp, os.O_RDONLY | os.O_CLOEXEC)
         while (span := to_verify.get()) is not None:
             start, length = span
             # The span is on disk (fdatasync); evicting it makes the read below a media read.
@@ -268,7 +271,8 @@ def _read_back(
         while to_verify.get() is not None:
             pass
     finally:
-        os.close(read_fd)
+        if read_fd is not None:
+            os.close(read_fd)
 
 
 def _copy_hash_and_verify(read: Callable[[], bytes], temp_fd: int, temp: Path) -> tuple[str, int]:

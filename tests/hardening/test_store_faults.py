@@ -288,6 +288,27 @@ def test_a_full_disk_refuses_the_file_by_reason_and_a_later_ingest_stores_it(
     assert report.ok and report.blobs_checked == 1
 
 
+def test_no_descriptor_for_the_read_back_refuses_the_file_as_what_it_is(
+    store: Store, config: QarinaConfig, photo_folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process out of descriptors (EMFILE) when the copy opens its read-back: an OS error
+    named by its errno, not a hash mismatch that would read as a damaged copy."""
+    first = sorted(photo_folder.iterdir())[0]
+    temporary = f"{config.blob_root / 'tmp'}{os.sep}"
+    real_open = os.open
+
+    def open_(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if str(path).startswith(temporary) and flags & os.O_ACCMODE == os.O_RDONLY:
+            raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", open_)
+    refused = ingest_paths(store, Plan.default(only=["probe"]), config, [first], source="faults")
+
+    assert refused.refused == {f"os_error:{errno.EMFILE}": 1}
+    assert _leftovers(config.blob_root) == []
+
+
 def test_a_full_disk_fails_a_keyframes_job_as_a_store_error_and_its_retry_stores_them(
     store: Store,
     config: QarinaConfig,
