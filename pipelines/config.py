@@ -9,12 +9,33 @@ from __future__ import annotations
 import datetime as dt
 import getpass
 import os
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from evidence.schema import NAME_MAX_CHARS, NAME_PATTERN
 from workers.base import StageEnvironment
 
 DEFAULT_DATA_DIR = Path("qarina-data")
+#: The operator's name goes into custody actors after a command's prefix
+#: (`qarina-reprocess@NAME`), which must still fit a name column.
+OPERATOR_MAX_CHARS = NAME_MAX_CHARS - 40
+
+
+def checked_operator(name: str) -> str:
+    """The operator's name, refused before anything is written where a store would refuse it
+    (PostgreSQL: past the column's length, or holding a NUL) or a log would be garbled by it.
+
+    Raises:
+        ValueError: empty, past OPERATOR_MAX_CHARS characters, or holding a control character.
+    """
+    if not 1 <= len(name) <= OPERATOR_MAX_CHARS:
+        raise ValueError(
+            f"QARINA_OPERATOR must be 1 to {OPERATOR_MAX_CHARS} characters, not {len(name)}"
+        )
+    if not re.match(NAME_PATTERN, name):
+        raise ValueError("QARINA_OPERATOR must not hold control characters (newlines, escapes)")
+    return name
 
 
 @dataclass(frozen=True)
@@ -71,7 +92,11 @@ class QarinaConfig:
     def from_env(cls, data_dir: Path | None = None, ray_address: str | None = None) -> QarinaConfig:
         """Resolve `--data`/QARINA_DATA, QARINA_DB_URL, `--address`/RAY_ADDRESS, QARINA_OPERATOR,
         QARINA_BENCH_PG_URL, QARINA_MATCH_THRESHOLD, QARINA_MATCH_MIN_QUALITY, QARINA_MODELS_DIR,
-        QARINA_WHISPER_MODEL, QARINA_WHISPER_DEVICE, QARINA_LANGUAGE, QARINA_REVIEW_BLUR."""
+        QARINA_WHISPER_MODEL, QARINA_WHISPER_DEVICE, QARINA_LANGUAGE, QARINA_REVIEW_BLUR.
+
+        Raises:
+            ValueError: QARINA_OPERATOR is not a name the store can keep (`checked_operator`).
+        """
         whisper_model = os.environ.get("QARINA_WHISPER_MODEL")
         models_root = os.environ.get("QARINA_MODELS_DIR")
         data = (data_dir or Path(os.environ.get("QARINA_DATA", str(DEFAULT_DATA_DIR)))).resolve()
@@ -80,7 +105,7 @@ class QarinaConfig:
             data_dir=data,
             db_url=url,
             ray_address=ray_address or os.environ.get("RAY_ADDRESS") or None,
-            operator=os.environ.get("QARINA_OPERATOR") or getpass.getuser(),
+            operator=checked_operator(os.environ.get("QARINA_OPERATOR") or getpass.getuser()),
             bench_pg_url=os.environ.get("QARINA_BENCH_PG_URL") or None,
             match_threshold=int(os.environ.get("QARINA_MATCH_THRESHOLD") or 31),
             match_min_quality=int(os.environ.get("QARINA_MATCH_MIN_QUALITY") or 50),

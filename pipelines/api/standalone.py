@@ -54,7 +54,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--upload-max-bytes", type=int, default=4 << 30)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    config = QarinaConfig.from_env(args.data)
+    try:
+        config = QarinaConfig.from_env(args.data)
+    except ValueError as error:
+        parser.error(str(error))
     store = open_store(config)
     try:
         settings = ApiSettings(args.tokens, tuple(args.allow_root), args.upload_max_bytes)

@@ -97,4 +97,7 @@ def main(
         format="%(message)s",
         handlers=[RichHandler(console=console, show_path=False)],
     )
-    ctx.obj = with_language(QarinaConfig.from_env(data), language)
+    try:
+        ctx.obj = with_language(QarinaConfig.from_env(data), language)
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from None

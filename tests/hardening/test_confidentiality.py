@@ -35,7 +35,7 @@ from evidence.db import utc_now
 from evidence.schema import acquisitions, jobs, metadata, results, reviews
 from evidence.store import Store
 from pipelines.cli import app
-from pipelines.config import QarinaConfig
+from pipelines.config import OPERATOR_MAX_CHARS, QarinaConfig
 from pipelines.plan import Plan
 from pipelines.samples import audio, hostile, photos, videos
 from tests.browser.serving import REVIEWER_TOKEN, serving, write_tokens
@@ -482,6 +482,23 @@ def test_an_operator_named_with_injection_strings_is_recorded_as_named(
             ).scalar_one()
         assert operator == value
     assert store.verify(False, actor="tester").ok
+
+
+@pytest.mark.parametrize("operator", ["x" * (OPERATOR_MAX_CHARS + 1), "line\nbreak"], ids=repr)
+def test_an_operator_name_no_store_could_keep_is_refused_before_anything_is_written(
+    operator: str, store: Store, config: QarinaConfig, tmp_path: Path
+) -> None:
+    """PostgreSQL refuses an over-long actor only when the first custody event is written,
+    and a newline would forge log lines; both backends refuse the name at the start instead,
+    with the reason. (An environment variable cannot carry a NUL.)"""
+    runner = CliRunner(env={"QARINA_DB_URL": config.db_url, "QARINA_OPERATOR": operator})
+    folder, sha = _file(tmp_path / "in", "item.bin", b"an item")
+    result = runner.invoke(
+        app, ["--data", str(config.data_dir), "ingest", str(folder), "--source", "s"]
+    )
+    assert result.exit_code == 2 and "QARINA_OPERATOR" in result.output
+    assert not store.blobs.path_for(sha).exists()
+    assert runner.invoke(app, ["--data", str(config.data_dir), "status"]).exit_code == 2
 
 
 def _call(
