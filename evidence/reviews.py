@@ -123,11 +123,14 @@ def record_review(
     beside it in the details; the two are one person unless `operator` says otherwise.
 
     Raises:
-        ValueError: `label` is not one of LABELS.
+        ValueError: `label` is not one of LABELS, or the note holds a NUL (PostgreSQL's text
+            cannot, SQLite's can: refused here, both backends answer alike).
         UnknownItem: no item has this hash.
     """
     if label not in LABELS:
         raise ValueError(f"unknown label {label!r}; labels: {', '.join(LABELS)}")
+    if note is not None and "\x00" in note:
+        raise ValueError("a note cannot hold a NUL character")
     with database.writer.begin() as connection:
         members = _cluster_members(connection, sha256)
         if not members:

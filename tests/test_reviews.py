@@ -173,6 +173,8 @@ def test_an_unknown_label_or_item_is_refused_and_nothing_recorded(
         reviews.record_review(store.database, sha, "gory", "alice", None)
     with pytest.raises(reviews.UnknownItem):
         reviews.record_review(store.database, "0" * 64, "graphic", "alice", None)
+    with pytest.raises(ValueError, match="NUL"):
+        reviews.record_review(store.database, sha, "graphic", "alice", "nul\x00byte")
     with store.database.reader.connect() as connection:
         after = connection.execute(sa.select(sa.func.count()).select_from(custody_events))
         assert after.scalar_one() == events
