@@ -470,7 +470,7 @@ def _finish_failure(
 ) -> str | None:
     """End a failed job's lease: queued again while a retry may pass and attempts are left,
     else final. Returns the state it ended in, None when the lease had moved on."""
-    attempts = job.attempts + 1
+    attempts = job.attempts + (1 if outcome.counted else 0)
     if not outcome.retryable:
         state = FAILED
     elif attempts < job.max_attempts:
@@ -648,6 +648,7 @@ def _failure_entry(job: LeasedJob, outcome: Failure, state: str, actor: str) -> 
             "attempt": job.attempts + 1,
             "state": state,
             "provenance": dict(outcome.provenance),
+            **({} if outcome.counted else {"counted": False}),
         },
     )
 

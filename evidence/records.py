@@ -118,6 +118,10 @@ class Failure:
     provenance: Mapping[str, Any] = field(default_factory=dict)
     #: Set by the probe stage when it could not decide a media kind.
     item_kind: str | None = None
+    #: Whether the failure counts against the job's attempts. Not where the job may be
+    #: innocent: a worker lost while it ran batched with others (any of them, or a kill from
+    #: outside, may have been the cause). Its next attempt runs alone, where a loss is its own.
+    counted: bool = True
 
 
 Outcome = Success | Failure

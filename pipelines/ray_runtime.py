@@ -277,8 +277,17 @@ class RayExecutor:
             reason = FailureReason.TOOL_CRASH
             if isinstance(error, OutOfMemoryError) or "OutOfMemory" in str(error):
                 reason = FailureReason.RESOURCE_LIMIT
+            # Which job of a batch was running, or to blame, is unknown: the attempt counts
+            # only against a job that ran alone, as each job of a lost batch runs next
+            # (`runner._batches`). A job that kills its worker is thus still bounded, and
+            # workers killed from outside (a soak, a lost node) use up no innocent job's tries.
             return [
-                Failure(reason.value, f"worker lost: {type(error).__name__}", True)
+                Failure(
+                    reason.value,
+                    f"worker lost: {type(error).__name__}",
+                    True,
+                    counted=len(tasks) == 1,
+                )
                 for _ in tasks
             ]
 

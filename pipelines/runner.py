@@ -33,6 +33,10 @@ _COLLECT_TIMEOUT_S = 0.5
 #: An idle driver returns expired leases (of drivers that died elsewhere) this often: a
 #: lease outlives its driver by minutes, so a few seconds more cost nothing.
 _RELEASE_EVERY_S = 5.0
+#: Failures after which a job's next attempt runs in a batch of its own (`_batches`).
+_RUN_ALONE = frozenset(
+    {FailureReason.TOOL_TIMEOUT, FailureReason.TOOL_CRASH, FailureReason.RESOURCE_LIMIT}
+)
 
 
 class Executor(Protocol):
@@ -306,11 +310,12 @@ class _Driver:
 
 
 def _batches(leased: list[records.LeasedJob], size: int) -> list[list[records.LeasedJob]]:
-    """The stage's batches of `size`, except that a job whose last attempt timed out runs
-    alone: a tool that hung on it once is likely to hang again, and its batch-mates would
-    wait out the whole timeout with it, again and again over its retries."""
-    alone = [[job] for job in leased if job.last_error == FailureReason.TOOL_TIMEOUT.value]
-    rest = [job for job in leased if job.last_error != FailureReason.TOOL_TIMEOUT.value]
+    """The stage's batches of `size`, except that a job whose last attempt timed out, crashed
+    or ran out of memory runs alone: a tool that hung on it once is likely to hang again, and
+    its batch-mates would wait out the whole timeout with it on every retry; and of a batch
+    whose worker was lost only a job that ran alone can be held to account (`ray_runtime`)."""
+    alone = [[job] for job in leased if job.last_error in _RUN_ALONE]
+    rest = [job for job in leased if job.last_error not in _RUN_ALONE]
     return [rest[first : first + size] for first in range(0, len(rest), size)] + alone
 
 

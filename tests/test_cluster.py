@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from evidence.schema import jobs, results
+from evidence.schema import custody_events, results
 from evidence.store import Store
 from pipelines.bench.cluster import TOPOLOGIES, bench_cluster
 from pipelines.config import QarinaConfig
@@ -130,8 +130,12 @@ def _results_stored(pg_url: str) -> int:
 
 
 def _retried_jobs(pg_url: str) -> int:
-    """Jobs that failed at least once (a failure counts an attempt; a success does not)."""
-    return _count(pg_url, sa.select(sa.func.count()).select_from(jobs).where(jobs.c.attempts > 0))
+    """Jobs that failed at least once: a failure's custody event stays after a retry
+    succeeded, and a worker lost under a batch does not count against its jobs' attempts."""
+    failed = sa.select(sa.func.count(sa.distinct(custody_events.c.item_sha256))).where(
+        custody_events.c.action == "failure"
+    )
+    return _count(pg_url, failed)
 
 
 def _wait_for_results(pg_url: str, at_least: int, driver: subprocess.Popen[str]) -> None:

@@ -189,6 +189,34 @@ def test_retryable_failures_retry_then_die_final_failures_stop(
     assert store.status().failures_by_reason == {"tool_timeout": 1, "corrupt_media": 1}
 
 
+def test_a_failure_that_may_not_be_the_jobs_doing_is_not_counted_but_remembered(
+    store: Store, tmp_path: Path
+) -> None:
+    """A worker lost under a batch: the job is queued again with its attempts as they were,
+    the loss in its custody record, and its reason kept for the driver (`last_error`), which
+    runs it alone next; lost alone, it counts."""
+    _register(store, _file(tmp_path, "batched", b"batched"))
+    lost = records.Failure("tool_crash", "worker lost: ActorDiedError", True, counted=False)
+    [job] = jobs.lease(store.database, "o", [PROBE.key], 5, TTL)
+    assert job.last_error is None
+    jobs.commit(store.database, [(job, lost)], "test")
+
+    [again] = jobs.lease(store.database, "o", [PROBE.key], 5, TTL)
+    assert (again.attempts, again.last_error) == (0, "tool_crash")
+    jobs.commit(store.database, [(again, records.Failure("tool_crash", "alone", True))], "test")
+    [third] = jobs.lease(store.database, "o", [PROBE.key], 5, TTL)
+    assert third.attempts == 1
+    with store.database.reader.connect() as connection:
+        details = (
+            connection.execute(
+                sa.select(custody_events.c.details).where(custody_events.c.action == "failure")
+            )
+            .scalars()
+            .all()
+        )
+    assert ['"counted":false' in text.replace(" ", "") for text in details] == [True, False]
+
+
 def test_one_commit_of_many_outcomes_keeps_each_outcome_apart(store: Store, tmp_path: Path) -> None:
     """A batch commit (one statement per kind of write) does for each outcome what a commit
     of it alone would: a stale one, or one delivered twice, is refused without costing the
