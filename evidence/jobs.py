@@ -23,6 +23,13 @@ from evidence.records import Failure, JobSpec, LeasedJob, Outcome, ResultKey, Su
 from evidence.schema import artifacts, items, jobs, results, under_keys
 
 QUEUED, LEASED, DONE, FAILED, DEAD = "queued", "leased", "done", "failed", "dead"
+#: Workers a job may lose while it runs alone before it is given up (dead, `tool_crash`).
+#: Apart from attempts and larger: a worker killed from outside or a lost node looks the same
+#: as a file that crashes its worker, and a cluster losing a random worker every 30 s, once
+#: only one long stage is left running, loses the job's worker on about a third of its runs;
+#: eight in a row happen to about one job in 15,000. A file that takes its worker down every
+#: time costs eight worker restarts.
+MAX_WORKER_LOSSES = 8
 #: A queued job an operator replaced by one under the current key (`qarina reprocess`):
 #: final, never leased, kept so the job table still shows what was once asked for.
 SUPERSEDED = "superseded"
@@ -269,6 +276,7 @@ def lease_each(
                 jobs.c.priority,
                 jobs.c.attempts,
                 jobs.c.max_attempts,
+                jobs.c.worker_losses,
                 jobs.c.error_reason.label("last_error"),
             )
             .join(items, items.c.sha256 == jobs.c.sha256)
@@ -470,10 +478,11 @@ def _finish_failure(
 ) -> str | None:
     """End a failed job's lease: queued again while a retry may pass and attempts are left,
     else final. Returns the state it ended in, None when the lease had moved on."""
-    attempts = job.attempts + (1 if outcome.counted else 0)
+    attempts = job.attempts + (outcome.counts_against == "attempts")
+    losses = job.worker_losses + (outcome.counts_against == "worker_losses")
     if not outcome.retryable:
         state = FAILED
-    elif attempts < job.max_attempts:
+    elif attempts < job.max_attempts and losses < MAX_WORKER_LOSSES:
         state = QUEUED
     else:
         state = DEAD
@@ -483,6 +492,7 @@ def _finish_failure(
         now,
         state=state,
         attempts=attempts,
+        worker_losses=losses,
         error_reason=outcome.reason,
         error_detail=outcome.detail,
         finished_at=None if state == QUEUED else now,
@@ -648,7 +658,11 @@ def _failure_entry(job: LeasedJob, outcome: Failure, state: str, actor: str) -> 
             "attempt": job.attempts + 1,
             "state": state,
             "provenance": dict(outcome.provenance),
-            **({} if outcome.counted else {"counted": False}),
+            **(
+                {"counts_against": outcome.counts_against}
+                if outcome.counts_against != "attempts"
+                else {}
+            ),
         },
     )
 

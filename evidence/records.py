@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 
 @dataclass(frozen=True, order=True)
@@ -53,6 +53,10 @@ class JobSpec:
         return ResultKey(self.stage, self.stage_version, self.config_hash)
 
 
+#: What a failure counts against (`Failure.counts_against`).
+CountsAgainst = Literal["attempts", "worker_losses", "nothing"]
+
+
 @dataclass(frozen=True)
 class LeasedJob:
     id: int
@@ -65,6 +69,7 @@ class LeasedJob:
     priority: int
     attempts: int
     max_attempts: int
+    worker_losses: int = 0
     #: The reason the previous attempt failed, None on a first attempt (or after a lease that
     #: expired without an outcome): the driver runs a job that timed out in a batch of its own.
     last_error: str | None = None
@@ -118,10 +123,11 @@ class Failure:
     provenance: Mapping[str, Any] = field(default_factory=dict)
     #: Set by the probe stage when it could not decide a media kind.
     item_kind: str | None = None
-    #: Whether the failure counts against the job's attempts. Not where the job may be
-    #: innocent: a worker lost while it ran batched with others (any of them, or a kill from
-    #: outside, may have been the cause). Its next attempt runs alone, where a loss is its own.
-    counted: bool = True
+    #: What the failure counts against: the job's `attempts`; its `worker_losses` (its worker
+    #: died while it ran alone: the job, or a kill from outside, may have been the cause); or
+    #: `nothing` (its worker died while it ran batched with others, any of whom may have
+    #: been the cause; its next attempt runs alone).
+    counts_against: CountsAgainst = "attempts"
 
 
 Outcome = Success | Failure

@@ -125,6 +125,8 @@ jobs = sa.Table(
     sa.Column("priority", sa.Integer, nullable=False, server_default="0"),
     sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
     sa.Column("max_attempts", sa.Integer, nullable=False, server_default="3"),
+    # Workers lost while the job ran alone: counted apart from attempts (migration 0007).
+    sa.Column("worker_losses", sa.Integer, nullable=False, server_default="0"),
     sa.Column("lease_owner", sa.String(200)),
     sa.Column("lease_expires_at", Timestamp),
     # Incremented on every lease: a worker whose lease expired and was re-leased holds a stale

@@ -908,6 +908,38 @@ def bench_hangs(
         raise typer.Exit(1)
 
 
+@bench_app.command("soak")
+def bench_soak(
+    ctx: typer.Context,
+    items: Annotated[int, typer.Option(help="Generated mixed items (messenger shape).")] = 10_000,
+    kill_every: Annotated[
+        float, typer.Option(help="Seconds between kills of a random Ray worker process.")
+    ] = 30.0,
+    driver_kills: Annotated[
+        int, typer.Option(help="Times the driver is killed (at even steps of progress).")
+    ] = 2,
+    output: Annotated[Path, typer.Option(help="JSON results.")] = Path("bench-results/soak.json"),
+) -> None:
+    """A backlog processed through worker and driver kills on a cluster of its own; then
+    nothing lost, nothing doubled, custody and fixity verified. Exit 1 otherwise."""
+    from pipelines.bench.soak import bench_soak as run_soak
+
+    try:
+        result = run_soak(
+            config_of(ctx),
+            output,
+            items=items,
+            kill_every_s=kill_every,
+            driver_kills=driver_kills,
+            progress=console,
+        )
+    except whisper.ModelMissing as error:
+        console.print(str(error))
+        raise typer.Exit(2) from None
+    if not result["passed"]:
+        raise typer.Exit(1)
+
+
 @bench_app.command("cluster")
 def bench_cluster(
     ctx: typer.Context,

@@ -20,7 +20,7 @@ from typing import Any
 import ray
 from ray.exceptions import GetTimeoutError, OutOfMemoryError, RayError
 
-from evidence.records import Failure, Outcome
+from evidence.records import CountsAgainst, Failure, Outcome
 from pipelines.config import QarinaConfig
 from pipelines.execute import StageHost, Task
 from pipelines.plan import Plan
@@ -274,21 +274,21 @@ class RayExecutor:
             if actor in pool.in_flight:
                 pool.forget(actor)
                 ray.kill(actor, no_restart=True)
-            reason = FailureReason.TOOL_CRASH
+            # Which job of a batch was running, or to blame, is unknown: a loss counts only
+            # against a job that ran alone, as each job of a lost batch runs next
+            # (`runner._batches`); a memory kill against its attempts, any other loss against
+            # its worker losses, a budget of its own, since kills from outside and lost nodes
+            # end up there too. A job that takes its worker down every time still ends.
+            alone = len(tasks) == 1
             if isinstance(error, OutOfMemoryError) or "OutOfMemory" in str(error):
                 reason = FailureReason.RESOURCE_LIMIT
-            # Which job of a batch was running, or to blame, is unknown: the attempt counts
-            # only against a job that ran alone, as each job of a lost batch runs next
-            # (`runner._batches`). A job that kills its worker is thus still bounded, and
-            # workers killed from outside (a soak, a lost node) use up no innocent job's tries.
+                counts_against: CountsAgainst = "attempts" if alone else "nothing"
+            else:
+                reason = FailureReason.TOOL_CRASH
+                counts_against = "worker_losses" if alone else "nothing"
+            detail = f"worker lost: {type(error).__name__}"
             return [
-                Failure(
-                    reason.value,
-                    f"worker lost: {type(error).__name__}",
-                    True,
-                    counted=len(tasks) == 1,
-                )
-                for _ in tasks
+                Failure(reason.value, detail, True, counts_against=counts_against) for _ in tasks
             ]
 
     def close(self) -> None:

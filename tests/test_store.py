@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import socket
 import stat
@@ -189,32 +190,33 @@ def test_retryable_failures_retry_then_die_final_failures_stop(
     assert store.status().failures_by_reason == {"tool_timeout": 1, "corrupt_media": 1}
 
 
-def test_a_failure_that_may_not_be_the_jobs_doing_is_not_counted_but_remembered(
+def test_a_lost_worker_counts_against_nothing_batched_and_against_losses_alone(
     store: Store, tmp_path: Path
 ) -> None:
-    """A worker lost under a batch: the job is queued again with its attempts as they were,
-    the loss in its custody record, and its reason kept for the driver (`last_error`), which
-    runs it alone next; lost alone, it counts."""
+    """A worker lost under a batch: the job is queued again with its counts as they were,
+    the loss in its custody record and its reason kept for the driver (`last_error`), which
+    runs it alone next. Lost alone, it counts against its worker losses, not its attempts,
+    and a job that keeps losing its worker alone ends dead."""
     _register(store, _file(tmp_path, "batched", b"batched"))
-    lost = records.Failure("tool_crash", "worker lost: ActorDiedError", True, counted=False)
+    lost = "worker lost: ActorDiedError"
     [job] = jobs.lease(store.database, "o", [PROBE.key], 5, TTL)
     assert job.last_error is None
-    jobs.commit(store.database, [(job, lost)], "test")
+    batched = records.Failure("tool_crash", lost, True, counts_against="nothing")
+    jobs.commit(store.database, [(job, batched)], "test")
 
-    [again] = jobs.lease(store.database, "o", [PROBE.key], 5, TTL)
-    assert (again.attempts, again.last_error) == (0, "tool_crash")
-    jobs.commit(store.database, [(again, records.Failure("tool_crash", "alone", True))], "test")
-    [third] = jobs.lease(store.database, "o", [PROBE.key], 5, TTL)
-    assert third.attempts == 1
+    alone = records.Failure("tool_crash", lost, True, counts_against="worker_losses")
+    for loss in range(jobs.MAX_WORKER_LOSSES):
+        [job] = jobs.lease(store.database, "o", [PROBE.key], 5, TTL)
+        assert (job.attempts, job.worker_losses, job.last_error) == (0, loss, "tool_crash")
+        jobs.commit(store.database, [(job, alone)], "test")
+    assert jobs.lease(store.database, "o", [PROBE.key], 5, TTL) == []
+    assert store.status().stages[0].counts == {"dead": 1}
     with store.database.reader.connect() as connection:
-        details = (
-            connection.execute(
-                sa.select(custody_events.c.details).where(custody_events.c.action == "failure")
-            )
-            .scalars()
-            .all()
-        )
-    assert ['"counted":false' in text.replace(" ", "") for text in details] == [True, False]
+        details = connection.execute(
+            sa.select(custody_events.c.details).where(custody_events.c.action == "failure")
+        ).scalars()
+        counted = [json.loads(text).get("counts_against", "attempts") for text in details]
+    assert counted == ["nothing"] + ["worker_losses"] * jobs.MAX_WORKER_LOSSES
 
 
 def test_one_commit_of_many_outcomes_keeps_each_outcome_apart(store: Store, tmp_path: Path) -> None:
