@@ -16,6 +16,7 @@ import pytest
 from pipelines.samples import archives, audio, hostile, photos, videos
 from tests.stage_contract import StageContract
 from workers.base import FailureReason, Kind, StageError, StageInput, result_to_json
+from workers.images import DEFAULT_MAX_PIXELS, JPEG_PIXEL_ALLOWANCE
 from workers.probe import ProbeConfig, ProbeResult, ProbeStage
 
 
@@ -74,9 +75,13 @@ def test_html_named_mp4_is_unsupported_and_says_what_it_is(
 
 @pytest.mark.parametrize(
     ("content", "family"),
-    [(b"", "empty file"), (b"%PDF-1.7\n", "pdf document"), (b"just some notes\n", "text document"),
-     (gzip.compress(b"just some notes\n"), "gzip data"),
-     (lzma.compress(b"just some notes\n"), "xz data")],
+    [
+        (b"", "empty file"),
+        (b"%PDF-1.7\n", "pdf document"),
+        (b"just some notes\n", "text document"),
+        (gzip.compress(b"just some notes\n"), "gzip data"),
+        (lzma.compress(b"just some notes\n"), "xz data"),
+    ],
 )
 def test_other_content_is_unsupported(
     probe: ProbeStage, tmp_path: Path, content: bytes, family: str
@@ -187,6 +192,24 @@ def test_pixel_limit_comes_from_config(tmp_path: Path) -> None:
     stage = ProbeStage(ProbeConfig(max_image_pixels=1000))
     with pytest.raises(StageError) as caught:
         _run(stage, photos.striped(tmp_path / "item", size=(64, 48), image_format="PNG"), tmp_path)
+    assert caught.value.reason is FailureReason.RESOURCE_LIMIT
+
+
+@pytest.mark.parametrize(("image_format", "passes"), [("JPEG", True), ("PNG", False)])
+def test_a_jpeg_may_hold_more_pixels_since_it_decodes_reduced(
+    image_format: str, passes: bool, tmp_path: Path
+) -> None:
+    """A 200-megapixel phone photo (16,320 x 12,240) is a JPEG: decoded at 1/8 a side for
+    analysis, it is no bomb, while a PNG that size would be decoded whole."""
+    assert DEFAULT_MAX_PIXELS * JPEG_PIXEL_ALLOWANCE >= 16_320 * 12_240
+    # 64 x 48 = 3,072 pixels: past a limit of 1,000, within four times it.
+    stage = ProbeStage(ProbeConfig(max_image_pixels=1000))
+    path = photos.striped(tmp_path / "item", size=(64, 48), image_format=image_format)
+    if passes:
+        assert _run(stage, path, tmp_path).kind == "photo"
+        return
+    with pytest.raises(StageError) as caught:
+        _run(stage, path, tmp_path)
     assert caught.value.reason is FailureReason.RESOURCE_LIMIT
 
 

@@ -30,6 +30,16 @@ U8 = npt.NDArray[np.uint8]
 
 #: Pillow's own decompression-bomb limit (a 1024 MiB 24-bit image divided by 4 and 3).
 DEFAULT_MAX_PIXELS = 178_956_970
+#: A JPEG is decoded reduced (`draft`: its DCT scaled to 1/2, 1/4 or 1/8 a side) to the size
+#: analysis needs, so four times the limit's pixels cost less memory than a full-size picture
+#: at the limit. That lets 200-megapixel phone photos (16,320 x 12,240) in; a PNG or HEIC that
+#: size, decoded whole, stays refused.
+JPEG_PIXEL_ALLOWANCE = 4
+# Pillow refuses past twice its module-wide limit when it opens a file, before any check of
+# ours could run: raised so that the per-format limits below decide.
+Image.MAX_IMAGE_PIXELS = DEFAULT_MAX_PIXELS * JPEG_PIXEL_ALLOWANCE // 2
+#: Pillow's names of JPEG files (MPO: a phone's JPEG with more pictures after it).
+_DRAFTABLE = frozenset({"JPEG", "MPO"})
 
 #: Modes holding more than 8 bits per sample: converting them with Pillow clips at 255
 #: (a 16-bit PNG would turn white), so they are scaled instead.
@@ -72,14 +82,20 @@ class DecodedImage:
     flags: list[str] = field(default_factory=list)
 
 
-def check_pixel_limit(width: int, height: int, max_pixels: int) -> None:
-    """Refuse images whose pixel count alone would exhaust a worker's memory.
+def check_pixel_limit(
+    width: int, height: int, max_pixels: int, image_format: str | None = None
+) -> None:
+    """Refuse images whose pixel count alone would exhaust a worker's memory: past
+    `max_pixels`, or for a JPEG (`image_format` as Pillow names it) past JPEG_PIXEL_ALLOWANCE
+    times that.
 
     Raises:
         StageError: corrupt_media for a non-positive size, resource_limit above the limit.
     """
     if width <= 0 or height <= 0:
         raise StageError(FailureReason.CORRUPT_MEDIA, f"image claims {width}x{height} pixels")
+    if image_format in _DRAFTABLE:
+        max_pixels *= JPEG_PIXEL_ALLOWANCE
     if width * height > max_pixels:
         raise StageError(
             FailureReason.RESOURCE_LIMIT,
@@ -138,8 +154,8 @@ def decode_for_analysis(path: Path, *, min_side: int, max_pixels: int) -> Decode
     flags: list[str] = []
     try:
         with quiet_bomb_warning(), Image.open(path) as opened:
-            check_pixel_limit(*opened.size, max_pixels)
-            if opened.format == "JPEG":
+            check_pixel_limit(*opened.size, max_pixels, opened.format)
+            if opened.format in _DRAFTABLE:
                 opened.draft("RGB", (min_side, min_side))
             try:
                 opened.load()

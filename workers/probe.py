@@ -318,7 +318,7 @@ def _pillow_header(path: Path, max_pixels: int) -> tuple[int, int, str]:
         raise StageError(
             FailureReason.CORRUPT_MEDIA, f"image header unreadable: {type(error).__name__}"
         ) from None
-    check_pixel_limit(width, height, max_pixels)
+    check_pixel_limit(width, height, max_pixels, image_format)
     return width, height, image_format
 
 
