@@ -10,8 +10,10 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import signal
 import stat
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -29,7 +31,7 @@ from pipelines.samples import lying, photos
 from workers.base import FailureReason, StageError
 from workers.metadata import MetadataConfig, MetadataStage
 from workers.probe import ProbeConfig, ProbeStage
-from workers.tools import ToolLimits, ffprobe_json
+from workers.tools import ToolLimits, ffprobe_json, run_tool
 
 #: The marker a hanging stub's own child carries, so the test can find any left behind.
 LINGER = "7777.25"
@@ -139,6 +141,35 @@ def test_a_hanging_or_dying_ffprobe_fails_its_item_alone(
     # Each attempt ends at the timeout, not at the stub's 7,777 s.
     assert elapsed < hang_attempts * 1.5 + 30
     assert not _running(LINGER)
+
+
+def test_an_ffmpeg_killed_alone_mid_decode_is_a_crash_and_the_next_call_runs() -> None:
+    """The tool dies under the worker (an operator's kill, a watchdog): `tool_crash` for that
+    call, and the worker's next call gets a fresh ffmpeg."""
+    source = "testsrc2=size=320x240:rate=25:duration=3600.5"
+    decode = ["ffmpeg", "-hide_banner", "-nostdin", "-f", "lavfi", "-i", source, "-f", "null", "-"]
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            run_tool(decode, ToolLimits(timeout_s=60))
+        except StageError as error:
+            raised.append(error)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    deadline = time.monotonic() + 20
+    while not (running := _running(source)):
+        assert time.monotonic() < deadline, "ffmpeg did not start"
+        time.sleep(0.05)
+    os.kill(running[0], signal.SIGKILL)
+    worker.join(timeout=20)
+
+    assert len(raised) == 1 and isinstance(raised[0], StageError)
+    assert raised[0].reason is FailureReason.TOOL_CRASH
+    assert (
+        run_tool(["ffmpeg", "-hide_banner", "-version"], ToolLimits(timeout_s=30)).returncode == 0
+    )
 
 
 @pytest.mark.allow_logged_errors
