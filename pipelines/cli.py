@@ -10,8 +10,9 @@ import dataclasses
 import datetime as dt
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Group, RenderableType
@@ -891,8 +892,8 @@ def bench_hangs(
     if mode not in ("spin", "sleep"):
         console.print(f"unknown --mode {mode!r}: spin or sleep")
         raise typer.Exit(2)
-    try:
-        result = run_bench(
+    _judged(
+        lambda: run_bench(
             config_of(ctx),
             output,
             items=items,
@@ -900,11 +901,20 @@ def bench_hangs(
             mode="spin" if mode == "spin" else "sleep",
             runs=runs,
             progress=console,
-        )
+        ),
+        "meets_target",
+    )
+
+
+def _judged(bench: Callable[[], dict[str, Any]], verdict: str) -> None:
+    """Run a benchmark that needs the Whisper model and judges its own figures: exit 2
+    without the model, 1 when `verdict` in its result is false."""
+    try:
+        result = bench()
     except whisper.ModelMissing as error:
         console.print(str(error))
         raise typer.Exit(2) from None
-    if not result["meets_target"]:
+    if not result[verdict]:
         raise typer.Exit(1)
 
 
@@ -924,20 +934,17 @@ def bench_soak(
     nothing lost, nothing doubled, custody and fixity verified. Exit 1 otherwise."""
     from pipelines.bench.soak import bench_soak as run_soak
 
-    try:
-        result = run_soak(
+    _judged(
+        lambda: run_soak(
             config_of(ctx),
             output,
             items=items,
             kill_every_s=kill_every,
             driver_kills=driver_kills,
             progress=console,
-        )
-    except whisper.ModelMissing as error:
-        console.print(str(error))
-        raise typer.Exit(2) from None
-    if not result["passed"]:
-        raise typer.Exit(1)
+        ),
+        "passed",
+    )
 
 
 @bench_app.command("cluster")
