@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -219,8 +220,15 @@ def test_raw_keeps_evidence_and_drops_store_copy_entries(
 ) -> None:
     raw = _run(metadata, photos.striped(tmp_path / "item", exif=photos.exif_bytes())).raw
     assert raw["EXIF:Make"] == "Qarina"
-    for key in ("SourceFile", "File:FileName", "File:Directory", "File:FileModifyDate",
-                "File:FileAccessDate", "File:FileInodeChangeDate", "File:FilePermissions"):
+    for key in (
+        "SourceFile",
+        "File:FileName",
+        "File:Directory",
+        "File:FileModifyDate",
+        "File:FileAccessDate",
+        "File:FileInodeChangeDate",
+        "File:FilePermissions",
+    ):
         assert key not in raw
     assert str(tmp_path) not in json.dumps(raw)
 
@@ -235,8 +243,16 @@ def test_exiftool_stays_one_process(metadata: MetadataStage, tmp_path: Path) -> 
     assert metadata.exiftool_pid == pid
 
 
-def test_exiftool_timeout_is_tool_timeout(tmp_path: Path) -> None:
-    stage = MetadataStage(MetadataConfig(tool=ToolLimits(timeout_s=0.001)))
+def test_exiftool_timeout_is_tool_timeout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An exiftool that takes the request and never answers. (A real one with a 1 ms limit
+    answered a small file within it on a busy machine, now and then.)"""
+    stubs = tmp_path / "stubs"
+    stubs.mkdir()
+    stub = stubs / "exiftool"
+    stub.write_text("#!/bin/sh\nexec sleep 100\n")
+    stub.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{stubs}{os.pathsep}{os.environ['PATH']}")
+    stage = MetadataStage(MetadataConfig(tool=ToolLimits(timeout_s=0.5)))
     stage.setup()
     try:
         item = _item(photos.striped(tmp_path / "item", exif=photos.exif_bytes()))
