@@ -247,9 +247,13 @@ def test_a_full_run_logs_no_file_name_gps_or_transcript_words(
 
     # Search with injection strings on the real transcripts: quotes are words, never SQL.
     base = ["--data", str(data)]
-    found = runner.invoke(app, [*base, "search", audio.GREETING, "--json"])
-    assert found.exit_code == 0, found.output
-    assert {hit["sha256"] for hit in json.loads(found.stdout)} == set(spoken)
+    # Each transcript is found by a word of its own (what Whisper heard differs by CPU: on
+    # one machine the clip's transcript holds the whole greeting, on another not).
+    for sha, text in spoken.items():
+        word = max(re.findall(r"\w+", text), key=len)
+        found = runner.invoke(app, [*base, "search", word, "--json"])
+        assert found.exit_code == 0, found.output
+        assert sha in {hit["sha256"] for hit in json.loads(found.stdout)}, word
     for query in HOSTILE:
         result = runner.invoke(app, [*base, "search", query, "--json"])
         assert result.exit_code == 0 and json.loads(result.stdout) == [], (query, result.output)
