@@ -25,10 +25,10 @@ from evidence.schema import artifacts, items, jobs, results, under_keys
 QUEUED, LEASED, DONE, FAILED, DEAD = "queued", "leased", "done", "failed", "dead"
 #: Workers a job may lose while it runs alone before it is given up (dead, `tool_crash`).
 #: Apart from attempts and larger: a worker killed from outside or a lost node looks the same
-#: as a file that crashes its worker, and a cluster losing a random worker every 30 s, once
-#: only one long stage is left running, loses the job's worker on about a third of its runs;
-#: eight in a row happen to about one job in 15,000. A file that takes its worker down every
-#: time costs eight worker restarts.
+#: as a file that crashes its worker. An estimate, not a measurement: if a cluster losing a
+#: random worker every 30 s, with only one long stage left running, lost the job's worker on
+#: a third of its runs, eight in a row would happen to about one job in 15,000 (`qarina bench
+#: soak` measures it). A file that takes its worker down every time costs eight restarts.
 MAX_WORKER_LOSSES = 8
 #: A queued job an operator replaced by one under the current key (`qarina reprocess`):
 #: final, never leased, kept so the job table still shows what was once asked for.

@@ -6,6 +6,7 @@ migrated database with this metadata so the two cannot drift apart.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 import sqlalchemy as sa
@@ -29,6 +30,19 @@ NAME_MAX_CHARS = 200
 #: What such a name must match as a whole: one line without control characters (a newline
 #: or a terminal escape has no place in a name that tables and custody show).
 NAME_PATTERN = r"^[^\x00-\x1f\x7f]+$"
+
+
+def name_refusal(value: str, max_chars: int = NAME_MAX_CHARS) -> str | None:
+    """Why `value` cannot be a name (empty, past `max_chars`, a control character), or None.
+    One rule for every place an operator's words become a name: the CLI's options, the
+    operator's own name, the API's fields (by NAME_PATTERN)."""
+    if not 1 <= len(value) <= max_chars:
+        return f"a name of 1 to {max_chars} characters, not {len(value)}"
+    if not re.match(NAME_PATTERN, value):
+        return "a name without control characters (newlines, escapes)"
+    return None
+
+
 #: Timestamps are timezone-aware UTC everywhere; SQLite stores them as ISO text.
 Timestamp = sa.DateTime(timezone=True)
 

@@ -9,11 +9,10 @@ from __future__ import annotations
 import datetime as dt
 import getpass
 import os
-import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from evidence.schema import NAME_MAX_CHARS, NAME_PATTERN
+from evidence.schema import NAME_MAX_CHARS, name_refusal
 from workers.base import StageEnvironment
 
 DEFAULT_DATA_DIR = Path("qarina-data")
@@ -29,12 +28,8 @@ def checked_operator(name: str) -> str:
     Raises:
         ValueError: empty, past OPERATOR_MAX_CHARS characters, or holding a control character.
     """
-    if not 1 <= len(name) <= OPERATOR_MAX_CHARS:
-        raise ValueError(
-            f"QARINA_OPERATOR must be 1 to {OPERATOR_MAX_CHARS} characters, not {len(name)}"
-        )
-    if not re.match(NAME_PATTERN, name):
-        raise ValueError("QARINA_OPERATOR must not hold control characters (newlines, escapes)")
+    if (refusal := name_refusal(name, OPERATOR_MAX_CHARS)) is not None:
+        raise ValueError(f"QARINA_OPERATOR: {refusal}")
     return name
 
 

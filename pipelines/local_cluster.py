@@ -62,6 +62,27 @@ def _pids_mentioning(text: str, program: str = "") -> set[int]:
     return found
 
 
+def stage_actor_pids(cluster: LocalCluster, busy: bool = False) -> list[int]:
+    """Ray worker processes hosting a stage actor on this cluster (`busy`: running a batch
+    now): titled after the actor and its running method by Ray, and holding the cluster's
+    token path in their environment. Another Ray on the machine holds another, so a test or a
+    soak that kills them never touches a cluster not its own."""
+    title = b"ray::StageActor.run_batch" if busy else b"ray::StageActor"
+    token = f"RAY_AUTH_TOKEN_PATH={cluster.env['RAY_AUTH_TOKEN_PATH']}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if not (entry / "cmdline").read_bytes().startswith(title):
+                continue
+            if token in (entry / "environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
 def _stop(root: Path) -> None:
     pids = _pids_mentioning(str(root)) - {os.getpid()}
     for signum in (signal.SIGTERM, signal.SIGKILL):

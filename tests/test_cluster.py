@@ -25,7 +25,7 @@ from evidence.schema import custody_events, results
 from evidence.store import Store
 from pipelines.bench.cluster import TOPOLOGIES, bench_cluster
 from pipelines.config import QarinaConfig
-from pipelines.local_cluster import LocalCluster, local_cluster
+from pipelines.local_cluster import LocalCluster, local_cluster, stage_actor_pids
 from pipelines.samples import audio, photos, videos
 from tests.conftest import _reset_postgres
 
@@ -47,22 +47,13 @@ def ray_cluster(models_dir: Path) -> Iterator[LocalCluster]:
         yield cluster
 
 
-def _busy_actor_pids() -> list[int]:
-    """Ray workers running a batch right now (Ray titles them after the running method)."""
-    listing = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True, check=True)
-    return [
-        int(line.split()[0])
-        for line in listing.stdout.splitlines()[1:]
-        if "ray::StageActor.run_batch" in line
-    ]
-
-
-def _long_busy_actor_pids() -> list[int]:
-    """Ray workers busy in two looks 0.2 s apart: inside a batch long enough to be killed in
-    it. One caught at the end of a short batch would die idle, and no job would be retried."""
-    first = _busy_actor_pids()
+def _long_busy_actor_pids(cluster: LocalCluster) -> list[int]:
+    """The cluster's Ray workers busy in two looks 0.2 s apart: inside a batch long enough to
+    be killed in it. One caught at the end of a short batch would die idle, and no job would
+    be retried. Only this cluster's: another Ray on the machine is not the test's to kill."""
+    first = stage_actor_pids(cluster, busy=True)
     time.sleep(0.2)
-    return [pid for pid in _busy_actor_pids() if pid in first]
+    return [pid for pid in stage_actor_pids(cluster, busy=True) if pid in first]
 
 
 @pytest.fixture
@@ -203,7 +194,7 @@ def test_a_ray_worker_process_killed_mid_job_is_retried_without_duplicates(
     deadline = time.monotonic() + 120
     while _retried_jobs(pg_url) == 0 and driver.poll() is None:
         assert time.monotonic() < deadline, "no busy worker could be killed mid-batch"
-        if busy := _long_busy_actor_pids():
+        if busy := _long_busy_actor_pids(ray_cluster):
             os.kill(busy[0], signal.SIGKILL)
             time.sleep(1.0)  # the driver sees the loss and commits its failures
     _finish(driver)

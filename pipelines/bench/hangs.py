@@ -32,7 +32,7 @@ from typing import Any, Literal
 import sqlalchemy as sa
 from rich.console import Console
 
-from evidence.schema import jobs
+from evidence.schema import custody_events, jobs
 from evidence.store import Store
 from models import whisper
 from pipelines.bench.backlog_mix import Observed, one_run
@@ -120,17 +120,16 @@ def _good_lag_s(store: Store, hanging: set[str]) -> float:
     return (max(every) - max(good)).total_seconds() if good else 0.0
 
 
-def _attempts(store: Store, hanging: set[str]) -> dict[str, int]:
-    """Attempts spent on hanging items and on good ones (a retry of a good item is a
-    batch-mate lost with a hang, or a worker lost)."""
+def _failures(store: Store, hanging: set[str]) -> dict[str, int]:
+    """Failed attempts on hanging items and on good ones (a good item's is a batch-mate lost
+    with a hang, or a worker lost), from the custody log: `attempts` misses what counted
+    against nothing or against worker losses."""
     with store.database.reader.connect() as connection:
-        rows = connection.execute(sa.select(jobs.c.sha256, jobs.c.attempts)).all()
-    return {
-        "hanging": sum(attempts for sha256, attempts in rows if sha256 in hanging),
-        "good_retries": sum(
-            max(0, attempts - 1) for sha256, attempts in rows if sha256 not in hanging
-        ),
-    }
+        failed = connection.execute(
+            sa.select(custody_events.c.item_sha256).where(custody_events.c.action == "failure")
+        ).scalars()
+        on_hanging = [sha256 in hanging for sha256 in failed]
+    return {"hanging": sum(on_hanging), "good": len(on_hanging) - sum(on_hanging)}
 
 
 def _measured(
@@ -148,7 +147,7 @@ def _measured(
 
     def inspect(store: Store, seen: Observed) -> None:
         held["lag_s"] = _good_lag_s(store, hanging)
-        held["attempts"] = _attempts(store, hanging)
+        held["failures"] = _failures(store, hanging)
 
     with _path_first(stand_in.parent):
         run, seen = one_run(config, scratch, folder, index, False, progress, inspect)
@@ -159,7 +158,7 @@ def _measured(
         "good_items": len(good),
         "good_s": round(good_s, 3),
         "good_items_per_s": round(len(good) / good_s, 4) if good_s > 0 else None,
-        "attempts": held["attempts"],
+        "failed_attempts": held["failures"],
         "hanging_outcomes": sorted(
             str(seen.items[sha256]["stages"].get("probe")) for sha256 in hanging
         ),

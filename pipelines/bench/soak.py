@@ -38,45 +38,27 @@ from models import whisper
 from pipelines.bench.report import finish, fresh_data, machine_info, scratch_folder
 from pipelines.config import QarinaConfig
 from pipelines.ingest import ingest_paths
-from pipelines.local_cluster import LocalCluster, local_cluster
+from pipelines.local_cluster import LocalCluster, local_cluster, stage_actor_pids
 from pipelines.plan import Plan
 from pipelines.samples.mixed_backlog import make_backlog
 from pipelines.session import open_store
 
 _QARINA = str(Path(sys.executable).parent / "qarina")
 _LOOK_EVERY_S = 1.0
-#: A driver that ends on its own is done; one that does not within this long after the
-#: backlog emptied is reported as hung.
-_DRIVER_EXIT_S = 600.0
+#: A soak in which no job has ended this long after the first driver started is stopped: the
+#: drivers are failing before they get anywhere (their logs say why).
+_FIRST_JOB_WITHIN_S = 600.0
 
 
-def _stage_actor_pids(token_path: str) -> list[int]:
-    """Ray worker processes hosting a stage actor on this soak's cluster: titled after the
-    actor class by Ray, and holding the cluster's token path in their environment (another
-    Ray on the machine holds another)."""
-    found = []
-    wanted = f"RAY_AUTH_TOKEN_PATH={token_path}".encode()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            title = (entry / "cmdline").read_bytes()
-            if not title.startswith(b"ray::StageActor"):
-                continue
-            if wanted in (entry / "environ").read_bytes().split(b"\0"):
-                found.append(int(entry.name))
-        except OSError:
-            continue
-    return found
+def _job_states(connection: sa.Connection) -> dict[str, int]:
+    rows = connection.execute(sa.select(jobs.c.state, sa.func.count()).group_by(jobs.c.state))
+    return {state: count for state, count in rows}
 
 
 def _progress(store: Store) -> tuple[int, int]:
     """(jobs ended, jobs in all): ended is done, failed or dead."""
     with store.database.reader.connect() as connection:
-        rows = connection.execute(
-            sa.select(jobs.c.state, sa.func.count()).group_by(jobs.c.state)
-        ).all()
-    counts = {state: count for state, count in rows}
+        counts = _job_states(connection)
     ended = sum(counts.get(state, 0) for state in (jobq.DONE, jobq.FAILED, jobq.DEAD))
     return ended, sum(counts.values())
 
@@ -98,15 +80,17 @@ class _Drivers:
 
     def _start(self) -> subprocess.Popen[bytes]:
         self.started += 1
-        log = (self._logs / f"driver-{self.started}.log").open("wb")
-        return subprocess.Popen(
-            self._argv, env=self._env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+        with (self._logs / f"driver-{self.started}.log").open("wb") as log:
+            return subprocess.Popen(
+                self._argv,
+                env=self._env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
     def kill_and_restart(self) -> None:
-        with suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait()
+        self.stop()
         self.process = self._start()
 
     def finished(self) -> bool:
@@ -136,7 +120,6 @@ def _soak(
     say: Callable[[str], None],
 ) -> dict[str, Any]:
     """Run drivers until the backlog is done, killing as told; what was done to it."""
-    token_path = cluster.env["RAY_AUTH_TOKEN_PATH"]
     chooser = random.Random(0x50A4)  # noqa: S311 - which worker dies, repeatably; no secret
     kill_points = [(step + 1) / (driver_kills + 1) for step in range(driver_kills)]
     worker_kills = 0
@@ -145,18 +128,18 @@ def _soak(
     drivers = _Drivers(config, cluster, logs)
     try:
         while not drivers.finished():
-            if time.monotonic() - started > _DRIVER_EXIT_S and _progress(store)[0] == 0:
-                raise RuntimeError("no job ended: see the driver logs in " + str(logs))
             time.sleep(_LOOK_EVERY_S)
+            ended, total = _progress(store)
             now = time.monotonic()
+            if ended == 0 and now - started > _FIRST_JOB_WITHIN_S:
+                raise RuntimeError(f"no job ended: see the driver logs in {logs}")
             if now >= next_kill:
                 next_kill = now + kill_every_s
-                actors = _stage_actor_pids(token_path)
+                actors = stage_actor_pids(cluster)
                 if actors:
                     with suppress(ProcessLookupError):
                         os.kill(chooser.choice(actors), signal.SIGKILL)
                     worker_kills += 1
-            ended, total = _progress(store)
             if kill_points and total and ended / total >= kill_points[0]:
                 kill_points.pop(0)
                 say(f"killing the driver at {ended}/{total} jobs ended")
@@ -175,12 +158,7 @@ def _soak(
 def _verdict(store: Store, ingested: int, actor: str) -> dict[str, Any]:
     """Lost, doubled, verified, retried: read from the store alone."""
     with store.database.reader.connect() as connection:
-        states: dict[str, int] = {
-            state: count
-            for state, count in connection.execute(
-                sa.select(jobs.c.state, sa.func.count()).group_by(jobs.c.state)
-            )
-        }
+        states = _job_states(connection)
         item_count = connection.execute(sa.text("SELECT count(*) FROM items")).scalar_one()
         doubled_results = connection.execute(
             sa.select(sa.func.count()).select_from(
@@ -214,11 +192,11 @@ def _verdict(store: Store, ingested: int, actor: str) -> dict[str, Any]:
             .where(jobs.c.state.in_([jobq.FAILED, jobq.DEAD]))
             .group_by(jobs.c.stage, jobs.c.error_reason)
         ).all()
-    stored_twice = Counter(
-        (sha256, stage, json.loads(details)["config_hash"])
-        for sha256, stage, details in result_events
-        if not json.loads(details).get("already_stored")
-    )
+    stored_twice: Counter[tuple[str, str, str]] = Counter()
+    for sha256, stage, text in result_events:
+        details = json.loads(text)
+        if not details.get("already_stored"):
+            stored_twice[sha256, stage, details["config_hash"]] += 1
     report = store.verify(fixity=True, actor=actor)
     open_jobs = states.get(jobq.QUEUED, 0) + states.get(jobq.LEASED, 0)
     # A final failure (`failed`) is a classified refusal of the item, kept; a `dead` job is

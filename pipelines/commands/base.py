@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -17,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
-from evidence.schema import NAME_MAX_CHARS, NAME_PATTERN
+from evidence.schema import name_refusal
 from pipelines.config import QarinaConfig
 
 app = typer.Typer(
@@ -70,10 +69,8 @@ def checked_name(value: str | None) -> str | None:
     """
     if value is None:
         return None
-    if not 1 <= len(value) <= NAME_MAX_CHARS:
-        raise typer.BadParameter(f"a name of 1 to {NAME_MAX_CHARS} characters, not {len(value)}")
-    if not re.match(NAME_PATTERN, value):
-        raise typer.BadParameter("a name without control characters (newlines, escapes)")
+    if (refusal := name_refusal(value)) is not None:
+        raise typer.BadParameter(refusal)
     return value
 
 
