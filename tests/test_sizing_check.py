@@ -6,7 +6,11 @@ import json
 import subprocess
 from pathlib import Path
 
+import numpy as np
+import numpy.typing as npt
+import pdqhash
 import pytest
+from PIL import Image
 
 from pipelines.config import QarinaConfig
 from pipelines.samples.mixed_backlog import make_backlog, media_seconds
@@ -33,6 +37,22 @@ def _probe(path: Path) -> tuple[float, list[str]]:
 
 def _files(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*.*"))}
+
+
+def _pdq_at(video: Path, folder: Path, seconds: float) -> npt.NDArray[np.uint8]:
+    frame = folder / "frame.png"
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-y", "-nostdin", "-ss", f"{seconds:g}", "-i", str(video),
+         "-frames:v", "1", str(frame)],
+        check=True, timeout=60,
+    )  # fmt: skip
+    with Image.open(frame) as image:
+        code, _ = pdqhash.compute(np.asarray(image.convert("RGB")))
+    return np.asarray(code, dtype=np.uint8)
+
+
+def _bits_apart(first: npt.NDArray[np.uint8], second: npt.NDArray[np.uint8]) -> int:
+    return int(np.count_nonzero(first != second))
 
 
 def test_phone_lengths_spread_over_the_range() -> None:
@@ -62,6 +82,11 @@ def test_phone_backlog_has_speech_of_the_right_lengths(tmp_path: Path) -> None:
         assert 2.0 <= seconds <= 60.5, (path, seconds)
         assert streams == ["audio"]
     assert shape.video_s > 0 and shape.audio_s > 0
+    # Each video shows scenes of its own, moving in every frame: none matches another, as
+    # most of a backlog's videos do not (all alike, they made matching quadratic).
+    codes = [_pdq_at(path, tmp_path, 1.0) for path in videos]
+    assert min(_bits_apart(a, b) for i, a in enumerate(codes) for b in codes[i + 1 :]) > 64
+    assert _bits_apart(_pdq_at(videos[0], tmp_path, 1.0), _pdq_at(videos[0], tmp_path, 1.5)) > 0
     assert not list(first.rglob(".speech-*"))  # no scratch left beside the media
     # Deterministic from the index: the same files again, byte for byte.
     assert make_backlog(second, 15, workers=1, **options) == shape  # type: ignore[arg-type]

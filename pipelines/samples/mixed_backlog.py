@@ -17,8 +17,9 @@ Two shapes:
   hold the same mix; videos last 10-120 s and voice notes 2-60 s, lengths spread evenly over
   the range, both with Arabic speech (espeak-ng phrases with pauses between them, padded
   with silence to the length), so a bench can split a stage's cost into a fixed part and a
-  part per media second. `start` shifts the indices, so a backlog made from `start=10**6`
-  shares no file with a sample made from 0.
+  part per media second. Videos are hand-held pans over scenes of their own: like most of a
+  backlog's videos, each matches nothing else in it. `start` shifts the indices, so a
+  backlog made from `start=10**6` shares no file with a sample made from 0.
 """
 
 from __future__ import annotations
@@ -157,20 +158,24 @@ def _spoken(path: Path, index: int, seconds: float) -> Path:
     return path
 
 
+#: Scene seeds of the phone shape's videos: from here, a thousand per index (hours of shots),
+#: far above any photo's seed (its index), so a video shares no picture with a photo or with
+#: another video.
+_VIDEO_SCENE_SEEDS = 10**10
+
+
+def _video_scenes(index: int) -> list[int]:
+    """Scene seeds of the handheld shots of the video at `index`, its own."""
+    return [_VIDEO_SCENE_SEEDS + index * 1000 + number for number in range(1000)]
+
+
 def _phone_media(source: Path, index: int, kind: str, plan: _Plan) -> tuple[Path, float]:
     seconds = media_seconds(index, plan.video_range if kind == "video" else plan.audio_range)
     if kind == "video":
         speech = _spoken(source / f".speech-{index:07d}.wav", index, seconds)
         path = source / f"VID_{index:07d}.mp4"
-        # testsrc2 moves in every frame, hue-turned per index: a static shot (SMPTE bars) of
-        # tens of seconds gives keyframes with identical bytes, which the store refuses
-        # (UNIQUE artifacts.result_id, sha256, role) -- a bug of its own, reported.
         try:
-            ffmpeg(
-                "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25", "-i", str(speech),
-                *videos.x264(path, "-vf", f"hue=h={index * 47 % 360}", "-shortest",
-                             "-c:a", "aac", "-b:a", "48k", preset="ultrafast", faststart=False),
-            )  # fmt: skip
+            videos.handheld_video(path, _video_scenes(index), seconds, speech)
         finally:
             speech.unlink()
         return path, seconds

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 import struct
 from collections.abc import Mapping, Sequence
@@ -286,6 +287,49 @@ def video_of_scenes(path: Path, seeds: Sequence[int], size: str = "320x240") -> 
         *x264(path, "-vf", f"scale={size.replace('x', ':')},fps=25"),
     )  # fmt: skip
     shutil.rmtree(folder)
+    return path
+
+
+#: Seconds a handheld shot lasts before the next one starts (the last one may be shorter).
+HANDHELD_SHOT_S = 15.0
+
+
+def handheld_video(
+    path: Path, seeds: Sequence[int], seconds: float, speech: Path, *, size: str = "320x240"
+) -> Path:
+    """`seconds` of a phone filming by hand: shots of `HANDHELD_SHOT_S`, each a slow pan over
+    its seed's scene with a shake on top, cut one to the next, `speech` as the soundtrack
+    (AAC 48 kbit/s). `seeds` name the scenes in turn (cycled when fewer than shots): videos
+    made from different seeds share no picture, as a backlog's videos mostly do, and every
+    frame differs from the last, as a hand-held camera's do."""
+    folder = path.parent / f"{path.name}-scenes"
+    folder.mkdir()
+    shots = max(1, math.ceil(seconds / HANDHELD_SHOT_S))
+    inputs: list[str] = []
+    chains = []
+    try:
+        for number in range(shots):
+            picture = folder / f"{number:04d}.png"
+            scene(seeds[number % len(seeds)], (640, 480)).save(picture)
+            shot_s = min(HANDHELD_SHOT_S, seconds - number * HANDHELD_SHOT_S)
+            inputs += ["-loop", "1", "-framerate", "25", "-t", f"{shot_s:g}", "-i", str(picture)]
+            # A pan across the scene and back, a different pace per shot, a 4-6 pixel shake.
+            pan_s = 9 + 4 * (number % 3)
+            chains.append(
+                f"[{number}:v]crop=400:300:"
+                f"x='(iw-ow)*(0.5+0.5*sin(2*PI*t/{pan_s}))+4*sin(7.3*t)':"
+                f"y='(ih-oh)*(0.5+0.4*sin(2*PI*t/{pan_s + 5}))+6*sin(5.1*t+1)',"
+                f"scale={size.replace('x', ':')},setsar=1[v{number}]"
+            )
+        joined = "".join(f"[v{number}]" for number in range(shots))
+        graph = ";".join([*chains, f"{joined}concat=n={shots}:v=1:a=0[v]"])
+        ffmpeg(
+            *inputs, "-i", str(speech),
+            *x264(path, "-filter_complex", graph, "-map", "[v]", "-map", f"{shots}:a",
+                  "-shortest", "-c:a", "aac", "-b:a", "48k", preset="ultrafast", faststart=False),
+        )  # fmt: skip
+    finally:
+        shutil.rmtree(folder)
     return path
 
 
