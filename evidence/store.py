@@ -5,8 +5,9 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import itertools
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from evidence import archives, custody, jobs, records, requests
 from evidence import matches as match_links
 from evidence.blobs import BlobStore, StoredBlob
 from evidence.custody import CustodyEntry
-from evidence.db import Database, as_utc, connect, migrate, utc_now
+from evidence.db import Database, as_utc, connect, migrate, utc_now, write_retrying
 from evidence.records import CurrentKeys
 from evidence.schema import (
     acquisitions,
@@ -75,6 +76,29 @@ class _AlreadyArrived(Exception):
     """An arrival whose intake key was registered before: nothing of it may be recorded."""
 
 
+#: The intake key an arrival is given when its caller gave none (a folder ingested from the
+#: command line): it tells a retried registration whether the first try landed.
+ARRIVAL_KEY = "arrival:"
+
+
+def _landed(connection: sa.Connection, sha256: str, arrival: Acquisition) -> Registered | None:
+    """What an earlier try of this registration recorded, if its COMMIT landed; None if it
+    did not. The item was new to the store if this arrival is its first."""
+    found = connection.execute(
+        sa.select(acquisitions.c.id, acquisitions.c.sha256).where(
+            acquisitions.c.intake_key == arrival.intake_key
+        )
+    ).first()
+    if found is None:
+        return None
+    if found.sha256 != sha256:
+        raise _AlreadyArrived  # the key was someone else's all along
+    first = connection.execute(
+        sa.select(sa.func.min(acquisitions.c.id)).where(acquisitions.c.sha256 == sha256)
+    ).scalar_one()
+    return Registered(sha256, first == found.id, int(found.id))
+
+
 class Store:
     """Opened once per process; migrates the database to the current schema on open."""
 
@@ -102,89 +126,117 @@ class Store:
         """Record an arrival: item (once per content), acquisition, custody, first jobs.
 
         An arrival for a request takes the request's priority when that is higher (a request
-        named for the first time is created with the arrival's).
+        named for the first time is created with the arrival's). A lost connection or a
+        locked store is retried; an arrival without an intake key is given one of its own
+        (`ARRIVAL_KEY`) so that a retry after a COMMIT whose answer was lost finds what
+        landed instead of recording the arrival twice.
         """
-        now = utc_now()
+        arrival = (
+            acquisition
+            if acquisition.intake_key is not None
+            else replace(acquisition, intake_key=f"{ARRIVAL_KEY}{uuid.uuid4().hex}")
+        )
+        tries = 0
+
+        def record(connection: sa.Connection) -> Registered:
+            nonlocal tries
+            tries += 1
+            landed = None if tries == 1 else _landed(connection, blob.sha256, arrival)
+            if landed is not None:
+                return landed
+            return self._record_arrival(
+                connection, blob, arrival, initial_jobs, actor, max_attempts
+            )
+
         try:
-            with self.database.writer.begin() as connection:
-                priority = acquisition.priority
-                if acquisition.request_ref is not None:
-                    priority = max(
-                        priority,
-                        requests.ensure(
-                            self.database, connection, acquisition.request_ref, priority, actor
-                        ),
-                    )
-                new_item = (
-                    connection.execute(
-                        self.database.insert(items)
-                        .values(sha256=blob.sha256, size_bytes=blob.size_bytes, created_at=now)
-                        .on_conflict_do_nothing()
-                    ).rowcount
-                    == 1
-                )
-                acquisition_id: int | None = connection.execute(
-                    self.database.insert(acquisitions)
-                    .values(
-                        sha256=blob.sha256,
-                        source=acquisition.source,
-                        original_name=acquisition.original_name,
-                        original_path=acquisition.original_path,
-                        original_mtime=acquisition.original_mtime,
-                        operator=acquisition.operator,
-                        acquired_at=now,
-                        # The arrival's own urgency; its jobs take its request's when higher,
-                        # and keep this one when the request is lowered later.
-                        priority=acquisition.priority,
-                        request_ref=acquisition.request_ref,
-                        intake_key=acquisition.intake_key,
-                    )
-                    .on_conflict_do_nothing()
-                    .returning(acquisitions.c.id)
-                ).scalar()
-                if acquisition_id is None:
-                    # Rolls the item row and an implicit request back with it: a reused
-                    # intake key leaves nothing behind.
-                    raise _AlreadyArrived
-                jobs.enqueue(
-                    self.database, connection, blob.sha256, initial_jobs, priority, max_attempts
-                )
-                brought: list[CustodyEntry] = []
-                if not new_item:
-                    jobs.raise_priority(connection, blob.sha256, priority)
-                    # An archive expanded before: its members arrive again with this arrival.
-                    brought = archives.propagate_arrival(
-                        self.database, connection, blob.sha256, acquisition_id, actor
-                    )
-                    for member in {entry.item_sha256 for entry in brought} - {None}:
-                        jobs.raise_priority(connection, str(member), priority)
-                custody.append(
-                    connection,
-                    [
-                        CustodyEntry(
-                            actor=actor,
-                            action="ingest",
-                            item_sha256=blob.sha256,
-                            details={
-                                "acquisition_id": acquisition_id,
-                                "source": acquisition.source,
-                                "operator": acquisition.operator,
-                                "size_bytes": blob.size_bytes,
-                                "duplicate_of_stored_item": not new_item,
-                                # The name is evidence kept in the acquisition row; the chain
-                                # covers it by hash so the custody record can be shared without it.
-                                "original_name_sha256": hashlib.sha256(
-                                    acquisition.original_name
-                                ).hexdigest(),
-                                "priority": priority,
-                                "request_ref": acquisition.request_ref,
-                            },
-                        ),
-                        *brought,
-                    ],
-                )
+            return write_retrying(self.database, record, "registration")
         except _AlreadyArrived:
             return Registered(blob.sha256, False, None)
+
+    def _record_arrival(
+        self,
+        connection: sa.Connection,
+        blob: StoredBlob,
+        acquisition: Acquisition,
+        initial_jobs: Sequence[records.JobSpec],
+        actor: str,
+        max_attempts: int,
+    ) -> Registered:
+        now = utc_now()
+        priority = acquisition.priority
+        if acquisition.request_ref is not None:
+            priority = max(
+                priority,
+                requests.ensure(
+                    self.database, connection, acquisition.request_ref, priority, actor
+                ),
+            )
+        new_item = (
+            connection.execute(
+                self.database.insert(items)
+                .values(sha256=blob.sha256, size_bytes=blob.size_bytes, created_at=now)
+                .on_conflict_do_nothing()
+            ).rowcount
+            == 1
+        )
+        acquisition_id: int | None = connection.execute(
+            self.database.insert(acquisitions)
+            .values(
+                sha256=blob.sha256,
+                source=acquisition.source,
+                original_name=acquisition.original_name,
+                original_path=acquisition.original_path,
+                original_mtime=acquisition.original_mtime,
+                operator=acquisition.operator,
+                acquired_at=now,
+                # The arrival's own urgency; its jobs take its request's when higher,
+                # and keep this one when the request is lowered later.
+                priority=acquisition.priority,
+                request_ref=acquisition.request_ref,
+                intake_key=acquisition.intake_key,
+            )
+            .on_conflict_do_nothing()
+            .returning(acquisitions.c.id)
+        ).scalar()
+        if acquisition_id is None:
+            # Rolls the item row and an implicit request back with it: a reused
+            # intake key leaves nothing behind.
+            raise _AlreadyArrived
+        jobs.enqueue(self.database, connection, blob.sha256, initial_jobs, priority, max_attempts)
+        brought: list[CustodyEntry] = []
+        if not new_item:
+            jobs.raise_priority(connection, blob.sha256, priority)
+            # An archive expanded before: its members arrive again with this arrival.
+            brought = archives.propagate_arrival(
+                self.database, connection, blob.sha256, acquisition_id, actor
+            )
+            for member in {entry.item_sha256 for entry in brought} - {None}:
+                jobs.raise_priority(connection, str(member), priority)
+        custody.append(
+            connection,
+            [
+                CustodyEntry(
+                    actor=actor,
+                    action="ingest",
+                    item_sha256=blob.sha256,
+                    details={
+                        "acquisition_id": acquisition_id,
+                        "source": acquisition.source,
+                        "operator": acquisition.operator,
+                        "size_bytes": blob.size_bytes,
+                        "duplicate_of_stored_item": not new_item,
+                        # The name is evidence kept in the acquisition row; the chain
+                        # covers it by hash so the custody record can be shared without it.
+                        "original_name_sha256": hashlib.sha256(
+                            acquisition.original_name
+                        ).hexdigest(),
+                        "priority": priority,
+                        "request_ref": acquisition.request_ref,
+                    },
+                ),
+                *brought,
+            ],
+        )
         return Registered(blob.sha256, new_item, acquisition_id)
 
     def _log(self, entry: CustodyEntry) -> None:

@@ -19,7 +19,7 @@ import sqlite3
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ import sqlalchemy as sa
 from evidence import custody, db
 from evidence.blobs import file_sha256
 from evidence.records import Outcome
-from evidence.schema import artifacts, custody_events, jobs, results
+from evidence.schema import acquisitions, artifacts, custody_events, jobs, results
 from evidence.store import Store
 from pipelines.config import QarinaConfig
 from pipelines.execute import Task
@@ -430,6 +430,53 @@ def test_a_commit_locked_out_for_good_gives_up_and_a_restart_stores_each_result_
 # --- a dropped PostgreSQL connection -------------------------------------------------------
 
 
+class DropAtCommit:
+    """The server terminates the store's backend at the first COMMIT after `arm`: before the
+    COMMIT reached it (`landed` False: nothing committed) or after (committed, but the answer
+    never came back)."""
+
+    def __init__(
+        self, store: Store, admin: sa.Engine, landed: bool, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        self.terminated: list[int] = []
+        self._armed = threading.Event()
+        self._admin, self._landed = admin, landed
+        dialect = store.database.writer.dialect
+        self._real_commit = dialect.do_commit
+        monkeypatch.setattr(dialect, "do_commit", self._commit)
+
+    def arm(self) -> None:
+        self._armed.set()
+
+    def _commit(self, dbapi_connection: Any) -> None:
+        if not self._armed.is_set():
+            self._real_commit(dbapi_connection)
+            return
+        self._armed.clear()
+        driver = dbapi_connection.driver_connection  # psycopg's own connection
+        pid = driver.info.backend_pid
+        if self._landed:
+            self._real_commit(dbapi_connection)
+        with self._admin.connect() as connection:
+            # Waits (up to 5 s) until the backend is gone, so a COMMIT cannot outrun it.
+            ended = connection.execute(
+                sa.text("SELECT pg_terminate_backend(:pid, 5000)"), {"pid": pid}
+            ).scalar_one()
+        assert ended
+        self.terminated.append(pid)
+        if self._landed:
+            driver.execute("SELECT 1")  # what comes back is the end of the connection
+        else:
+            self._real_commit(dbapi_connection)  # the COMMIT finds the server gone
+
+
+@pytest.fixture
+def admin(config: QarinaConfig) -> Iterator[sa.Engine]:
+    engine = sa.create_engine(config.db_url, isolation_level="AUTOCOMMIT")
+    yield engine
+    engine.dispose()
+
+
 @pytest.mark.postgres
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 @pytest.mark.parametrize("landed", [False, True], ids=["before-commit", "after-commit"])
@@ -437,52 +484,62 @@ def test_a_connection_dropped_at_commit_reconnects_and_stores_each_result_once(
     landed: bool,
     store: Store,
     config: QarinaConfig,
+    admin: sa.Engine,
     photo_folder: Path,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """The server terminates the driver's backend as it commits: before the COMMIT reached it
-    (nothing was committed), or after (committed, but the answer never came back). Either way
-    the driver reconnects and commits again, and the fencing token keeps a commit that had
+    """The driver reconnects and commits again, and the fencing token keeps a commit that had
     landed from landing twice."""
     plan = Plan.default(only=["probe"])
     ingest_paths(store, plan, config, [photo_folder], source="faults")
-    admin = sa.create_engine(config.db_url, isolation_level="AUTOCOMMIT")
-    dialect = store.database.writer.dialect
-    real_commit = dialect.do_commit
-    armed, terminated = threading.Event(), []
+    drop = DropAtCommit(store, admin, landed, monkeypatch)
+    summary = _run(store, plan, config, OnFirstCommit(plan, config, drop.arm))
 
-    def commit_then_drop(dbapi_connection: Any) -> None:
-        if not armed.is_set():
-            real_commit(dbapi_connection)
-            return
-        armed.clear()
-        driver = dbapi_connection.driver_connection  # psycopg's own connection
-        pid = driver.info.backend_pid
-        if landed:
-            real_commit(dbapi_connection)
-        with admin.connect() as connection:
-            # Waits (up to 5 s) until the backend is gone, so a COMMIT cannot outrun it.
-            ended = connection.execute(
-                sa.text("SELECT pg_terminate_backend(:pid, 5000)"), {"pid": pid}
-            ).scalar_one()
-        assert ended
-        terminated.append(pid)
-        if landed:
-            driver.execute("SELECT 1")  # what comes back is the end of the connection
-        else:
-            real_commit(dbapi_connection)  # the COMMIT finds the server gone
-
-    monkeypatch.setattr(dialect, "do_commit", commit_then_drop)
-    try:
-        summary = _run(store, plan, config, OnFirstCommit(plan, config, armed.set))
-    finally:
-        admin.dispose()
-
-    assert len(terminated) == 1
+    assert len(drop.terminated) == 1
     assert any("unreachable" in record.getMessage() for record in caplog.records)
     # A commit that had landed is found by its retry: its leases ended, so it adds nothing.
     assert (summary.committed, summary.stale) == ((0, 2) if landed else (2, 0))
+    _assert_each_result_once(store, done=2)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+@pytest.mark.parametrize("landed", [False, True], ids=["before-commit", "after-commit"])
+def test_a_connection_dropped_at_registration_records_the_arrival_once(
+    landed: bool,
+    store: Store,
+    config: QarinaConfig,
+    admin: sa.Engine,
+    photo_folder: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The connection drops as the first file's arrival commits; the registration is tried
+    again, and its arrival key tells the retry whether the first try landed: one acquisition,
+    one ingest event and one set of jobs per file either way, and the item counted new."""
+    drop = DropAtCommit(store, admin, landed, monkeypatch)
+    record_arrival = store._record_arrival
+
+    def arrive_then_drop(*args: Any, **kwargs: Any) -> Any:
+        if not drop.terminated:
+            drop.arm()
+        return record_arrival(*args, **kwargs)
+
+    monkeypatch.setattr(store, "_record_arrival", arrive_then_drop)
+    plan = Plan.default(only=["probe"])
+    summary = ingest_paths(store, plan, config, [photo_folder], source="faults")
+
+    assert len(drop.terminated) == 1
+    assert any("registration" in record.getMessage() for record in caplog.records)
+    assert (summary.files, summary.new_items, summary.refused) == (2, 2, {})
+    with store.database.reader.connect() as connection:
+        arrivals = Counter(connection.execute(sa.select(acquisitions.c.sha256)).scalars())
+        queued = Counter(connection.execute(sa.select(jobs.c.sha256)).scalars())
+    told = Counter(event.item_sha256 for event in _events(store, "ingest"))
+    files = {_sha256(path) for path in photo_folder.iterdir()}
+    assert arrivals == queued == told == Counter(files)
+    assert _run(store, plan, config, SequentialExecutor(plan, config)).committed == 2
     _assert_each_result_once(store, done=2)
 
 
