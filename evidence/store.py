@@ -76,6 +76,17 @@ class _AlreadyArrived(Exception):
     """An arrival whose intake key was registered before: nothing of it may be recorded."""
 
 
+@dataclass(frozen=True)
+class _Arrival:
+    """What one registration records, kept together for its retries."""
+
+    blob: StoredBlob
+    acquisition: Acquisition
+    initial_jobs: Sequence[records.JobSpec]
+    actor: str
+    max_attempts: int
+
+
 #: The intake key an arrival is given when its caller gave none (a folder ingested from the
 #: command line): it tells a retried registration whether the first try landed.
 ARRIVAL_KEY = "arrival:"
@@ -131,37 +142,27 @@ class Store:
         (`ARRIVAL_KEY`) so that a retry after a COMMIT whose answer was lost finds what
         landed instead of recording the arrival twice.
         """
-        arrival = (
+        keyed = (
             acquisition
             if acquisition.intake_key is not None
             else replace(acquisition, intake_key=f"{ARRIVAL_KEY}{uuid.uuid4().hex}")
         )
+        arrival = _Arrival(blob, keyed, initial_jobs, actor, max_attempts)
         tries = 0
 
         def record(connection: sa.Connection) -> Registered:
             nonlocal tries
             tries += 1
-            landed = None if tries == 1 else _landed(connection, blob.sha256, arrival)
-            if landed is not None:
-                return landed
-            return self._record_arrival(
-                connection, blob, arrival, initial_jobs, actor, max_attempts
-            )
+            landed = None if tries == 1 else _landed(connection, blob.sha256, keyed)
+            return landed or self._record_arrival(connection, arrival)
 
         try:
             return write_retrying(self.database, record, "registration")
         except _AlreadyArrived:
             return Registered(blob.sha256, False, None)
 
-    def _record_arrival(
-        self,
-        connection: sa.Connection,
-        blob: StoredBlob,
-        acquisition: Acquisition,
-        initial_jobs: Sequence[records.JobSpec],
-        actor: str,
-        max_attempts: int,
-    ) -> Registered:
+    def _record_arrival(self, connection: sa.Connection, arrival: _Arrival) -> Registered:
+        blob, acquisition, actor = arrival.blob, arrival.acquisition, arrival.actor
         now = utc_now()
         priority = acquisition.priority
         if acquisition.request_ref is not None:
@@ -202,7 +203,14 @@ class Store:
             # Rolls the item row and an implicit request back with it: a reused
             # intake key leaves nothing behind.
             raise _AlreadyArrived
-        jobs.enqueue(self.database, connection, blob.sha256, initial_jobs, priority, max_attempts)
+        jobs.enqueue(
+            self.database,
+            connection,
+            blob.sha256,
+            arrival.initial_jobs,
+            priority,
+            arrival.max_attempts,
+        )
         brought: list[CustodyEntry] = []
         if not new_item:
             jobs.raise_priority(connection, blob.sha256, priority)

@@ -440,7 +440,7 @@ class DropAtCommit:
     ) -> None:
         self.terminated: list[int] = []
         self._armed = threading.Event()
-        self._admin, self._landed = admin, landed
+        self._admin, self.landed = admin, landed
         dialect = store.database.writer.dialect
         self._real_commit = dialect.do_commit
         monkeypatch.setattr(dialect, "do_commit", self._commit)
@@ -455,7 +455,7 @@ class DropAtCommit:
         self._armed.clear()
         driver = dbapi_connection.driver_connection  # psycopg's own connection
         pid = driver.info.backend_pid
-        if self._landed:
+        if self.landed:
             self._real_commit(dbapi_connection)
         with self._admin.connect() as connection:
             # Waits (up to 5 s) until the backend is gone, so a COMMIT cannot outrun it.
@@ -464,53 +464,52 @@ class DropAtCommit:
             ).scalar_one()
         assert ended
         self.terminated.append(pid)
-        if self._landed:
+        if self.landed:
             driver.execute("SELECT 1")  # what comes back is the end of the connection
         else:
             self._real_commit(dbapi_connection)  # the COMMIT finds the server gone
 
 
-@pytest.fixture
-def admin(config: QarinaConfig) -> Iterator[sa.Engine]:
-    engine = sa.create_engine(config.db_url, isolation_level="AUTOCOMMIT")
-    yield engine
-    engine.dispose()
+@pytest.fixture(params=[False, True], ids=["before-commit", "after-commit"])
+def drop(
+    request: pytest.FixtureRequest,
+    store: Store,
+    config: QarinaConfig,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[DropAtCommit]:
+    admin = sa.create_engine(config.db_url, isolation_level="AUTOCOMMIT")
+    yield DropAtCommit(store, admin, request.param, monkeypatch)
+    admin.dispose()
 
 
 @pytest.mark.postgres
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
-@pytest.mark.parametrize("landed", [False, True], ids=["before-commit", "after-commit"])
 def test_a_connection_dropped_at_commit_reconnects_and_stores_each_result_once(
-    landed: bool,
+    drop: DropAtCommit,
     store: Store,
     config: QarinaConfig,
-    admin: sa.Engine,
     photo_folder: Path,
-    monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """The driver reconnects and commits again, and the fencing token keeps a commit that had
     landed from landing twice."""
     plan = Plan.default(only=["probe"])
     ingest_paths(store, plan, config, [photo_folder], source="faults")
-    drop = DropAtCommit(store, admin, landed, monkeypatch)
     summary = _run(store, plan, config, OnFirstCommit(plan, config, drop.arm))
 
     assert len(drop.terminated) == 1
     assert any("unreachable" in record.getMessage() for record in caplog.records)
     # A commit that had landed is found by its retry: its leases ended, so it adds nothing.
-    assert (summary.committed, summary.stale) == ((0, 2) if landed else (2, 0))
+    assert (summary.committed, summary.stale) == ((0, 2) if drop.landed else (2, 0))
     _assert_each_result_once(store, done=2)
 
 
 @pytest.mark.postgres
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
-@pytest.mark.parametrize("landed", [False, True], ids=["before-commit", "after-commit"])
 def test_a_connection_dropped_at_registration_records_the_arrival_once(
-    landed: bool,
+    drop: DropAtCommit,
     store: Store,
     config: QarinaConfig,
-    admin: sa.Engine,
     photo_folder: Path,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
@@ -518,7 +517,6 @@ def test_a_connection_dropped_at_registration_records_the_arrival_once(
     """The connection drops as the first file's arrival commits; the registration is tried
     again, and its arrival key tells the retry whether the first try landed: one acquisition,
     one ingest event and one set of jobs per file either way, and the item counted new."""
-    drop = DropAtCommit(store, admin, landed, monkeypatch)
     record_arrival = store._record_arrival
 
     def arrive_then_drop(*args: Any, **kwargs: Any) -> Any:
