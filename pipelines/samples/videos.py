@@ -304,7 +304,8 @@ def handheld_video(
     frame differs from the last, as a hand-held camera's do."""
     folder = path.parent / f"{path.name}-scenes"
     folder.mkdir()
-    shots = max(1, math.ceil(seconds / HANDHELD_SHOT_S))
+    # Rounded first: 45.0000001 s is three shots, not a fourth of a microsecond.
+    shots = max(1, math.ceil(round(seconds / HANDHELD_SHOT_S, 3)))
     inputs: list[str] = []
     chains = []
     try:
@@ -312,7 +313,7 @@ def handheld_video(
             picture = folder / f"{number:04d}.png"
             scene(seeds[number % len(seeds)], (640, 480)).save(picture)
             shot_s = min(HANDHELD_SHOT_S, seconds - number * HANDHELD_SHOT_S)
-            inputs += ["-loop", "1", "-framerate", "25", "-t", f"{shot_s:g}", "-i", str(picture)]
+            inputs += ["-loop", "1", "-framerate", "25", "-t", f"{shot_s:.3f}", "-i", str(picture)]
             # A pan across the scene and back, a different pace per shot, a 4-6 pixel shake.
             pan_s = 9 + 4 * (number % 3)
             chains.append(
