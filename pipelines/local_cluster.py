@@ -46,19 +46,25 @@ def free_port() -> int:
         return port
 
 
-def _pids_mentioning(text: str, program: str = "") -> set[int]:
-    """Processes whose command line contains `text` (and whose program path ends `program`)."""
-    found = set()
+def _processes() -> Iterator[tuple[int, Path, bytes]]:
+    """(pid, /proc folder, raw command line) of every process still there to be read."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            yield int(entry.name), entry, (entry / "cmdline").read_bytes()
         except OSError:
             continue
-        named = bool(argv) and argv[0].decode(errors="replace").endswith(program)
+
+
+def _pids_mentioning(text: str, program: str = "") -> set[int]:
+    """Processes whose command line contains `text` (and whose program path ends `program`)."""
+    found = set()
+    for pid, _, cmdline in _processes():
+        argv = cmdline.split(b"\0")
+        named = argv[0].decode(errors="replace").endswith(program)
         if named and any(text.encode() in arg for arg in argv):
-            found.add(int(entry.name))
+            found.add(pid)
     return found
 
 
@@ -70,16 +76,12 @@ def stage_actor_pids(cluster: LocalCluster, busy: bool = False) -> list[int]:
     title = b"ray::StageActor.run_batch" if busy else b"ray::StageActor"
     token = f"RAY_AUTH_TOKEN_PATH={cluster.env['RAY_AUTH_TOKEN_PATH']}".encode()
     found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
+    for pid, entry, cmdline in _processes():
+        if not cmdline.startswith(title):
             continue
-        try:
-            if not (entry / "cmdline").read_bytes().startswith(title):
-                continue
+        with suppress(OSError):
             if token in (entry / "environ").read_bytes().split(b"\0"):
-                found.append(int(entry.name))
-        except OSError:
-            continue
+                found.append(pid)
     return found
 
 

@@ -7,7 +7,6 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
-import numpy.typing as npt
 import pdqhash
 import pytest
 from PIL import Image
@@ -23,6 +22,7 @@ from pipelines.sizing.costs import (
     reserved_units,
 )
 from pipelines.sizing.plan import EFFICIENCY, Units, make_plan
+from workers.hashes import hex_distance, pdq_hex
 
 
 def _probe(path: Path) -> tuple[float, list[str]]:
@@ -39,7 +39,7 @@ def _files(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*.*"))}
 
 
-def _pdq_at(video: Path, folder: Path, seconds: float) -> npt.NDArray[np.uint8]:
+def _pdq_at(video: Path, folder: Path, seconds: float) -> str:
     frame = folder / "frame.png"
     subprocess.run(
         ["ffmpeg", "-v", "error", "-y", "-nostdin", "-ss", f"{seconds:g}", "-i", str(video),
@@ -48,11 +48,7 @@ def _pdq_at(video: Path, folder: Path, seconds: float) -> npt.NDArray[np.uint8]:
     )  # fmt: skip
     with Image.open(frame) as image:
         code, _ = pdqhash.compute(np.asarray(image.convert("RGB")))
-    return np.asarray(code, dtype=np.uint8)
-
-
-def _bits_apart(first: npt.NDArray[np.uint8], second: npt.NDArray[np.uint8]) -> int:
-    return int(np.count_nonzero(first != second))
+    return pdq_hex(code)
 
 
 def test_phone_lengths_spread_over_the_range() -> None:
@@ -85,8 +81,8 @@ def test_phone_backlog_has_speech_of_the_right_lengths(tmp_path: Path) -> None:
     # Each video shows scenes of its own, moving in every frame: none matches another, as
     # most of a backlog's videos do not (all alike, they made matching quadratic).
     codes = [_pdq_at(path, tmp_path, 1.0) for path in videos]
-    assert min(_bits_apart(a, b) for i, a in enumerate(codes) for b in codes[i + 1 :]) > 64
-    assert _bits_apart(_pdq_at(videos[0], tmp_path, 1.0), _pdq_at(videos[0], tmp_path, 1.5)) > 0
+    assert min(hex_distance(a, b) for i, a in enumerate(codes) for b in codes[i + 1 :]) > 64
+    assert hex_distance(codes[0], _pdq_at(videos[0], tmp_path, 1.5)) > 0
     assert not list(first.rglob(".speech-*"))  # no scratch left beside the media
     # Deterministic from the index: the same files again, byte for byte.
     assert make_backlog(second, 15, workers=1, **options) == shape  # type: ignore[arg-type]

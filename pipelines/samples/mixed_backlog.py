@@ -164,9 +164,10 @@ def _spoken(path: Path, index: int, seconds: float) -> Path:
 _VIDEO_SCENE_SEEDS = 10**10
 
 
-def _video_scenes(index: int) -> list[int]:
+def _video_scenes(index: int) -> range:
     """Scene seeds of the handheld shots of the video at `index`, its own."""
-    return [_VIDEO_SCENE_SEEDS + index * 1000 + number for number in range(1000)]
+    first = _VIDEO_SCENE_SEEDS + index * 1000
+    return range(first, first + 1000)
 
 
 def _phone_media(source: Path, index: int, kind: str, plan: _Plan) -> tuple[Path, float]:
