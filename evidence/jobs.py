@@ -19,7 +19,15 @@ import sqlalchemy as sa
 from evidence import archives, custody
 from evidence.custody import CustodyEntry, canonical_json
 from evidence.db import Database, utc_now, write_retrying
-from evidence.records import Failure, JobSpec, LeasedJob, Outcome, ResultKey, Success
+from evidence.records import (
+    Failure,
+    JobSpec,
+    LeasedJob,
+    Outcome,
+    ResultKey,
+    Success,
+    Unstarted,
+)
 from evidence.schema import artifacts, items, jobs, results, under_keys
 
 QUEUED, LEASED, DONE, FAILED, DEAD = "queued", "leased", "done", "failed", "dead"
@@ -42,6 +50,8 @@ class CommitReport:
     committed: int
     #: Outcomes refused because the lease had moved on (expired and re-leased elsewhere).
     stale: int
+    #: Jobs handed back to the queue unchanged: their batch never started (`Unstarted`).
+    returned: int = 0
 
 
 def enqueue(
@@ -382,16 +392,18 @@ def commit(
     commit is tried again after a pause (`write_retrying`). The fencing check makes that safe
     where a lost connection hides whether the COMMIT landed: if it had, the retry finds the
     leases ended and counts the outcomes stale, storing nothing twice.
+
+    An `Unstarted` outcome hands its job back to the queue as it was: no attempt, no event.
     """
     # The same outcome delivered twice (a retried call) commits once: the copy is stale.
     first: dict[tuple[int, int], tuple[LeasedJob, Outcome]] = {}
     for job, outcome in outcomes:
         first.setdefault((job.id, job.token), (job, outcome))
     batch = list(first.values())
-    held = write_retrying(
+    held, returned = write_retrying(
         database, lambda connection: _commit_batch(database, connection, batch, actor), "commit"
     )
-    return CommitReport(held, len(outcomes) - held)
+    return CommitReport(held, len(outcomes) - held - returned, returned)
 
 
 def _commit_batch(
@@ -399,9 +411,17 @@ def _commit_batch(
     connection: sa.Connection,
     batch: Sequence[tuple[LeasedJob, Outcome]],
     actor: str,
-) -> int:
-    """`commit`'s writes, in the caller's transaction; returns how many leases still held."""
+) -> tuple[int, int]:
+    """`commit`'s writes, in the caller's transaction; returns how many leases still held
+    were ended, and how many were handed back unstarted."""
     now = utc_now()
+    # Nothing happened to an unstarted job's item: back to the queue as it was, no event.
+    returned = _finish(
+        connection,
+        [job for job, outcome in batch if isinstance(outcome, Unstarted)],
+        now,
+        state=QUEUED,
+    )
     successes = [(job, outcome) for job, outcome in batch if isinstance(outcome, Success)]
     priorities = _finish(
         connection,
@@ -423,7 +443,11 @@ def _commit_batch(
     stored = _insert_results(database, connection, kept, now)
     _set_kinds(
         connection,
-        [(job.sha256, outcome.item_kind) for job, outcome in batch if (job.id, job.token) in held],
+        [
+            (job.sha256, outcome.item_kind)
+            for job, outcome in batch
+            if (job.id, job.token) in held and not isinstance(outcome, Unstarted)
+        ],
     )
     _enqueue_all(
         database,
@@ -442,10 +466,10 @@ def _commit_batch(
             entries += _success_entries(
                 database, connection, job, outcome, stored[job.id], priorities[lease], actor
             )
-        else:
+        elif isinstance(outcome, Failure):
             entries.append(_failure_entry(job, outcome, failed[lease], actor))
     custody.append(connection, entries)
-    return len(held)
+    return len(held), len(returned)
 
 
 def _finish(

@@ -130,4 +130,17 @@ class Failure:
     counts_against: CountsAgainst = "attempts"
 
 
-Outcome = Success | Failure
+@dataclass(frozen=True)
+class Unstarted:
+    """A batch that never began: its worker died while the batch waited behind another.
+
+    Nothing happened to its items, so its jobs go back to the queue as they were, with no
+    attempt or worker loss counted and their last error kept (a job that was to run alone
+    still does). Counted as a loss, every job queued on a killed worker would pay for one
+    kill: on a cluster losing a worker every 30 s, jobs that never ran went dead.
+    """
+
+    detail: str
+
+
+Outcome = Success | Failure | Unstarted

@@ -20,7 +20,7 @@ from typing import Any
 import ray
 from ray.exceptions import GetTimeoutError, OutOfMemoryError, RayError
 
-from evidence.records import CountsAgainst, Failure, Outcome
+from evidence.records import CountsAgainst, Failure, Outcome, Unstarted
 from pipelines.config import QarinaConfig
 from pipelines.execute import StageHost, Task
 from pipelines.plan import Plan
@@ -105,7 +105,11 @@ class _Pool:
         now = time.monotonic()
         if now - self.window_start > _WINDOW_S[1]:
             self.window_start, self.work_s = now, 0.0
-        self.work_s += sum(float(outcome.provenance.get("duration_s", 0.0)) for outcome in outcomes)
+        self.work_s += sum(
+            float(outcome.provenance.get("duration_s", 0.0))
+            for outcome in outcomes
+            if not isinstance(outcome, Unstarted)
+        )
 
     def waits_for_a_node(self) -> bool:
         """Whether an actor of this pool has waited too long to be placed."""
@@ -244,19 +248,30 @@ class RayExecutor:
         if not self._pending:
             return []
         ready, _ = ray.wait(list(self._pending), num_returns=1, timeout=timeout_s)
-        if ready:
-            more, _ = ray.wait(list(self._pending), num_returns=len(self._pending), timeout=0)
-            ready = list(dict.fromkeys([*ready, *more]))
+        if not ready:
+            return []
+        more, _ = ray.wait(list(self._pending), num_returns=len(self._pending), timeout=0)
+        ended = {*ready, *more}
         finished = []
-        for reference in ready:
-            stage, actor, tasks = self._pending.pop(reference)
+        # In the order submitted (`_pending` keeps it), so that of the batches a lost actor
+        # held, the one it was running is taken first (`_outcomes`).
+        for reference in [reference for reference in self._pending if reference in ended]:
+            stage, actor, tasks = self._pending[reference]
             pool = self._pools[stage]
             if actor in pool.in_flight:
                 pool.in_flight[actor] -= 1
             outcomes = self._outcomes(reference, pool, actor, tasks)
+            del self._pending[reference]
             pool.record_work(outcomes)
             finished.append((tasks, outcomes))
         return finished
+
+    def _oldest_on(self, actor: Any) -> Any:
+        """The earliest submitted batch still pending on `actor`: the one it runs, as an actor
+        of one thread runs one caller's batches in the order they were submitted."""
+        return next(
+            reference for reference, (_, holder, _) in self._pending.items() if holder is actor
+        )
 
     def _outcomes(
         self, reference: Any, pool: _Pool, actor: Any, tasks: list[Task]
@@ -268,12 +283,20 @@ class RayExecutor:
             # The actor (or its node) died mid-batch: drop it; a fresh one replaces it on demand.
             # Its jobs come back as retryable failures, so the job table's bounded attempts,
             # not Ray's retries (unbounded for out-of-memory kills), decide what happens next.
-            log.warning("stage %s actor lost: %s", pool.stage.name, type(error).__name__)
-            # The node may be gone with it: size pools by what is left.
-            self._total_cpus = float(ray.cluster_resources().get("CPU", self._total_cpus))  # type: ignore[no-untyped-call]
+            # Only the first batch of a lost actor taken here can have been running: the rest
+            # waited behind it (or are taken after it, once the actor is forgotten).
+            started = actor in pool.in_flight and self._oldest_on(actor) is reference
             if actor in pool.in_flight:
+                log.warning("stage %s actor lost: %s", pool.stage.name, type(error).__name__)
+                # The node may be gone with it: size pools by what is left.
+                self._total_cpus = float(ray.cluster_resources().get("CPU", self._total_cpus))  # type: ignore[no-untyped-call]
                 pool.forget(actor)
                 ray.kill(actor, no_restart=True)
+            if not started:
+                return [
+                    Unstarted(f"worker lost before the batch began: {type(error).__name__}")
+                    for _ in tasks
+                ]
             # Which job of a batch was running, or to blame, is unknown: a loss counts only
             # against a job that ran alone, as each job of a lost batch runs next
             # (`runner._batches`); a memory kill against its attempts, any other loss against

@@ -219,6 +219,38 @@ def test_a_lost_worker_counts_against_nothing_batched_and_against_losses_alone(
     assert counted == ["nothing"] + ["worker_losses"] * jobs.MAX_WORKER_LOSSES
 
 
+def _custody_count(store: Store) -> int:
+    with store.database.reader.connect() as connection:
+        return connection.execute(
+            sa.select(sa.func.count()).select_from(custody_events)
+        ).scalar_one()
+
+
+def test_an_unstarted_job_goes_back_to_the_queue_as_it_was(store: Store, tmp_path: Path) -> None:
+    """A job whose batch never began (its worker died first) is queued again with its counts
+    and last error unchanged and no custody event; a stale one is refused like any outcome."""
+    _register(store, _file(tmp_path, "waiting", b"waiting"))
+    [job] = jobs.lease(store.database, "o", [PROBE.key], 5, TTL)
+    crashed = records.Failure("tool_crash", "worker lost", True, counts_against="worker_losses")
+    jobs.commit(store.database, [(job, crashed)], "test")
+    [job] = jobs.lease(store.database, "o", [PROBE.key], 5, TTL)
+    events_before = _custody_count(store)
+
+    unstarted = records.Unstarted("worker lost before the batch began: ActorDiedError")
+    report = jobs.commit(store.database, [(job, unstarted), (job, unstarted)], "test")
+
+    assert (report.committed, report.stale, report.returned) == (0, 1, 1)
+    assert _custody_count(store) == events_before
+    [again] = jobs.lease(store.database, "o", [PROBE.key], 5, TTL)
+    assert (again.id, again.attempts, again.worker_losses, again.last_error) == (
+        job.id,
+        0,
+        1,
+        "tool_crash",
+    )
+    assert jobs.commit(store.database, [(job, unstarted)], "test").stale == 1
+
+
 def test_one_commit_of_many_outcomes_keeps_each_outcome_apart(store: Store, tmp_path: Path) -> None:
     """A batch commit (one statement per kind of write) does for each outcome what a commit
     of it alone would: a stale one, or one delivered twice, is refused without costing the

@@ -8,6 +8,7 @@ running and kill that worker, as the kernel or an operator would.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import os
@@ -20,10 +21,21 @@ import time
 from pathlib import Path
 
 import pytest
+import ray
 import sqlalchemy as sa
 
+from evidence import jobs as jobs_queue
+from evidence.records import Failure, Outcome, Unstarted
 from evidence.schema import artifacts, custody_events, jobs, results
+from pipelines import runner
+from pipelines.config import QarinaConfig
+from pipelines.execute import Task
+from pipelines.ingest import ingest_paths
+from pipelines.plan import Plan
+from pipelines.ray_runtime import RayExecutor, start_ray
 from pipelines.samples import audio, photos
+from pipelines.session import open_store
+from workers.probe import ProbeStage
 
 pytestmark = pytest.mark.slow
 
@@ -154,3 +166,79 @@ def test_a_worker_killed_mid_ffmpeg_leaves_one_result_and_no_tool_behind(
         env=env, capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert verdict.returncode == 0, verdict.stdout
+
+
+def _stub_ffprobe(folder: Path, pids: Path) -> None:
+    """An ffprobe that leaves its worker's pid in `pids` and waits until it is killed."""
+    folder.mkdir()
+    stub = folder / "ffprobe"
+    stub.write_text(f'#!/bin/sh\necho $PPID > "{pids}/$$"\nexec sleep 100000\n')
+    stub.chmod(0o755)
+
+
+def test_batches_queued_behind_a_lost_worker_go_back_unstarted(
+    sqlite_config: QarinaConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three single-job batches on one real Ray actor; the worker is killed while it runs the
+    first. Only the first can have caused the loss and counts it; the two that waited behind
+    it go back to the queue as they were (a soak with a kill every 30 s once made every job
+    queued on a killed worker pay for it, until jobs that never ran went dead)."""
+    folder, pids = tmp_path / "in", tmp_path / "pids"
+    folder.mkdir()
+    pids.mkdir()
+    for index in range(3):
+        audio.tone(folder / f"tone-{index}.wav", seconds=1.0 + index)
+    _stub_ffprobe(tmp_path / "stubs", pids)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'stubs'}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    plan = Plan({"probe": ProbeStage()})
+    store = open_store(sqlite_config)
+    try:
+        ingest_paths(store, plan, sqlite_config, [folder], source="kill")
+        leased = jobs_queue.lease(
+            store.database, "test", [plan.key("probe")], 3, dt.timedelta(minutes=5)
+        )
+        start_ray(None, num_cpus=1)
+        executor = RayExecutor(plan, sqlite_config)
+        try:
+            for task in runner._tasks(store, plan, leased):
+                executor.submit("probe", [task])
+            deadline = time.monotonic() + 120
+            while not (marks := list(pids.iterdir())):
+                assert time.monotonic() < deadline, "the first probe never started"
+                time.sleep(0.1)
+            assert len(marks) == 1
+            os.kill(int(marks[0].read_text()), signal.SIGKILL)
+            finished: list[tuple[list[Task], list[Outcome]]] = []
+            while sum(len(tasks) for tasks, _ in finished) < len(leased):
+                assert time.monotonic() < deadline, "the lost batches never came back"
+                finished += executor.collect(1.0)
+        finally:
+            executor.close()
+            ray.shutdown()
+        by_job = {
+            task.job.id: outcome
+            for tasks, outcomes in finished
+            for task, outcome in zip(tasks, outcomes, strict=True)
+        }
+        first, *waiting = (by_job[job.id] for job in leased)
+        assert isinstance(first, Failure) and first.counts_against == "worker_losses"
+        assert all(isinstance(outcome, Unstarted) for outcome in waiting), waiting
+        assert len(list(pids.iterdir())) == 1  # the two behind it never ran
+
+        report = jobs_queue.commit(
+            store.database, [(job, by_job[job.id]) for job in leased], "test"
+        )
+        assert (report.committed, report.returned) == (1, 2)
+        with store.database.reader.connect() as connection:
+            rows = connection.execute(
+                sa.select(jobs.c.id, jobs.c.state, jobs.c.worker_losses, jobs.c.error_reason)
+            ).all()
+    finally:
+        store.close()
+    counted = {row.id: (row.state, row.worker_losses, row.error_reason) for row in rows}
+    assert [counted[job.id] for job in leased] == [
+        ("queued", 1, "tool_crash"),
+        ("queued", 0, None),
+        ("queued", 0, None),
+    ]
