@@ -93,6 +93,8 @@ class _Pool:
     in_flight: dict[Any, int] = field(default_factory=dict)  # actor -> batches on it
     #: Actors not yet ready: actor -> (the reference their `ready` call answers, created at).
     starting: dict[Any, tuple[Any, float]] = field(default_factory=dict)
+    #: Every actor's `ready` call, answered or not: whether a lost actor was ever up.
+    ready_calls: dict[Any, Any] = field(default_factory=dict)
     idle_since: float = field(default_factory=time.monotonic)
     window_start: float = field(default_factory=time.monotonic)
     work_s: float = 0.0  # stage run time reported by outcomes since window_start
@@ -126,6 +128,7 @@ class _Pool:
         self.actors.remove(actor)
         del self.in_flight[actor]
         self.starting.pop(actor, None)
+        del self.ready_calls[actor]
 
     def wants_more(self) -> bool:
         """Busy enough over the recent window that another actor would share real work."""
@@ -164,6 +167,8 @@ class RayExecutor:
                 asks = dataclasses.replace(asks, num_cpus=largest_node)
             self._pools[name] = _Pool(stage, asks, self._max_size(asks, self._total_cpus, gpus))
         self._pending: dict[Any, tuple[str, Any, list[Task]]] = {}
+        #: Batches that were running when their actor was lost, not yet taken by `collect`.
+        self._running_when_lost: set[Any] = set()
 
     @staticmethod
     def _max_size(asks: Resources, total_cpus: float, total_gpus: float) -> int:
@@ -200,7 +205,9 @@ class RayExecutor:
         )
         pool.actors.append(actor)
         pool.in_flight[actor] = 0
-        pool.starting[actor] = (actor.ready.remote(), time.monotonic())
+        ready = actor.ready.remote()
+        pool.starting[actor] = (ready, time.monotonic())
+        pool.ready_calls[actor] = ready
         return actor
 
     def _make_room(self, wanting: _Pool) -> None:
@@ -251,11 +258,8 @@ class RayExecutor:
         if not ready:
             return []
         more, _ = ray.wait(list(self._pending), num_returns=len(self._pending), timeout=0)
-        ended = {*ready, *more}
         finished = []
-        # In the order submitted (`_pending` keeps it), so that of the batches a lost actor
-        # held, the one it was running is taken first (`_outcomes`).
-        for reference in [reference for reference in self._pending if reference in ended]:
+        for reference in dict.fromkeys([*ready, *more]):
             stage, actor, tasks = self._pending[reference]
             pool = self._pools[stage]
             if actor in pool.in_flight:
@@ -267,8 +271,8 @@ class RayExecutor:
         return finished
 
     def _oldest_on(self, actor: Any) -> Any:
-        """The earliest submitted batch still pending on `actor`: the one it runs, as an actor
-        of one thread runs one caller's batches in the order they were submitted."""
+        """The earliest submitted batch still pending on `actor`: the one it runs once it is
+        up, as an actor of one thread runs one caller's calls in the order they were made."""
         return next(
             reference for reference, (_, holder, _) in self._pending.items() if holder is actor
         )
@@ -283,20 +287,20 @@ class RayExecutor:
             # The actor (or its node) died mid-batch: drop it; a fresh one replaces it on demand.
             # Its jobs come back as retryable failures, so the job table's bounded attempts,
             # not Ray's retries (unbounded for out-of-memory kills), decide what happens next.
-            # Only the first batch of a lost actor taken here can have been running: the rest
-            # waited behind it (or are taken after it, once the actor is forgotten).
-            started = actor in pool.in_flight and self._oldest_on(actor) is reference
-            if actor in pool.in_flight:
+            if actor in pool.in_flight:  # the first of its batches taken since it was lost
                 log.warning("stage %s actor lost: %s", pool.stage.name, type(error).__name__)
                 # The node may be gone with it: size pools by what is left.
                 self._total_cpus = float(ray.cluster_resources().get("CPU", self._total_cpus))  # type: ignore[no-untyped-call]
+                # Of its batches only the oldest can have been running, and only if the actor
+                # was up (it answered `ready`): the others, whichever fails first, never began.
+                if _answered(pool.ready_calls[actor]):
+                    self._running_when_lost.add(self._oldest_on(actor))
                 pool.forget(actor)
                 ray.kill(actor, no_restart=True)
-            if not started:
-                return [
-                    Unstarted(f"worker lost before the batch began: {type(error).__name__}")
-                    for _ in tasks
-                ]
+            if reference not in self._running_when_lost:
+                detail = f"worker lost before the batch began: {type(error).__name__}"
+                return [Unstarted(detail) for _ in tasks]
+            self._running_when_lost.discard(reference)
             # Which job of a batch was running, or to blame, is unknown: a loss counts only
             # against a job that ran alone, as each job of a lost batch runs next
             # (`runner._batches`); a memory kill against its attempts, any other loss against
@@ -319,6 +323,15 @@ class RayExecutor:
             _retire(pool)
 
 
+def _answered(reference: Any) -> bool:
+    """Whether a call has returned without error (one a lost actor never answered raises)."""
+    try:
+        ray.get(reference, timeout=0)
+    except (RayError, GetTimeoutError):
+        return False
+    return True
+
+
 def _retire(pool: _Pool) -> None:
     """Kill every actor of the pool; the next batch of its stage starts a fresh one."""
     for actor in pool.actors:
@@ -326,3 +339,4 @@ def _retire(pool: _Pool) -> None:
     pool.actors.clear()
     pool.in_flight.clear()
     pool.starting.clear()
+    pool.ready_calls.clear()

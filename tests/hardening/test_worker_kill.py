@@ -61,7 +61,8 @@ def _stub_ffmpeg(folder: Path) -> None:
 
 
 def _stub_processes() -> list[tuple[int, int, int]]:
-    """(pid, parent pid, process group) of every stub ffmpeg still sleeping."""
+    """(pid, parent pid, process group) of every stub ffmpeg still sleeping: one a batch runs,
+    not a stage's setup asking its version (a worker killed there never ran a batch)."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -71,7 +72,7 @@ def _stub_processes() -> list[tuple[int, int, int]]:
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if b"/stubs/ffmpeg" in argv and fields[0] != "Z":
+        if b"/stubs/ffmpeg" in argv and b"-version" not in argv and fields[0] != "Z":
             found.append((int(entry.name), int(fields[1]), int(fields[2])))
     return found
 
@@ -168,27 +169,33 @@ def test_a_worker_killed_mid_ffmpeg_leaves_one_result_and_no_tool_behind(
     assert verdict.returncode == 0, verdict.stdout
 
 
-def _stub_ffprobe(folder: Path, pids: Path) -> None:
-    """An ffprobe that leaves its worker's pid in `pids` and waits until it is killed."""
+def _stub_ffprobe(folder: Path, pids: Path, *, in_setup: bool) -> None:
+    """An ffprobe that leaves its worker's pid in `pids` and waits until it is killed: on
+    the version question the stage asks in its setup too, or only on the files it probes."""
+    real = shutil.which("ffprobe")
+    assert real is not None
+    answer = "" if in_setup else f'case "$*" in *-version*) exec {real} "$@";; esac\n'
     folder.mkdir()
     stub = folder / "ffprobe"
-    stub.write_text(f'#!/bin/sh\necho $PPID > "{pids}/$$"\nexec sleep 100000\n')
+    stub.write_text(f'#!/bin/sh\n{answer}echo $PPID > "{pids}/$$"\nexec sleep 100000\n')
     stub.chmod(0o755)
 
 
+@pytest.mark.parametrize("in_setup", [False, True], ids=["running", "in-setup"])
 def test_batches_queued_behind_a_lost_worker_go_back_unstarted(
-    sqlite_config: QarinaConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    sqlite_config: QarinaConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, in_setup: bool
 ) -> None:
-    """Three single-job batches on one real Ray actor; the worker is killed while it runs the
-    first. Only the first can have caused the loss and counts it; the two that waited behind
-    it go back to the queue as they were (a soak with a kill every 30 s once made every job
-    queued on a killed worker pay for it, until jobs that never ran went dead)."""
+    """Three single-job batches on one real Ray actor; its worker is killed while it runs the
+    first, or before that, in the stage's setup. Only a batch that was running can have
+    caused the loss and counts it; batches that waited go back to the queue as they were (a
+    soak with a kill every 30 s once made every job queued on a killed worker pay for it,
+    until jobs that never ran neared their limit of losses)."""
     folder, pids = tmp_path / "in", tmp_path / "pids"
     folder.mkdir()
     pids.mkdir()
     for index in range(3):
         audio.tone(folder / f"tone-{index}.wav", seconds=1.0 + index)
-    _stub_ffprobe(tmp_path / "stubs", pids)
+    _stub_ffprobe(tmp_path / "stubs", pids, in_setup=in_setup)
     monkeypatch.setenv("PATH", f"{tmp_path / 'stubs'}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     plan = Plan({"probe": ProbeStage()})
@@ -222,14 +229,17 @@ def test_batches_queued_behind_a_lost_worker_go_back_unstarted(
             for task, outcome in zip(tasks, outcomes, strict=True)
         }
         first, *waiting = (by_job[job.id] for job in leased)
-        assert isinstance(first, Failure) and first.counts_against == "worker_losses"
         assert all(isinstance(outcome, Unstarted) for outcome in waiting), waiting
-        assert len(list(pids.iterdir())) == 1  # the two behind it never ran
+        assert len(list(pids.iterdir())) == 1  # the batches behind the kill never ran
+        if in_setup:
+            assert isinstance(first, Unstarted)
+        else:
+            assert isinstance(first, Failure) and first.counts_against == "worker_losses"
 
         report = jobs_queue.commit(
             store.database, [(job, by_job[job.id]) for job in leased], "test"
         )
-        assert (report.committed, report.returned) == (1, 2)
+        assert (report.committed, report.returned) == ((0, 3) if in_setup else (1, 2))
         with store.database.reader.connect() as connection:
             rows = connection.execute(
                 sa.select(jobs.c.id, jobs.c.state, jobs.c.worker_losses, jobs.c.error_reason)
@@ -237,8 +247,9 @@ def test_batches_queued_behind_a_lost_worker_go_back_unstarted(
     finally:
         store.close()
     counted = {row.id: (row.state, row.worker_losses, row.error_reason) for row in rows}
+    first_counted = ("queued", 0, None) if in_setup else ("queued", 1, "tool_crash")
     assert [counted[job.id] for job in leased] == [
-        ("queued", 1, "tool_crash"),
+        first_counted,
         ("queued", 0, None),
         ("queued", 0, None),
     ]
