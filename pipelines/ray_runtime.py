@@ -258,8 +258,11 @@ class RayExecutor:
         if not ready:
             return []
         more, _ = ray.wait(list(self._pending), num_returns=len(self._pending), timeout=0)
+        ended = {*ready, *more}
         finished = []
-        for reference in dict.fromkeys([*ready, *more]):
+        # In the order submitted (`_pending` keeps it): an actor's batch that ended well is
+        # taken before a later one lost with the actor, so it is not taken for the one running.
+        for reference in [reference for reference in self._pending if reference in ended]:
             stage, actor, tasks = self._pending[reference]
             pool = self._pools[stage]
             if actor in pool.in_flight:
@@ -282,6 +285,7 @@ class RayExecutor:
     ) -> list[Outcome]:
         try:
             outcomes: list[Outcome] = ray.get(reference)
+            self._running_when_lost.discard(reference)  # its answer came after all
             return outcomes
         except (RayError, GetTimeoutError) as error:
             # The actor (or its node) died mid-batch: drop it; a fresh one replaces it on demand.
