@@ -101,9 +101,10 @@ def _driver(cluster: LocalCluster, data: Path, pg_url: str) -> subprocess.Popen[
 
 
 def _finish(driver: subprocess.Popen[str], timeout: float = 420) -> str:
-    stdout, stderr = driver.communicate(timeout=timeout)
+    """Wait for the driver to end well; returns its log (stderr)."""
+    _, stderr = driver.communicate(timeout=timeout)
     assert driver.returncode == 0, stderr[-3000:]
-    return stdout
+    return stderr
 
 
 def _count(pg_url: str, query: sa.Select[tuple[int]]) -> int:
@@ -246,9 +247,12 @@ def test_a_worker_node_killed_mid_backlog_hands_its_jobs_to_the_other(
     driver = _driver(ray_cluster, data, pg_url)
     _wait_for_results(pg_url, 10, driver)
     os.kill(ray_cluster.worker_raylets[0], signal.SIGKILL)
-    _finish(driver)
+    log = _finish(driver)
     _check_everything_ended_once(pg_url, data)
-    assert _retried_jobs(pg_url) >= 1, "the lost node's jobs should have been retried"
+    # The driver saw actors lost with batches on them. A batch running there is retried (a
+    # failure in custody); one that waited, or whose actor was still in setup, goes back to
+    # the queue unstarted, leaving no trace but this.
+    assert "actor lost" in log, "the killed node held no work"
 
 
 def test_bench_cluster_at_toy_size(
