@@ -91,10 +91,11 @@ class _Pool:
     max_size: int
     actors: list[Any] = field(default_factory=list)
     in_flight: dict[Any, int] = field(default_factory=dict)  # actor -> batches on it
-    #: Actors not yet ready: actor -> (the reference their `ready` call answers, created at).
-    starting: dict[Any, tuple[Any, float]] = field(default_factory=dict)
-    #: Every actor's `ready` call, answered or not: whether a lost actor was ever up.
+    #: Every actor's `ready` call, answered or not: whether it was placed, and whether a lost
+    #: actor was ever up.
     ready_calls: dict[Any, Any] = field(default_factory=dict)
+    #: Actors not yet seen ready: actor -> created at.
+    starting: dict[Any, float] = field(default_factory=dict)
     idle_since: float = field(default_factory=time.monotonic)
     window_start: float = field(default_factory=time.monotonic)
     work_s: float = 0.0  # stage run time reported by outcomes since window_start
@@ -117,12 +118,12 @@ class _Pool:
         """Whether an actor of this pool has waited too long to be placed."""
         if not self.starting:
             return False
-        references = {reference: actor for actor, (reference, _) in self.starting.items()}
+        references = {self.ready_calls[actor]: actor for actor in self.starting}
         ready, _ = ray.wait(list(references), num_returns=len(references), timeout=0)
         for reference in ready:
             del self.starting[references[reference]]
         now = time.monotonic()
-        return any(now - created >= _PLACEMENT_WAIT_S for _, created in self.starting.values())
+        return any(now - created >= _PLACEMENT_WAIT_S for created in self.starting.values())
 
     def forget(self, actor: Any) -> None:
         self.actors.remove(actor)
@@ -205,9 +206,8 @@ class RayExecutor:
         )
         pool.actors.append(actor)
         pool.in_flight[actor] = 0
-        ready = actor.ready.remote()
-        pool.starting[actor] = (ready, time.monotonic())
-        pool.ready_calls[actor] = ready
+        pool.ready_calls[actor] = actor.ready.remote()
+        pool.starting[actor] = time.monotonic()
         return actor
 
     def _make_room(self, wanting: _Pool) -> None:
