@@ -21,10 +21,13 @@ system-tools:
 			ffmpeg libimage-exiftool-perl espeak-ng chromium chromium-driver >/dev/null; \
 	fi
 
+# The tests of the PyTorch speech engine run on a CPU: the torch pin takes the CPU build where
+# the machine's pip finds it (a local wheel folder), not a several-GB CUDA build.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q 'torch==2.13.0'
+	$(BIN)/python -m pip install -q -e '.[dev,torch]'
 	$(BIN)/python -m pip install -q --no-deps 'scenedetect>=0.7,<0.8'
 	touch $(STAMP)
 

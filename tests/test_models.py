@@ -61,12 +61,12 @@ def test_a_folder_is_known_by_the_hash_of_its_weights(
     assert whisper.resolve(tmp_path / "unused", copy).sha256 == base_model.sha256
     with (copy / "model.bin").open("ab") as weights:
         weights.write(b"\0")
-    with pytest.raises(ModelMissing, match="no longer matches"):
+    with pytest.raises(ModelMissing, match="no longer match"):
         whisper.verify(whisper.WhisperModel("copy", copy, base_model.sha256))
 
 
 def test_a_folder_without_a_model_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(ModelMissing, match="not a CTranslate2 Whisper folder"):
+    with pytest.raises(ModelMissing, match="neither a CTranslate2 Whisper folder"):
         whisper.from_folder(tmp_path)
 
 
@@ -80,3 +80,14 @@ def test_missing_packages_name_what_to_install(
 
 def test_cpu_runs_int8() -> None:
     assert whisper.choose_device("cpu") == whisper.Device("cpu", "int8")
+
+
+def test_auto_keeps_ctranslate2_on_a_cpu_and_names_unknown_engines() -> None:
+    """PyTorch is chosen by itself only for a GPU CTranslate2 cannot use, or a Hugging Face
+    checkpoint (tests/test_whisper_torch.py); a CPU keeps CTranslate2's int8."""
+    assert whisper.choose_device("cpu", "auto").engine == whisper.CTRANSLATE2
+    assert whisper.choose_device("cpu", whisper.TORCH) == whisper.Device(
+        "cpu", "float32", whisper.TORCH
+    )
+    with pytest.raises(ValueError, match="unknown speech engine"):
+        whisper.choose_device("cpu", "onnx")

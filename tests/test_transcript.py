@@ -25,7 +25,7 @@ from pipelines.config import QarinaConfig
 from pipelines.plan import Plan
 from pipelines.samples import audio, videos
 from pipelines.search import search_transcripts
-from tests.flows import DEFAULT_KEYS, ingest_and_run
+from tests.flows import DEFAULT_KEYS, ingest_and_run, probed_item
 from tests.stage_contract import StageContract
 from workers.arabic import normalise
 from workers.base import (
@@ -37,7 +37,6 @@ from workers.base import (
     StageSkipped,
     result_to_json,
 )
-from workers.probe import ProbeStage
 from workers.transcript import (
     Packing,
     Segment,
@@ -58,13 +57,6 @@ from workers.transcript import (
 ARABIC = audio.GREETING
 
 
-def _item(path: Path, kind: Kind | None = None) -> StageInput:
-    probe = ProbeStage().run(StageInput("0" * 64, path, Kind.OTHER), path.parent)
-    probed = result_to_json(probe.result)
-    sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
-    return StageInput(sha256, path, kind or Kind(probed["kind"]), {"probe": probed})
-
-
 @pytest.fixture(scope="module")
 def loaded(models_dir: Path) -> Iterator[TranscriptStage]:
     """One stage with Whisper base loaded, shared by the tests that only run it."""
@@ -77,7 +69,7 @@ def loaded(models_dir: Path) -> Iterator[TranscriptStage]:
 def _transcribe(stage: TranscriptStage, path: Path, tmp_path: Path) -> dict[str, Any]:
     workdir = tmp_path / f"work-{path.name}"
     workdir.mkdir()
-    output = stage.run(_item(path), workdir)
+    output = stage.run(probed_item(path), workdir)
     return result_to_json(output.result)
 
 
@@ -153,10 +145,10 @@ class TestTranscriptContract(StageContract):
         return loaded
 
     def supported_item(self, tmp_path: Path) -> StageInput:
-        return _item(audio.speech(tmp_path / "item", "مرحبا بكم", voice_format="ogg-opus"))
+        return probed_item(audio.speech(tmp_path / "item", "مرحبا بكم", voice_format="ogg-opus"))
 
     def unsupported_item(self, tmp_path: Path) -> StageInput:
-        return _item(videos.video_with_cuts(tmp_path / "item", audio=None))
+        return probed_item(videos.video_with_cuts(tmp_path / "item", audio=None))
 
 
 def test_speech_gives_timed_segments_with_figures_and_subtitles(
@@ -165,7 +157,7 @@ def test_speech_gives_timed_segments_with_figures_and_subtitles(
     path = audio.speech(tmp_path / "note", ARABIC)
     workdir = tmp_path / "work"
     workdir.mkdir()
-    output = loaded.run(_item(path), workdir)
+    output = loaded.run(probed_item(path), workdir)
     result = result_to_json(output.result)
     assembled = whisper.assemble_base(models_dir)
     assert result["model"] == {"name": assembled.name, "sha256": assembled.sha256}
@@ -177,7 +169,7 @@ def test_speech_gives_timed_segments_with_figures_and_subtitles(
     assert (result["device"], result["compute_type"], result["mode"]) == ("cpu", "int8", "packed")
     # A short note is packed even alone: the same rules whether it came alone or with others.
     assert result["packing"] == {
-        "items": [_item(path).sha256],
+        "items": [probed_item(path).sha256],
         "position": 0,
         "offset_s": 0.0,
         "attempt": 1,
@@ -207,7 +199,7 @@ def test_voice_note_formats_decode_to_the_same_speech(voice_format: str, tmp_pat
     if codec not in encoders:
         pytest.skip(f"this ffmpeg cannot write {codec} (it still decodes it)")
     path = audio.speech(tmp_path / "note", ARABIC, voice_format=voice_format)
-    assert _item(path).kind is Kind.AUDIO
+    assert probed_item(path).kind is Kind.AUDIO
     samples = decode_audio(path, tmp_path / "audio.pcm", 5.0)
     seconds = len(samples) / 16_000
     assert 0.8 < seconds < 3.0
@@ -233,7 +225,7 @@ def test_video_with_speech_is_transcribed_and_without_audio_is_skipped(
     speech = audio.speech(tmp_path / "speech.wav", ARABIC)
     with_audio = _transcribe(loaded, videos.video_with_speech(tmp_path / "clip", speech), tmp_path)
     assert with_audio["segments"] and with_audio["duration_s"] > 0.8
-    silent = _item(videos.video_with_cuts(tmp_path / "silent", audio=None))
+    silent = probed_item(videos.video_with_cuts(tmp_path / "silent", audio=None))
     with pytest.raises(StageSkipped) as skipped:
         loaded.run(silent, tmp_path)
     assert skipped.value.reason == "no_audio"
@@ -271,7 +263,7 @@ def test_a_missing_model_is_a_clear_error(tmp_path: Path) -> None:
     stage.setup(StageEnvironment(tmp_path / "models", device="cpu"))
     note = audio.speech(tmp_path / "note", "مرحبا")
     with pytest.raises(StageError) as failed:
-        stage.run(_item(note), tmp_path)
+        stage.run(probed_item(note), tmp_path)
     assert failed.value.reason is FailureReason.MODEL_ERROR
     assert str(empty) in failed.value.detail
 
@@ -380,7 +372,7 @@ def test_an_engine_failure_while_decoding_is_retried_as_resource_limit(
     stage._model = stage._window_engine = _EngineOutOfMemory()
     note = audio.speech(tmp_path / "note", "مرحبا")
     with pytest.raises(StageError) as failed:
-        stage.run(_item(note), tmp_path)
+        stage.run(probed_item(note), tmp_path)
     assert (failed.value.reason, failed.value.retryable) == (FailureReason.RESOURCE_LIMIT, True)
 
 
@@ -465,7 +457,7 @@ def test_a_batch_packs_short_notes_and_keeps_each_outcome_apart(
     batch = []
     for number, path in enumerate(paths):
         (tmp_path / f"work{number}").mkdir()
-        item = _item(path) if path != broken else StageInput("f" * 64, broken, Kind.AUDIO)
+        item = probed_item(path) if path != broken else StageInput("f" * 64, broken, Kind.AUDIO)
         batch.append((item, tmp_path / f"work{number}"))
     outcomes = loaded.run_many(batch)
     assert isinstance(outcomes[3], StageError)

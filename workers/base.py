@@ -139,6 +139,8 @@ class StageEnvironment:
     models_dir: Path
     #: `auto` uses a GPU when the process sees one; `cpu` or `cuda` force it.
     device: str = "auto"
+    #: The speech engine: `auto`, `ctranslate2` or `torch` (models/whisper.choose_device).
+    engine: str = "auto"
 
 
 class JsonRecord:

@@ -205,6 +205,9 @@ class TranscriptResult(JsonRecord):
     flagged_segments: int
     flags: list[str]
     packing: Packing | None = None
+    #: The engine that ran the model (`ctranslate2` or `torch`): results made before there was
+    #: a choice were all CTranslate2's.
+    engine: str = whisper.CTRANSLATE2
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Self:
@@ -387,7 +390,7 @@ class TranscriptStage(Stage[TranscriptConfig, TranscriptResult]):
     def setup(self, env: StageEnvironment | None = None) -> None:
         """Find, check and load the model once; a missing model fails each job clearly
         (model_error) instead of killing the worker."""
-        from faster_whisper import BatchedInferencePipeline, WhisperModel
+        from faster_whisper import BatchedInferencePipeline
 
         override = None if self.config.model == "base" else Path(self.config.model)
         if env is None:
@@ -396,17 +399,11 @@ class TranscriptStage(Stage[TranscriptConfig, TranscriptResult]):
         try:
             model = whisper.resolve(env.models_dir, override)
             whisper.verify(model)
+            self._device = whisper.choose_device(env.device, env.engine, model)
+            self._model = whisper.load(model, self._device, self.config.cpu_threads)
         except whisper.ModelMissing as error:
             self._setup_error = str(error)
             return
-        self._device = whisper.choose_device(env.device)
-        self._model = WhisperModel(
-            str(model.path),
-            device=self._device.kind,
-            compute_type=self._device.compute_type,
-            cpu_threads=self.config.cpu_threads,
-            local_files_only=True,
-        )
         self._model_ref = model
         self._window_engine = BatchedInferencePipeline(self._model)
         if self.mode == "batched":
@@ -423,9 +420,12 @@ class TranscriptStage(Stage[TranscriptConfig, TranscriptResult]):
         return "batched" if self._device.kind == "cuda" else "sequential"
 
     def tool_versions(self) -> dict[str, str]:
-        """faster-whisper, CTranslate2 and ffmpeg: each can change the words."""
+        """faster-whisper, the engine's packages and ffmpeg: each can change the words."""
         versions = {"ffmpeg": tool_version("ffmpeg")}
-        for package in ("faster-whisper", "ctranslate2"):
+        engine = (
+            ("torch", "transformers") if self._device.engine == whisper.TORCH else ("ctranslate2",)
+        )
+        for package in ("faster-whisper", *engine):
             versions[package] = package_version(package) or "unknown"
         return versions
 
@@ -799,6 +799,7 @@ class TranscriptStage(Stage[TranscriptConfig, TranscriptResult]):
             model=ModelRef(model.name, model.sha256),
             device=self._device.kind,
             compute_type=self._device.compute_type,
+            engine=self._device.engine,
             mode=mode,
             duration_s=round(samples / SAMPLE_RATE, 3),
             speech_s=round(speech_s, 3),
