@@ -141,6 +141,57 @@ def load(model: WhisperModel, device: Device, cpu_threads: int) -> Any:
     )
 
 
+@dataclass(frozen=True)
+class Shape:
+    """The sizes that set how much device memory one 30-s window takes while decoded."""
+
+    width: int
+    decoder_layers: int
+    encoder_heads: int
+
+    def window_bytes(self, beams: int) -> int:
+        """An estimate, in float16, of one window's peak: the encoder output, the decoder's
+        cross-attention keys and values for each beam (CTranslate2 keeps a copy per beam),
+        and one encoder layer's attention matrix. Whisper base: about 134 MB at 5 beams;
+        large-v3: about 1.3 GB. The out-of-memory retry stands behind it."""
+        frames, half = 1500, 2
+        per_frame = self.width * half * (2 * self.decoder_layers * beams + 4)
+        return frames * per_frame + self.encoder_heads * frames * frames * half
+
+
+def shape(model: WhisperModel) -> Shape:
+    """From a Hugging Face `config.json`, or from the variable headers of a CTranslate2
+    `model.bin` (read past, not loaded)."""
+    config = json.loads((model.path / "config.json").read_text())
+    if config.get("model_type") == "whisper":
+        return Shape(config["d_model"], config["decoder_layers"], config["encoder_attention_heads"])
+    from models.whisper_torch import count_layers, ct2_shapes
+
+    shapes, heads = ct2_shapes(model.path / "model.bin")
+    width = shapes["decoder/embeddings/weight"][1]
+    return Shape(width, count_layers(shapes, "decoder"), heads)
+
+
+def windows_fitting(device: Device, window_bytes: int, asked: int) -> int:
+    """How many windows to decode at once: `asked`, fewer where the GPU's free memory (as
+    the driver reports it, so CTranslate2's use counts too) holds fewer, keeping a tenth
+    spare and twice each estimate; never less than one."""
+    if device.kind != "cuda" or window_bytes <= 0 or not torch_cuda_available():
+        return asked
+    import torch
+
+    free, _ = torch.cuda.mem_get_info()
+    return max(1, min(asked, int(free * 0.9) // (2 * window_bytes)))
+
+
+def release_device_memory() -> None:
+    """Give PyTorch's cached blocks back after an out-of-memory (CTranslate2 frees its own)."""
+    if torch_cuda_available():
+        import torch
+
+        torch.cuda.empty_cache()
+
+
 def _sha256(*paths: Path) -> str:
     """The SHA-256 of the files' bytes read one after another."""
     digest = hashlib.sha256()

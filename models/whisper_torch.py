@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -67,6 +67,27 @@ def read_ct2(path: Path) -> dict[str, np.ndarray]:
     return _dequantized(variables)
 
 
+def ct2_shapes(path: Path) -> tuple[dict[str, list[int]], int]:
+    """Each variable's shape in a CTranslate2 `model.bin`, its data skipped, and the encoder's
+    number of attention heads (a scalar variable)."""
+    with open(path, "rb") as handle:
+        _unpack(handle, "I")
+        _read_string(handle)
+        _unpack(handle, "I")
+        shapes: dict[str, list[int]] = {}
+        heads = 0
+        for _ in range(_unpack(handle, "I")):
+            name = _read_string(handle)
+            shapes[name] = [_unpack(handle, "I") for _ in range(_unpack(handle, "B"))]
+            type_id = _unpack(handle, "B")
+            size = _unpack(handle, "I")
+            if name == "encoder/num_heads":
+                heads = int(np.frombuffer(handle.read(size), dtype=_CT2_DTYPES[type_id])[0])
+            else:
+                handle.seek(size, 1)
+    return shapes, heads
+
+
 def _unpack(handle: BinaryIO, code: str) -> int:
     size = struct.calcsize(code)
     data = handle.read(size)
@@ -112,7 +133,7 @@ def hf_state_dict(variables: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     }
     for side in ("encoder", "decoder"):
         state.update(_layer_norm(variables, f"{side}/layer_norm", f"model.{side}.layer_norm"))
-        for index in range(_count_layers(variables, side)):
+        for index in range(count_layers(variables, side)):
             source, target = f"{side}/layer_{index}", f"model.{side}.layers.{index}"
             state.update(_attention(variables, f"{source}/self_attention", f"{target}.self_attn"))
             state.update(_layer_norm(variables, f"{source}/self_attention/layer_norm",
@@ -130,8 +151,9 @@ def hf_state_dict(variables: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return state
 
 
-def _count_layers(variables: dict[str, np.ndarray], side: str) -> int:
-    parts = (name.split("/") for name in variables if name.startswith(f"{side}/layer_"))
+def count_layers(names: Iterable[str], side: str) -> int:
+    """Layers of the `encoder` or `decoder` among CTranslate2 variable names."""
+    parts = (name.split("/") for name in names if name.startswith(f"{side}/layer_"))
     return len({part[1] for part in parts if part[1].removeprefix("layer_").isdigit()})
 
 
@@ -260,8 +282,8 @@ def load_modules(folder: Path, device: str, dtype: str) -> Any:
                 vocab_size=state["model.decoder.embed_tokens.weight"].shape[0],
                 num_mel_bins=state["model.encoder.conv1.weight"].shape[1],
                 d_model=state["model.decoder.embed_tokens.weight"].shape[1],
-                encoder_layers=_count_layers(variables, "encoder"),
-                decoder_layers=_count_layers(variables, "decoder"),
+                encoder_layers=count_layers(variables, "encoder"),
+                decoder_layers=count_layers(variables, "decoder"),
                 encoder_attention_heads=int(variables["encoder/num_heads"]),
                 decoder_attention_heads=int(variables["decoder/num_heads"]),
                 encoder_ffn_dim=state["model.encoder.layers.0.fc1.weight"].shape[0],

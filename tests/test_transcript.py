@@ -376,6 +376,71 @@ def test_an_engine_failure_while_decoding_is_retried_as_resource_limit(
     assert (failed.value.reason, failed.value.retryable) == (FailureReason.RESOURCE_LIMIT, True)
 
 
+class _EngineWithLittleMemory:
+    """Stands in for the batched pipeline on a small GPU: more than `fits` windows at once
+    run out of device memory while the segments are read, as CTranslate2 fails."""
+
+    def __init__(self, fits: int, message: str = "CUDA failed with error out of memory") -> None:
+        self.fits, self.message = fits, message
+        self.batches: list[int] = []
+
+    def transcribe(self, window: Any, **options: Any) -> tuple[Any, Any]:
+        self.batches.append(options["batch_size"])
+        fails = options["batch_size"] > self.fits
+
+        def pieces() -> Any:
+            yield SimpleNamespace(start=0.0, end=1.0, text=" مرحبا", avg_logprob=-0.2,
+                                  no_speech_prob=0.01, temperature=0.0, words=None)  # fmt: skip
+            if fails:
+                raise RuntimeError(self.message)
+
+        info = SimpleNamespace(
+            language="ar", language_probability=1.0, duration=1.0, duration_after_vad=1.0
+        )
+        return pieces(), info
+
+
+def test_a_gpu_out_of_memory_is_tried_again_with_half_the_windows(
+    models_dir: Path, tmp_path: Path
+) -> None:
+    """Not a failed job: the batch of windows halves until it fits, and the segment read
+    before the failure is not given twice."""
+    stage = TranscriptStage(TranscriptConfig(mode="batched"))
+    stage.setup(StageEnvironment(models_dir, device="cpu"))
+    stage._device = whisper.Device("cuda", "float16")
+    stage._pipeline = engine = _EngineWithLittleMemory(fits=2)
+    note = audio.speech(tmp_path / "note", "مرحبا")
+    result = stage.run(probed_item(note), tmp_path).result
+    assert engine.batches == [8, 4, 2]
+    assert [segment.text for segment in result.segments] == ["مرحبا"]
+    stage._pipeline = never = _EngineWithLittleMemory(fits=0)
+    with pytest.raises(StageError) as failed:
+        stage.run(probed_item(note), tmp_path)
+    assert never.batches == [8, 4, 2, 1]
+    assert (failed.value.reason, failed.value.retryable) == (FailureReason.RESOURCE_LIMIT, True)
+    stage._pipeline = broken = _EngineWithLittleMemory(fits=0, message="cuBLAS failed")
+    with pytest.raises(StageError) as failed:
+        stage.run(probed_item(note), tmp_path)
+    assert broken.batches == [8], "only memory is worth a smaller batch"
+    assert failed.value.reason is FailureReason.MODEL_ERROR
+
+
+def test_windows_at_once_are_capped_by_free_device_memory(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    base = whisper.Shape(width=512, decoder_layers=6, encoder_heads=8)
+    assert 130e6 < base.window_bytes(beams=5) < 140e6
+    cuda = whisper.Device("cuda", "float16")
+    assert whisper.windows_fitting(whisper.Device("cpu", "int8"), base.window_bytes(5), 8) == 8
+    if not whisper.torch_cuda_available():  # the arithmetic, with the driver's figure given
+        torch = pytest.importorskip("torch")
+        monkeypatch.setattr(whisper, "torch_cuda_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda: (1_000_000_000, 80_000_000_000))
+        assert whisper.windows_fitting(cuda, base.window_bytes(5), 8) == 3
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda: (10_000_000, 80_000_000_000))
+    assert 1 <= whisper.windows_fitting(cuda, base.window_bytes(5), 8) <= 8
+
+
 # --- packing short recordings -----------------------------------------------------------------
 
 

@@ -379,6 +379,8 @@ class TranscriptStage(Stage[TranscriptConfig, TranscriptResult]):
         self._window_engine: Any = None
         self._model_ref: whisper.WhisperModel | None = None
         self._device = whisper.Device("cpu", "int8")
+        #: Device memory one model window takes while decoded (an estimate, see whisper.Shape).
+        self._window_bytes = 0
         self._setup_error: str | None = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -401,6 +403,7 @@ class TranscriptStage(Stage[TranscriptConfig, TranscriptResult]):
             whisper.verify(model)
             self._device = whisper.choose_device(env.device, env.engine, model)
             self._model = whisper.load(model, self._device, self.config.cpu_threads)
+            self._window_bytes = whisper.shape(model).window_bytes(self.config.beam_size)
         except whisper.ModelMissing as error:
             self._setup_error = str(error)
             return
@@ -614,7 +617,7 @@ class TranscriptStage(Stage[TranscriptConfig, TranscriptResult]):
         for start, end in itertools.pairwise(edges):
             window = _as_float(samples[start:end])
             options = transcribe_options(self.config, language, batched=self._pipeline is not None)
-            pieces, info = self._model_call(window, options)
+            pieces, info = self._model_call(window, options, deadline)
             if self.config.language == "auto" and start == 0:
                 language, probability = info.language, round(float(info.language_probability), 4)
             speech_s += float(info.duration_after_vad if self.config.vad else info.duration)
@@ -661,7 +664,7 @@ class TranscriptStage(Stage[TranscriptConfig, TranscriptResult]):
             "without_timestamps": False,
         }
         options.pop("vad_parameters")
-        pieces, _ = self._model_call(audio, options, self._window_engine)
+        pieces, _ = self._model_call(audio, options, deadline, self._window_engine)
         heard: list[list[Any]] = [[] for _ in windows]
         for piece in _from_engine(pieces):
             _check(deadline)
@@ -810,17 +813,40 @@ class TranscriptStage(Stage[TranscriptConfig, TranscriptResult]):
         )
 
     def _model_call(
-        self, window: np.ndarray, options: dict[str, Any], engine: Any = None
+        self, window: np.ndarray, options: dict[str, Any], deadline: float, engine: Any = None
     ) -> tuple[Iterator[Any], Any]:
         """`engine` on `window`, its failures classified; by default the batched pipeline
-        where the mode is batched, else the model."""
+        where the mode is batched, else the model.
+
+        A batched call (`batch_size`) decodes at most the windows the device's free memory
+        holds (`whisper.windows_fitting`), and when the device runs out all the same, it is
+        made again with half the windows, down to one, before the job fails: its segments are
+        read here, so that no segment of a failed try is given twice."""
         if engine is None:
             engine = self._pipeline if self._pipeline is not None else self._model
-        try:
-            result: tuple[Iterator[Any], Any] = engine.transcribe(window, **options)
-        except RuntimeError as error:
-            raise engine_failure(error) from None
-        return result
+        if "batch_size" not in options:
+            try:
+                result: tuple[Iterator[Any], Any] = engine.transcribe(window, **options)
+            except RuntimeError as error:
+                raise engine_failure(error) from None
+            return result
+        windows = whisper.windows_fitting(self._device, self._window_bytes, options["batch_size"])
+        while True:
+            try:
+                pieces, info = engine.transcribe(window, **{**options, "batch_size": windows})
+                read = []
+                for piece in _from_engine(pieces):
+                    _check(deadline)
+                    read.append(piece)
+                return iter(read), info
+            except RuntimeError as error:
+                failure = engine_failure(error)
+            except StageError as error:
+                failure = error
+            if failure.reason is not FailureReason.RESOURCE_LIMIT or windows == 1:
+                raise failure
+            whisper.release_device_memory()
+            windows //= 2
 
     def _segment(
         self,
