@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 SYSTEM_TOOLS := ffmpeg ffprobe exiftool espeak-ng chromium chromedriver
 
-.PHONY: demo test lint typecheck system-tools setup clean fuzz
+.PHONY: demo test lint typecheck system-tools setup clean fuzz gpu-bundle gpu-check
 
 system-tools:
 	@missing=""; for tool in $(SYSTEM_TOOLS); do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
@@ -50,5 +50,15 @@ FUZZ_MINUTES ?= 10
 fuzz: setup
 	$(BIN)/python -m tests.hardening.fuzz_campaign --minutes $(FUZZ_MINUTES)
 
+# The GPU check (pipelines/gpu_check.py). `gpu-bundle`, here: the speech as arrays and Whisper
+# base in parts of 40 MiB under .gpu-bundle/, for calls that carry 64 MiB each. `gpu-check`, on
+# the lent GPU machine, with its own Python (no venv there), after each call's parts were kept
+# by `python3 -m pipelines.gpu_check stash`: without a GPU it stops at once (exit 3).
+gpu-bundle: setup
+	$(BIN)/python -m pipelines.gpu_check bundle --models qarina-data/models --to .gpu-bundle
+
+gpu-check:
+	$(PYTHON) -m pipelines.gpu_check check
+
 clean:
-	rm -rf $(VENV) qarina-data .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) qarina-data .mypy_cache .ruff_cache .pytest_cache .gpu-bundle gpu-check-out

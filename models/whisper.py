@@ -192,6 +192,56 @@ def release_device_memory() -> None:
         torch.cuda.empty_cache()
 
 
+def split_into_parts(folder: Path, target: Path, part_bytes: int) -> dict[str, Any]:
+    """A model folder written as parts of at most `part_bytes` each, for a machine that takes
+    only so much per transfer (a lent GPU machine takes 64 MiB a call): the weights cut in
+    pieces, the small files whole, and a manifest of every file's SHA-256 and the weights'
+    own, which `join_parts` checks."""
+    target.mkdir(parents=True, exist_ok=True)
+    weights = _weights(folder)
+    if len(weights) != 1:
+        raise ModelMissing(f"{folder}: one weights file expected, found {len(weights)}")
+    manifest: dict[str, Any] = {"weights": weights[0].name, "sha256": _sha256(weights[0]),
+                                "parts": [], "files": {}}  # fmt: skip
+    with open(weights[0], "rb") as reader:
+        while chunk := reader.read(part_bytes):
+            name = f"{weights[0].name}.part{len(manifest['parts']) + 1}"
+            (target / name).write_bytes(chunk)
+            manifest["parts"].append({"name": name, "sha256": hashlib.sha256(chunk).hexdigest()})
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and path != weights[0] and path.name != "manifest.json":
+            shutil.copy(path, target / path.name)
+            manifest["files"][path.name] = _sha256(path)
+    (target / "parts.json").write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
+def join_parts(parts: Path, folder: Path) -> WhisperModel:
+    """The model folder again from `split_into_parts`'s output, each part and file checked
+    against the manifest and the joined weights against their own SHA-256.
+
+    Raises:
+        ModelMissing: a part or file is missing or differs from what was split.
+    """
+    manifest = json.loads((parts / "parts.json").read_text())
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, sha256 in manifest["files"].items():
+        if not (parts / name).is_file() or _sha256(parts / name) != sha256:
+            raise ModelMissing(f"{name} is missing or differs from the one split")
+        shutil.copy(parts / name, folder / name)
+    with open(folder / manifest["weights"], "wb") as joined:
+        for part in manifest["parts"]:
+            path = parts / part["name"]
+            if not path.is_file() or _sha256(path) != part["sha256"]:
+                raise ModelMissing(f"{part['name']} is missing or differs from the one split")
+            with open(path, "rb") as reader:
+                shutil.copyfileobj(reader, joined, _CHUNK)
+    model = from_folder(folder)
+    if model.sha256 != manifest["sha256"]:
+        raise ModelMissing(f"the joined {manifest['weights']} differs from the one split")
+    return model
+
+
 def _sha256(*paths: Path) -> str:
     """The SHA-256 of the files' bytes read one after another."""
     digest = hashlib.sha256()

@@ -91,3 +91,26 @@ def test_auto_keeps_ctranslate2_on_a_cpu_and_names_unknown_engines() -> None:
     )
     with pytest.raises(ValueError, match="unknown speech engine"):
         whisper.choose_device("cpu", "onnx")
+
+
+def test_weights_travel_in_parts_and_are_joined_only_as_they_were(
+    base_model: whisper.WhisperModel, tmp_path: Path
+) -> None:
+    """How Whisper base reaches a machine that takes 64 MiB a call: in parts, joined there
+    and checked by SHA-256; a damaged or missing part is refused, never joined."""
+    manifest = whisper.split_into_parts(base_model.path, tmp_path / "parts", 60 * 2**20)
+    assert len(manifest["parts"]) == 3
+    joined = whisper.join_parts(tmp_path / "parts", tmp_path / "joined")
+    assert joined.sha256 == base_model.sha256
+    assert (tmp_path / "joined" / "tokenizer.json").read_bytes() == (
+        base_model.path / "tokenizer.json"
+    ).read_bytes()
+    damaged = tmp_path / "parts" / manifest["parts"][1]["name"]
+    with damaged.open("r+b") as part:
+        part.seek(1000)
+        part.write(b"\xff")
+    with pytest.raises(ModelMissing, match="part2 is missing or differs"):
+        whisper.join_parts(tmp_path / "parts", tmp_path / "again")
+    damaged.unlink()
+    with pytest.raises(ModelMissing, match="part2 is missing or differs"):
+        whisper.join_parts(tmp_path / "parts", tmp_path / "again")

@@ -1,0 +1,295 @@
+"""`make gpu-check`: the GPU paths measured in one short run on a lent GPU machine.
+
+A GPU machine is lent for minutes, with an image of its own: Python and PyTorch, but no Ray,
+no ffmpeg binary and no network, and at most 64 MiB carried per call. So what the check reads
+is prepared here by `make gpu-bundle` (`bundle`): the speech decoded to arrays with its
+reference texts (corpus clips one by one, the shape of voice notes, and joined into one long
+recording), and Whisper base's weights in parts of at most 40 MiB (`whisper.split_into_parts`).
+On the machine, `stash` keeps each call's carried part in a folder that lives while the machine
+stays warm, and `check` joins them (each part, and the whole, checked by SHA-256) and measures:
+
+- the GPU tests (`pytest -m gpu` on tests/test_gpu.py, which fail rather than skip there);
+- transcription on the GPU (the PyTorch engine, float16, batched) against the CPU of the same
+  machine (CTranslate2 int8 where it loads, else PyTorch float32): real-time factors on the
+  long recording and on the notes, and character error rates against the references.
+
+Every figure goes to `gpu-check.json` under `--out` (or $OUT), with `nvidia-smi`'s summary.
+Without a GPU the check stops at once with a message and exit status 3; `--rehearse` runs
+every step on the CPU instead, on a shorter recording, so the script is tried before any
+device time is spent on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models import whisper
+
+#: A part of the weights per transfer: 40 MiB leaves room for the tree and the speech.
+PART_BYTES = 40 * 2**20
+#: Where carried parts wait for the last call, on the lent machine (kept while it is warm).
+STASH = Path(tempfile.gettempdir()) / "qarina-gpu-stash"
+SAMPLE_RATE = 16_000
+NO_GPU = 3
+#: The issue's targets: Whisper base float16 batched on the long recording, and its CER
+#: no worse than the CPU's by more than this.
+TARGET_REAL_TIME = 300.0
+TARGET_CER_MARGIN = 0.01
+
+
+def _arabic_normaliser() -> Callable[[str], str]:
+    """workers/arabic.py's `normalise`, the one the transcript evaluation scores with, loaded
+    from its file: importing the `workers` package would import every stage and the packages
+    they need, which the GPU image does not hold."""
+    path = Path(__file__).resolve().parents[1] / "workers" / "arabic.py"
+    spec = importlib.util.spec_from_file_location("qarina_arabic", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    normalise: Callable[[str], str] = module.normalise
+    return normalise
+
+
+def gpu_name() -> str | None:
+    """The CUDA device PyTorch sees, or None."""
+    if not whisper.torch_cuda_available():
+        return None
+    import torch
+
+    name: str = torch.cuda.get_device_name(0)
+    return name
+
+
+def bundle(corpus: Path, models_dir: Path, target: Path, long_minutes: float) -> dict[str, Any]:
+    """The speech arrays (int16), their references, and the weights in parts, under `target`."""
+    from faster_whisper.audio import decode_audio
+
+    from pipelines.transcript_eval import corpus_clips
+
+    clips = corpus_clips(corpus / "audio_ar")
+    notes = [decode_audio(str(corpus / "audio_ar" / clip.file)) for clip in clips]
+    pause = np.zeros(SAMPLE_RATE // 2, dtype=np.float32)
+    one_pass = np.concatenate([piece for note in notes for piece in (note, pause)])
+    repeats = max(1, int(long_minutes * 60 * SAMPLE_RATE // len(one_pass)))
+    target.mkdir(parents=True, exist_ok=True)
+    np.savez(
+        target / "speech.npz",
+        long=_int16(np.concatenate([one_pass] * repeats)),
+        notes=_int16(np.concatenate(notes)),
+        note_lengths=np.array([len(note) for note in notes]),
+    )
+    references = [clip.reference for clip in clips]
+    (target / "speech.json").write_text(
+        json.dumps({"references": references, "long_repeats": repeats}, ensure_ascii=False)
+    )
+    parts = whisper.split_into_parts(
+        whisper.assemble_base(models_dir).path, target / "whisper-base", PART_BYTES
+    )
+    return {"notes": len(notes), "long_s": len(one_pass) * repeats / SAMPLE_RATE,
+            "parts": [part["name"] for part in parts["parts"]]}  # fmt: skip
+
+
+def _int16(samples: np.ndarray) -> np.ndarray:
+    return np.clip(samples * 32768.0, -32768, 32767).astype(np.int16)
+
+
+def stash(bundle_dir: Path, stash_dir: Path = STASH) -> list[str]:
+    """Keep what this call carried of the bundle for a later call (parts travel apart)."""
+    kept = []
+    for path in sorted(bundle_dir.rglob("*")):
+        if path.is_file():
+            into = stash_dir / path.relative_to(bundle_dir)
+            into.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, into)
+            kept.append(str(path.relative_to(bundle_dir)))
+    return kept
+
+
+def check(bundle_dir: Path, out: Path, rehearse: bool) -> int:
+    """Measure and write `gpu-check.json`; the exit status says whether every step ran."""
+    gpu = gpu_name()
+    if gpu is None and not rehearse:
+        print(
+            "gpu-check: no CUDA device is visible to PyTorch here, so there is nothing to "
+            "measure; run it on a lent GPU machine (or --rehearse to try the steps on the CPU)",
+            file=sys.stderr,
+        )
+        return NO_GPU
+    out.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {"machine": _machine(gpu), "rehearsal": rehearse, "steps": {}}
+    _nvidia_smi(out)
+    failed = False
+    with tempfile.TemporaryDirectory(prefix="qarina-gpu-") as scratch:
+        model = whisper.join_parts(bundle_dir / "whisper-base", Path(scratch) / "whisper-base")
+        report["model"] = {"name": model.name, "sha256": model.sha256}
+        steps: dict[str, Callable[[], dict[str, Any]]] = {
+            "pytest_gpu": lambda: _pytest_gpu(model, rehearse),
+            "transcription": lambda: _transcription(model, bundle_dir, gpu is not None, rehearse),
+        }
+        for name, step in steps.items():
+            started = time.monotonic()
+            try:
+                report["steps"][name] = step()
+            except Exception as error:  # every step reports, whatever one of them did
+                report["steps"][name] = {"error": f"{type(error).__name__}: {error}"}
+                failed = True
+            report["steps"][name]["wall_s"] = round(time.monotonic() - started, 2)
+    (out / "gpu-check.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
+    print(json.dumps(report["steps"], indent=2, ensure_ascii=False))
+    return 1 if failed or report["steps"]["pytest_gpu"].get("exit_status") else 0
+
+
+def _machine(gpu: str | None) -> dict[str, Any]:
+    import torch
+
+    return {
+        "gpu": gpu,
+        "cuda": torch.version.cuda,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+    }
+
+
+def _nvidia_smi(out: Path) -> None:
+    program = shutil.which("nvidia-smi")
+    if program is not None:
+        summary = subprocess.run([program], check=False, capture_output=True, text=True, timeout=30)
+        (out / "nvidia-smi.txt").write_text(summary.stdout + summary.stderr)
+
+
+def _pytest_gpu(model: whisper.WhisperModel, rehearse: bool) -> dict[str, Any]:
+    """tests/test_gpu.py alone, without the suite's conftest (it needs the store's packages,
+    which the GPU image lacks); on the GPU, a skip is a failure (QARINA_REQUIRE_GPU)."""
+    environment = {**os.environ, "QARINA_WHISPER_MODEL": str(model.path)}
+    if not rehearse:
+        environment["QARINA_REQUIRE_GPU"] = "1"
+    command = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "--noconftest",
+               "-p", "no:cacheprovider", "tests/test_gpu.py"]  # fmt: skip
+    run = subprocess.run(
+        command, check=False, capture_output=True, text=True, timeout=240, env=environment
+    )
+    return {"exit_status": run.returncode, "summary": run.stdout.strip().splitlines()[-1:]}
+
+
+def _transcription(
+    model: whisper.WhisperModel, bundle_dir: Path, on_gpu: bool, rehearse: bool
+) -> dict[str, Any]:
+    """Each engine on the long recording (batched) and on the notes one by one."""
+    speech = np.load(bundle_dir / "speech.npz")
+    references = json.loads((bundle_dir / "speech.json").read_text())["references"]
+    ends = np.cumsum(speech["note_lengths"])
+    notes = [piece.astype(np.float32) / 32768.0 for piece in np.split(speech["notes"], ends[:-1])]
+    long = speech["long"].astype(np.float32) / 32768.0
+    if rehearse:
+        notes, references, long = notes[:2], references[:2], long[: 10 * SAMPLE_RATE]
+    gpu = (
+        whisper.Device("cuda", "float16", whisper.TORCH)
+        if on_gpu
+        else whisper.Device("cpu", "float32", whisper.TORCH)
+    )
+    figures = {"gpu_torch_float16" if on_gpu else "rehearsal_torch_float32":
+               _engine_figures(model, gpu, long, notes, references, batch=16)}  # fmt: skip
+    figures["cpu"] = _engine_figures(model, _cpu_device(), long, notes, references, batch=8)
+    if on_gpu:
+        fast, slow = figures["gpu_torch_float16"], figures["cpu"]
+        figures["targets"] = {
+            "long_real_time_at_least_300x": fast["long"]["real_time"] >= TARGET_REAL_TIME,
+            "notes_cer_within_0.01_of_cpu": fast["notes"]["cer"]
+            <= slow["notes"]["cer"] + TARGET_CER_MARGIN,
+        }
+    return figures
+
+
+def _cpu_device() -> whisper.Device:
+    """CTranslate2 int8, as CPU workers run, where its library loads; else PyTorch."""
+    try:
+        whisper.ctranslate2_cuda_devices()
+    except (ImportError, OSError):
+        return whisper.Device("cpu", "float32", whisper.TORCH)
+    return whisper.Device("cpu", "int8")
+
+
+def _engine_figures(
+    model: whisper.WhisperModel,
+    device: whisper.Device,
+    long: np.ndarray,
+    notes: list[np.ndarray],
+    references: list[str],
+    batch: int,
+) -> dict[str, Any]:
+    import jiwer
+    from faster_whisper import BatchedInferencePipeline
+
+    normalise = _arabic_normaliser()
+    started = time.monotonic()
+    loaded = whisper.load(model, device, cpu_threads=os.cpu_count() or 1)
+    load_s = time.monotonic() - started
+    options = {"language": "ar", "beam_size": 5, "vad_filter": True}
+    started = time.monotonic()
+    segments, _ = BatchedInferencePipeline(loaded).transcribe(long, batch_size=batch, **options)
+    long_text = " ".join(segment.text for segment in segments)
+    long_s = time.monotonic() - started
+    heard = []
+    started = time.monotonic()
+    for note in notes:
+        segments, _ = loaded.transcribe(note, temperature=0.0, **options)
+        heard.append(normalise(" ".join(segment.text for segment in segments)))
+    notes_s = time.monotonic() - started
+    audio_s = sum(len(note) for note in notes) / SAMPLE_RATE
+    return {
+        "engine": device.engine,
+        "device": device.kind,
+        "compute_type": device.compute_type,
+        "load_s": round(load_s, 2),
+        "long": {"audio_s": round(len(long) / SAMPLE_RATE, 1), "wall_s": round(long_s, 2),
+                 "real_time": round(len(long) / SAMPLE_RATE / long_s, 1),
+                 "characters": len(long_text)},
+        "notes": {"count": len(notes), "audio_s": round(audio_s, 1), "wall_s": round(notes_s, 2),
+                  "real_time": round(audio_s / notes_s, 2),
+                  "cer": round(jiwer.cer([normalise(text) for text in references], heard), 4)},
+    }  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipelines.gpu_check", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    made = commands.add_parser("bundle", help="prepare what the GPU machine reads (here)")
+    made.add_argument("--corpus", type=Path, default=Path("../shared/corpus"))
+    made.add_argument("--models", type=Path, default=Path("qarina-data/models"))
+    made.add_argument("--to", type=Path, default=Path(".gpu-bundle"))
+    made.add_argument("--long-minutes", type=float, default=10.0)
+    kept = commands.add_parser("stash", help="keep this call's carried parts (GPU machine)")
+    kept.add_argument("--bundle", type=Path, default=Path(".gpu-bundle"))
+    measured = commands.add_parser("check", help="join the parts and measure (GPU machine)")
+    measured.add_argument("--bundle", type=Path, default=STASH)
+    measured.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "gpu-check-out")))
+    measured.add_argument("--rehearse", action="store_true", help="run the steps on the CPU")
+    arguments = parser.parse_args(argv)
+    if arguments.command == "bundle":
+        print(json.dumps(bundle(arguments.corpus, arguments.models, arguments.to,
+                                arguments.long_minutes)))  # fmt: skip
+        return 0
+    if arguments.command == "stash":
+        print(json.dumps(stash(arguments.bundle)))
+        return 0
+    return check(arguments.bundle, arguments.out, arguments.rehearse)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
