@@ -54,8 +54,17 @@ fuzz: setup
 # base in parts of 40 MiB under .gpu-bundle/, for calls that carry 64 MiB each. `gpu-check`, on
 # the lent GPU machine, with its own Python (no venv there), after each call's parts were kept
 # by `python3 -m pipelines.gpu_check stash`: without a GPU it stops at once (exit 3).
+# The wheels the image lacks go too (Python 3.12 builds of what this venv runs), under
+# .gpu-bundle/wheels-*: av and ctranslate2 each fill most of a call.
+GPU_WHEELS := faster-whisper ctranslate2 av jiwer rapidfuzz
 gpu-bundle: setup
 	$(BIN)/python -m pipelines.gpu_check bundle --models qarina-data/models --to .gpu-bundle
+	for package in $(GPU_WHEELS); do \
+		$(BIN)/python -m pip download -q --only-binary=:all: --no-deps --python-version 3.12 \
+			--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+			-d .gpu-bundle/wheels-$$package "$$package==$$($(BIN)/python -m pip show $$package | sed -n 's/^Version: //p')" \
+			|| exit 1; \
+	done
 
 gpu-check:
 	$(PYTHON) -m pipelines.gpu_check check
