@@ -349,14 +349,24 @@ def test_engine_failures_are_the_engines_and_retried_not_bugs() -> None:
     assert "CUBLAS" not in other.detail
 
 
-class _EngineOutOfMemory:
-    """Stands in for the loaded model: like CTranslate2 it decodes lazily, and the failure
-    comes while the segments are read, after transcribe() has returned."""
+class _EngineWithLittleMemory:
+    """Stands in for the loaded model on a small GPU: like CTranslate2 it decodes lazily, and
+    with more than `fits` windows at once (one, unbatched) it runs out of device memory
+    while the segments are read, after transcribe() has returned."""
+
+    def __init__(self, fits: int, message: str = "CUDA failed with error out of memory") -> None:
+        self.fits, self.message = fits, message
+        self.batches: list[int] = []
 
     def transcribe(self, window: Any, **options: Any) -> tuple[Any, Any]:
+        self.batches.append(options.get("batch_size", 1))
+        fails = self.batches[-1] > self.fits
+
         def pieces() -> Any:
-            raise RuntimeError("CUDA failed with error out of memory")
-            yield
+            yield SimpleNamespace(start=0.0, end=1.0, text=" مرحبا", avg_logprob=-0.2,
+                                  no_speech_prob=0.01, temperature=0.0, words=None)  # fmt: skip
+            if fails:
+                raise RuntimeError(self.message)
 
         info = SimpleNamespace(
             language="ar", language_probability=1.0, duration=1.0, duration_after_vad=1.0
@@ -369,35 +379,11 @@ def test_an_engine_failure_while_decoding_is_retried_as_resource_limit(
 ) -> None:
     stage = TranscriptStage()
     stage.setup(StageEnvironment(models_dir, device="cpu"))
-    stage._model = stage._window_engine = _EngineOutOfMemory()
+    stage._model = stage._window_engine = _EngineWithLittleMemory(fits=0)
     note = audio.speech(tmp_path / "note", "مرحبا")
     with pytest.raises(StageError) as failed:
         stage.run(probed_item(note), tmp_path)
     assert (failed.value.reason, failed.value.retryable) == (FailureReason.RESOURCE_LIMIT, True)
-
-
-class _EngineWithLittleMemory:
-    """Stands in for the batched pipeline on a small GPU: more than `fits` windows at once
-    run out of device memory while the segments are read, as CTranslate2 fails."""
-
-    def __init__(self, fits: int, message: str = "CUDA failed with error out of memory") -> None:
-        self.fits, self.message = fits, message
-        self.batches: list[int] = []
-
-    def transcribe(self, window: Any, **options: Any) -> tuple[Any, Any]:
-        self.batches.append(options["batch_size"])
-        fails = options["batch_size"] > self.fits
-
-        def pieces() -> Any:
-            yield SimpleNamespace(start=0.0, end=1.0, text=" مرحبا", avg_logprob=-0.2,
-                                  no_speech_prob=0.01, temperature=0.0, words=None)  # fmt: skip
-            if fails:
-                raise RuntimeError(self.message)
-
-        info = SimpleNamespace(
-            language="ar", language_probability=1.0, duration=1.0, duration_after_vad=1.0
-        )
-        return pieces(), info
 
 
 def test_a_gpu_out_of_memory_is_tried_again_with_half_the_windows(
