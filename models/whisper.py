@@ -13,8 +13,10 @@ downloaded: a missing model is an error that says what to install.
 from __future__ import annotations
 
 import base64
+import ctypes
 import fcntl
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -71,18 +73,24 @@ def choose_device(
 ) -> Device:
     """`prefer` `auto` takes a GPU where an engine can use one; `cpu` and `cuda` force it.
 
-    `engine` `auto` keeps CTranslate2 (int8 on a CPU, float16 on a GPU it sees) and takes
-    PyTorch only where CTranslate2 has no CUDA but PyTorch does (a GPU image built for another
-    CUDA), or where the model is a Hugging Face checkpoint. PyTorch runs float16 on a GPU,
-    float32 on a CPU, where its int8 would change the numbers CTranslate2's does not.
+    `engine` `auto` keeps CTranslate2 (int8 on a CPU, float16 on a GPU it can use) and takes
+    PyTorch only where CTranslate2 cannot use the GPU but PyTorch can (a GPU image built for
+    another CUDA), or where the model is a Hugging Face checkpoint. PyTorch runs float16 on a
+    GPU, float32 on a CPU, where its int8 would change the numbers CTranslate2's does not.
+
+    Raises:
+        ModelMissing: the engine is unknown, or cannot run this model: a worker told so fails
+            each job with the reason instead of dying.
     """
     if engine == "auto":
         engine = _auto_engine(prefer, model)
+    if engine not in (CTRANSLATE2, TORCH):
+        raise ModelMissing(f"unknown speech engine {engine!r}: auto, {CTRANSLATE2} or {TORCH}")
+    if model is not None and engine not in model.engines:
+        raise ModelMissing(f"{model.path} is a Hugging Face checkpoint: only {TORCH} runs it")
     if engine == TORCH:
         cuda = prefer == "cuda" or (prefer == "auto" and torch_cuda_available())
         return Device("cuda", "float16", TORCH) if cuda else Device("cpu", "float32", TORCH)
-    if engine != CTRANSLATE2:
-        raise ValueError(f"unknown speech engine {engine!r}: auto, {CTRANSLATE2} or {TORCH}")
     if prefer == "cuda" or (prefer == "auto" and ctranslate2_cuda_devices() > 0):
         return Device("cuda", "float16")
     return Device("cpu", "int8")
@@ -96,20 +104,39 @@ def _auto_engine(prefer: str, model: WhisperModel | None) -> str:
     return CTRANSLATE2
 
 
+#: What CTranslate2's CUDA build opens at its first matrix product and convolution: it counts
+#: GPUs through the driver alone, so on an image without CUDA 12's libraries it would count
+#: one, then fail on the first job.
+CTRANSLATE2_CUDA_LIBRARIES = ("libcublas.so.12", "libcudnn.so.9")
+
+
 def ctranslate2_cuda_devices() -> int:
     """GPUs CTranslate2 can use: none where its CUDA libraries do not load."""
     import ctranslate2  # a heavy import, only for processes that transcribe
 
     count: int = ctranslate2.get_cuda_device_count()
+    if count == 0:
+        return 0
+    for library in CTRANSLATE2_CUDA_LIBRARIES:
+        try:
+            ctypes.CDLL(library)
+        except OSError:
+            return 0
     return count
 
 
+def nvidia_device_present() -> bool:
+    """An NVIDIA driver with a device, seen without importing any CUDA library."""
+    return Path("/dev/nvidia0").exists() or Path("/proc/driver/nvidia/version").exists()
+
+
 def torch_cuda_available() -> bool:
-    """Whether PyTorch is installed and sees a GPU."""
-    try:
-        import torch
-    except ImportError:
+    """Whether PyTorch is installed and sees a GPU (not imported at all on a machine without
+    an NVIDIA device: it costs seconds and hundreds of MB)."""
+    if not nvidia_device_present() or importlib.util.find_spec("torch") is None:
         return False
+    import torch
+
     available: bool = torch.cuda.is_available()
     return available
 
@@ -121,15 +148,16 @@ def load(model: WhisperModel, device: Device, cpu_threads: int) -> Any:
         ModelMissing: PyTorch was asked for but is not installed, or the weights do not load.
     """
     if device.engine == TORCH:
+        from models import whisper_torch
+
         try:
-            from models import whisper_torch
+            return whisper_torch.faster_whisper_model(
+                model.path, device.kind, device.compute_type, cpu_threads
+            )
         except ImportError as error:
             raise ModelMissing(
                 f"the PyTorch speech engine needs torch and transformers ({error})"
             ) from None
-        return whisper_torch.faster_whisper_model(
-            model.path, device.kind, device.compute_type, cpu_threads
-        )
     from faster_whisper import WhisperModel as FasterWhisperModel
 
     return FasterWhisperModel(
@@ -161,26 +189,41 @@ class Shape:
 
 def shape(model: WhisperModel) -> Shape:
     """From a Hugging Face `config.json`, or from the variable headers of a CTranslate2
-    `model.bin` (read past, not loaded)."""
-    config = json.loads((model.path / "config.json").read_text())
-    if config.get("model_type") == "whisper":
-        return Shape(config["d_model"], config["decoder_layers"], config["encoder_attention_heads"])
+    `model.bin` (read past, not loaded).
+
+    Raises:
+        ModelMissing: the files do not say.
+    """
     from models.whisper_torch import count_layers, ct2_shapes
 
-    shapes, heads = ct2_shapes(model.path / "model.bin")
-    width = shapes["decoder/embeddings/weight"][1]
-    return Shape(width, count_layers(shapes, "decoder"), heads)
+    try:
+        config = json.loads((model.path / "config.json").read_text())
+        if config.get("model_type") == "whisper":
+            return Shape(
+                config["d_model"], config["decoder_layers"], config["encoder_attention_heads"]
+            )
+        shapes, heads = ct2_shapes(model.path / "model.bin")
+        return Shape(shapes["decoder/embeddings/weight"][1], count_layers(shapes, "decoder"), heads)
+    except (OSError, ValueError, KeyError, IndexError) as error:
+        raise ModelMissing(f"{model.path}: the model's sizes cannot be read ({error!r})") from None
 
 
 def windows_fitting(device: Device, window_bytes: int, asked: int) -> int:
-    """How many windows to decode at once: `asked`, fewer where the GPU's free memory (as
-    the driver reports it, so CTranslate2's use counts too) holds fewer, keeping a tenth
-    spare and twice each estimate; never less than one."""
-    if device.kind != "cuda" or window_bytes <= 0 or not torch_cuda_available():
+    """How many windows to decode at once on the PyTorch engine's GPU: `asked`, fewer where the
+    free device memory (the driver's figure, plus PyTorch's cached blocks, which are free to
+    it) holds fewer, keeping a tenth spare and twice each estimate; never less than one.
+
+    CTranslate2's engine is not capped: reading the free memory would mean a PyTorch CUDA
+    context (hundreds of MB) in a process that otherwise has none; its out-of-memory retry
+    (halving the windows) stands alone there."""
+    if device.kind != "cuda" or device.engine != TORCH or window_bytes <= 0:
+        return asked
+    if not torch_cuda_available():
         return asked
     import torch
 
     free, _ = torch.cuda.mem_get_info()
+    free += torch.cuda.memory_reserved() - torch.cuda.memory_allocated()
     return max(1, min(asked, int(free * 0.9) // (2 * window_bytes)))
 
 

@@ -37,8 +37,9 @@ _BFLOAT16 = 5
 
 
 def read_ct2(path: Path) -> dict[str, np.ndarray]:
-    """Every variable of a CTranslate2 `model.bin` (format 6), aliases resolved, int8
-    weights dequantized with their scales, all as float32 or integer arrays.
+    """Every variable of a CTranslate2 `model.bin` (format 6), int8 and int16 weights
+    dequantized with their scales, then aliases resolved (CTranslate2 aliases before it
+    quantizes, so an alias has no scale of its own), as float32 or integer arrays.
 
     Raises:
         ModelMissing: the file is not a CTranslate2 model this reader knows.
@@ -50,6 +51,7 @@ def read_ct2(path: Path) -> dict[str, np.ndarray]:
         _read_string(handle)  # the spec's name
         _unpack(handle, "I")  # its revision
         variables: dict[str, np.ndarray] = {}
+        aliases: dict[str, str] = {}
         for _ in range(_unpack(handle, "I")):
             name = _read_string(handle)
             shape = [_unpack(handle, "I") for _ in range(_unpack(handle, "B"))]
@@ -63,8 +65,10 @@ def read_ct2(path: Path) -> dict[str, np.ndarray]:
             variables[name] = array
         for _ in range(_unpack(handle, "I")):
             alias, target = _read_string(handle), _read_string(handle)
-            variables[alias] = variables[target]
-    return _dequantized(variables)
+            aliases[alias] = target
+    dequantized = _dequantized(variables)
+    dequantized.update({alias: dequantized[target] for alias, target in aliases.items()})
+    return dequantized
 
 
 def ct2_shapes(path: Path) -> tuple[dict[str, list[int]], int]:
@@ -103,13 +107,14 @@ def _read_string(handle: BinaryIO) -> str:
 
 
 def _dequantized(variables: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """CTranslate2 stores int8 weights as round(weight * scale), a scale per output row."""
+    """CTranslate2 stores int8 weights as round(weight * scale), a scale per output row, and
+    int16 weights with one scale for the whole matrix."""
     result: dict[str, np.ndarray] = {}
     for name, stored in variables.items():
         if name.endswith("/weight_scale"):
             continue
         scale = variables.get(name + "_scale")
-        if scale is not None and stored.dtype == np.int8:
+        if scale is not None and stored.dtype in (np.int8, np.int16):
             scales = scale.astype(np.float32).reshape(-1, *([1] * (stored.ndim - 1)))
             result[name] = stored.astype(np.float32) / scales
         else:
@@ -211,22 +216,24 @@ class TokenRules:
 def token_rules(
     folder: Path, tokenizer: Any, decoder_layers: int, decoder_heads: int
 ) -> TokenRules:
-    """From CTranslate2's `config.json` or transformers' `generation_config.json`, whichever
-    the folder holds; without alignment heads, the upper half of the decoder's heads (what
-    openai-whisper and CTranslate2 assume too)."""
+    """From transformers' `generation_config.json`, else the `config.json` beside it (older
+    checkpoints keep the suppressed tokens there, CTranslate2 folders its own keys); the
+    languages, where no file lists them, from the tokenizer's `<|xx|>` tokens; without
+    alignment heads, the upper half of the decoder's heads (what openai-whisper and
+    CTranslate2 assume too)."""
+    config = json.loads((folder / "config.json").read_text())
     generation = folder / "generation_config.json"
     if generation.is_file():
-        config = json.loads(generation.read_text())
-        languages = sorted(config.get("lang_to_id", {}).values())
-        suppressed = config.get("suppress_tokens", [])
-        blank = config.get("begin_suppress_tokens", [])
-        heads = config.get("alignment_heads")
-    else:
-        config = json.loads((folder / "config.json").read_text())
+        config = {**config, **json.loads(generation.read_text())}
+    if "lang_ids" in config or "suppress_ids" in config:  # a CTranslate2 folder
         languages = config.get("lang_ids", [])
         suppressed = config.get("suppress_ids", [])
         blank = config.get("suppress_ids_begin", [])
-        heads = config.get("alignment_heads")
+    else:
+        languages = sorted(config.get("lang_to_id", {}).values()) or _language_ids(tokenizer)
+        suppressed = config.get("suppress_tokens") or []
+        blank = config.get("begin_suppress_tokens") or []
+    heads = config.get("alignment_heads")
     if not heads:
         heads = [[layer, head] for layer in range(decoder_layers // 2, decoder_layers)
                  for head in range(decoder_heads)]  # fmt: skip
@@ -305,6 +312,17 @@ def load_modules(folder: Path, device: str, dtype: str) -> Any:
     return model.to(device).eval().requires_grad_(False)
 
 
+def _language_ids(tokenizer: Any) -> list[int]:
+    """The language tokens: those between `<|startoftranscript|>` and `<|translate|>`."""
+    start, end = (
+        tokenizer.token_to_id("<|startoftranscript|>"),
+        tokenizer.token_to_id("<|translate|>"),
+    )
+    if start is None or end is None:
+        return []
+    return list(range(start + 1, end))
+
+
 @dataclass
 class _Cache:
     """Each decoder layer's self-attention keys and values so far, [rows, heads, time, dim],
@@ -322,9 +340,11 @@ class _Cache:
 
         device = self.cross[0][0].device
         row_index = torch.tensor(list(rows), device=device, dtype=torch.long)
+        own = [(key[row_index], value[row_index]) for key, value in self.own]
+        if list(items) == list(range(self.cross[0][0].shape[0])):  # the same items: no copy
+            return _Cache(own, self.cross, group)
         item_index = torch.tensor(list(items), device=device, dtype=torch.long)
-        return _Cache([(key[row_index], value[row_index]) for key, value in self.own],
-                      [(key[item_index], value[item_index]) for key, value in self.cross],
+        return _Cache(own, [(key[item_index], value[item_index]) for key, value in self.cross],
                       group)  # fmt: skip
 
 
@@ -446,6 +466,9 @@ class _Request:
 
 @dataclass
 class _Hypothesis:
+    """Tokens so far (or in the end) and their summed log-probability (or, once finished,
+    normalized by length)."""
+
     tokens: list[int]
     score: float
 
@@ -462,7 +485,6 @@ class TorchWhisper:
         self.n_mels = int(modules.config.num_mel_bins)
         self.is_multilingual = int(modules.config.vocab_size) >= 51865
         self._dtype = next(modules.parameters()).dtype
-        self._generator: torch.Generator | None = None
 
     def encode(self, features: Any, to_cpu: bool = False) -> torch.Tensor:
         """The encoder output of mel features [batch, mels, 3000] (faster-whisper always pads
@@ -515,8 +537,13 @@ class TorchWhisper:
         `max_length`, scores as summed log-probabilities over length ** `length_penalty`)."""
         import torch
 
+        _check_options(beam_size, patience, num_hypotheses, repetition_penalty, sampling_topk,
+                       sampling_temperature)  # fmt: skip
         requests = [self._cut(list(prompt)) for prompt in prompts]
         start_step = len(requests[0].prefill)
+        if any(len(request.prefill) != start_step or request.sot_index != requests[0].sot_index
+               for request in requests):  # fmt: skip
+            raise ValueError("every prompt of a batch must hold its task tokens at one place")
         budget = min(max_length // 2, max_length - start_step)
         if budget <= 0:
             raise ValueError("the maximum decoding length must be > 0")
@@ -548,8 +575,9 @@ class TorchWhisper:
                 found, first = search.greedy(cache, max(num_hypotheses, 1), best,
                                              sampling_topk, sampling_temperature)  # fmt: skip
             else:
-                found, first = search.beam(cache, beam_size, round_half_away(beam_size * patience),
-                                           num_hypotheses)  # fmt: skip
+                enough = round_half_away(beam_size * patience)
+                found, first = search.beam(cache, beam_size, enough, num_hypotheses,
+                                           early_exit=length_penalty == 0)  # fmt: skip
         if first is not None:
             no_speech = first
         return [
@@ -574,8 +602,8 @@ class TorchWhisper:
         path through it (dynamic time warping), as CTranslate2 computes it."""
         import torch
 
-        frames = ([int(num_frames)] * len(text_tokens) if isinstance(num_frames, int)
-                  else [int(count) for count in num_frames])  # fmt: skip
+        counts = [int(count) for count in np.ravel(num_frames)]
+        frames = counts * len(text_tokens) if np.ndim(num_frames) == 0 else counts
         layers = frozenset(layer for layer, _ in self.rules.alignment_heads)
         inputs = [[*start_sequence, self.rules.no_timestamps, *text, self.rules.eot]
                   for text in text_tokens]  # fmt: skip
@@ -629,6 +657,26 @@ class TorchWhisper:
             return [0.0] * logits.shape[0]
         probabilities = torch.softmax(logits.float(), dim=-1)[:, self.rules.no_speech]
         return [float(value) for value in probabilities.cpu()]
+
+
+def _check_options(
+    beam_size: int,
+    patience: float,
+    num_hypotheses: int,
+    repetition_penalty: float,
+    sampling_topk: int,
+    sampling_temperature: float,
+) -> None:
+    """CTranslate2's own checks, so a call it would refuse is refused here too, and the one
+    combination this engine does not decode (a sampled beam) says so instead of running
+    another search."""
+    if beam_size <= 0 or patience <= 0 or num_hypotheses <= 0 or repetition_penalty <= 0:
+        raise ValueError("beam_size, patience, num_hypotheses and repetition_penalty must be > 0")
+    sampling = sampling_topk != 1 and sampling_temperature != 0
+    if num_hypotheses > round_half_away(beam_size * patience) and not (beam_size == 1 and sampling):
+        raise ValueError("num_hypotheses must be at most beam_size * patience")
+    if beam_size > 1 and sampling:
+        raise NotImplementedError("beam search with sampling is not decoded by this engine")
 
 
 def round_half_away(value: float) -> int:
@@ -820,11 +868,13 @@ class _Search:
         return found, first
 
     def beam(
-        self, cache: _Cache, width: int, finished_enough: int, keep: int
+        self, cache: _Cache, width: int, finished_enough: int, keep: int, early_exit: bool
     ) -> tuple[list[list[_Hypothesis]], list[float] | None]:
         """Beam search of `width` beams per item: of the 2 * `width` best continuations, only
         the first `width` may end; an item is done once `finished_enough` hypotheses ended
-        (`beam_size * patience`), or at the budget; its best `keep` are returned."""
+        (`beam_size * patience`), or at the budget; its best `keep` are returned. With
+        `early_exit` (no length penalty, so a longer hypothesis can only score lower), it is
+        done once the best beam ended and `keep` hypotheses have."""
         import torch
 
         eot = self._rules.eot
@@ -835,6 +885,7 @@ class _Search:
         found: dict[int, list[_Hypothesis]] = {}
         first: list[float] | None = None
         cross_of = {item: item for item in alive}
+        best_ended: set[int] = set()
         for step in range(self._budget):
             items = [item for item in alive for _ in beams[item]]
             histories = [hypothesis.tokens for item in alive for hypothesis in beams[item]]
@@ -844,30 +895,21 @@ class _Search:
             if step == 0 and self._no_speech_first:
                 first = self._engine._no_speech(raw)
             log_probs = torch.log_softmax(processed, dim=-1)
-            vocabulary = log_probs.shape[1]
             rows_kept: list[int] = []
             items_kept: list[int] = []
             row = 0
             for item in list(alive):
                 own = len(beams[item])
-                cumulative = torch.tensor([hypothesis.score for hypothesis in beams[item]],
-                                          device=log_probs.device)  # fmt: skip
-                total = (log_probs[row : row + own] + cumulative.unsqueeze(1)).flatten()
-                values, indices = torch.topk(total, 2 * width)
-                scores, flat = values.tolist(), indices.tolist()
-                origins = [index // vocabulary for index in flat]
-                tokens = [index % vocabulary for index in flat]
+                tokens, scores, origins = self._candidates(
+                    item, step, log_probs[row : row + own], beams[item], width, any_prefix
+                )
                 prefix = self._requests[item].prefix
-                if any_prefix and step < len(prefix):
-                    tokens = [prefix[step]] * (2 * width)
-                    scores = [0.0] + [-1e10] * (2 * width - 1)
-                    origins = [0] * (2 * width)
-                elif any_prefix and step == len(prefix):
-                    for candidate in range(1, 2 * width):
-                        if tokens[candidate] == eot:
-                            tokens[candidate], scores[candidate] = 0, -1e10
                 chosen = self._chosen(item, step, tokens, scores, origins, beams, finished, width)
-                if step + 1 == self._budget or len(finished[item]) >= finished_enough:
+                if tokens[0] == eot and step >= len(prefix):
+                    best_ended.add(item)
+                enough = ((item in best_ended and len(finished[item]) >= keep) if early_exit
+                          else len(finished[item]) >= finished_enough)  # fmt: skip
+                if step + 1 == self._budget or enough:
                     ranked = [self._normalized(hypothesis.tokens, hypothesis.score)
                               for hypothesis in finished[item]]  # fmt: skip
                     found[item] = sorted(ranked, key=lambda hypothesis: -hypothesis.score)[:keep]
@@ -886,6 +928,42 @@ class _Search:
             cache = cache.select(rows_kept, [cross_of[item] for item in items_kept], width)
             cross_of = {item: position for position, item in enumerate(items_kept)}
         return [found[item] for item in range(len(self._requests))], first
+
+    def _candidates(
+        self,
+        item: int,
+        step: int,
+        log_probs: torch.Tensor,
+        beams: list[_Hypothesis],
+        width: int,
+        any_prefix: bool,
+    ) -> tuple[list[int], list[float], list[int]]:
+        """The item's 2 * `width` best continuations over all its beams: tokens, summed
+        log-probabilities, and the beam each continues. A forced step continues the first beam
+        with the prefix's token at no cost; at the first free step after a prefix only the best
+        continuation may end."""
+        import torch
+
+        eot = self._rules.eot
+        cumulative = torch.tensor([hypothesis.score for hypothesis in beams],
+                                  device=log_probs.device)  # fmt: skip
+        values, indices = torch.topk((log_probs + cumulative.unsqueeze(1)).flatten(), 2 * width)
+        scores, flat = values.tolist(), indices.tolist()
+        vocabulary = log_probs.shape[1]
+        origins = [index // vocabulary for index in flat]
+        tokens = [index % vocabulary for index in flat]
+        prefix = self._requests[item].prefix
+        if any_prefix and step < len(prefix):
+            return (
+                [prefix[step]] * (2 * width),
+                [0.0] + [-1e10] * (2 * width - 1),
+                [0] * (2 * width),
+            )
+        if any_prefix and step == len(prefix):
+            for candidate in range(1, 2 * width):
+                if tokens[candidate] == eot:
+                    tokens[candidate], scores[candidate] = 0, -1e10
+        return tokens, scores, origins
 
     def _chosen(
         self,
@@ -1015,6 +1093,6 @@ def faster_whisper_model(folder: Path, device: str, dtype: str, cpu_threads: int
         def encode(self, features: np.ndarray) -> Any:
             return self.model.encode(features)
 
-    if device == "cpu" and cpu_threads > 0:
+    if cpu_threads > 0:  # process-wide; the GPU engine's CPU work (timing, DTW) counts too
         torch.set_num_threads(cpu_threads)
     return OnTorch()

@@ -349,7 +349,7 @@ class _Runner:
         5), with its VAD on (its default VAD options) or off."""
         from faster_whisper import WhisperModel
 
-        device = whisper.choose_device()
+        device = whisper.choose_device(engine=whisper.CTRANSLATE2)  # faster-whisper's own
         engine = WhisperModel(
             str(self.model.path),
             device=device.kind,

@@ -56,6 +56,7 @@ def test_the_torch_engine_decodes_a_voice_note_on_the_gpu_in_float16() -> None:
                 "torch.float16"
             )
     assert texts[1], "the note must give words on the CPU"
+    assert whisper.choose_device("auto", "auto", model).kind == "cuda", "auto takes the GPU"
     assert jiwer.cer(texts[1], texts[0]) <= 0.1, json.dumps(texts, ensure_ascii=False)
 
 
@@ -66,7 +67,7 @@ def test_the_batch_of_windows_fits_the_free_device_memory() -> None:
     model = whisper.from_folder(_given("QARINA_WHISPER_MODEL"))
     window = whisper.shape(model).window_bytes(beams=5)
     free, total = torch.cuda.mem_get_info()
-    fitting = whisper.windows_fitting(whisper.Device("cuda", "float16"), window, 64)
+    fitting = whisper.windows_fitting(whisper.Device("cuda", "float16", whisper.TORCH), window, 64)
     assert 1 <= fitting <= 64
     assert fitting == 64 or fitting * 2 * window <= free
     assert 0 < free <= total

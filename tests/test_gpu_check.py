@@ -42,6 +42,11 @@ def test_a_rehearsal_runs_every_step_on_the_cpu(models_dir: Path, tmp_path: Path
         (tmp_path / "bundle" / "whisper-base" / part).rename(one / "whisper-base" / part)
         assert gpu_check.stash(one, stashed) == [f"whisper-base/{part}"]
     gpu_check.stash(tmp_path / "bundle", stashed)
+    (stashed / "whisper-base" / made["parts"][2]).rename(tmp_path / "aside")
+    assert gpu_check.check(stashed, tmp_path / "unjoined", rehearse=True) == gpu_check.NOT_JOINED
+    unjoined = json.loads((tmp_path / "unjoined" / "gpu-check.json").read_text())
+    assert "part3 is missing" in unjoined["model"]["error"]
+    (tmp_path / "aside").rename(stashed / "whisper-base" / made["parts"][2])
     out = tmp_path / "out"
     assert gpu_check.check(stashed, out, rehearse=True) == 0
     report = json.loads((out / "gpu-check.json").read_text())
@@ -50,6 +55,13 @@ def test_a_rehearsal_runs_every_step_on_the_cpu(models_dir: Path, tmp_path: Path
         and report["model"]["sha256"] == whisper.assemble_base(models_dir).sha256
     )
     assert report["steps"]["pytest_gpu"]["exit_status"] == 0
+    assert "2 skipped" in report["steps"]["pytest_gpu"]["summary"][0], "no GPU, nothing failed"
+    assert report["model"]["auto_device"]["engine"] == whisper.CTRANSLATE2
+    joined = whisper.WhisperModel("joined", tmp_path / "joined", "0" * 64)
+    environment = gpu_check.pytest_environment(joined, stashed, rehearse=False)
+    assert environment["QARINA_WHISPER_MODEL"] == str(tmp_path / "joined")
+    assert Path(environment["QARINA_GPU_BUNDLE"], "speech.npz").is_file()
+    assert environment["QARINA_REQUIRE_GPU"] == "1"
     figures = report["steps"]["transcription"]
     assert {"rehearsal_torch_float32", "cpu"} <= figures.keys()
     for engine in ("rehearsal_torch_float32", "cpu"):

@@ -82,15 +82,38 @@ def test_cpu_runs_int8() -> None:
     assert whisper.choose_device("cpu") == whisper.Device("cpu", "int8")
 
 
-def test_auto_keeps_ctranslate2_on_a_cpu_and_names_unknown_engines() -> None:
+def test_auto_keeps_ctranslate2_on_a_cpu_and_names_unknown_engines(tmp_path: Path) -> None:
     """PyTorch is chosen by itself only for a GPU CTranslate2 cannot use, or a Hugging Face
-    checkpoint (tests/test_whisper_torch.py); a CPU keeps CTranslate2's int8."""
+    checkpoint (tests/test_whisper_torch.py); a CPU keeps CTranslate2's int8. A wrong choice is
+    a ModelMissing, which fails jobs with the reason rather than the worker."""
     assert whisper.choose_device("cpu", "auto").engine == whisper.CTRANSLATE2
     assert whisper.choose_device("cpu", whisper.TORCH) == whisper.Device(
         "cpu", "float32", whisper.TORCH
     )
-    with pytest.raises(ValueError, match="unknown speech engine"):
+    with pytest.raises(ModelMissing, match="unknown speech engine"):
         whisper.choose_device("cpu", "onnx")
+    checkpoint = tmp_path / "hf"
+    checkpoint.mkdir()
+    (checkpoint / "config.json").write_text('{"model_type": "whisper"}')
+    (checkpoint / "model.safetensors").write_bytes(b"weights")
+    with pytest.raises(ModelMissing, match="only torch runs it"):
+        whisper.choose_device("cpu", whisper.CTRANSLATE2, whisper.from_folder(checkpoint))
+
+
+def test_a_gpu_whose_cuda_only_pytorch_can_use_runs_the_pytorch_engine(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The lent GPU image: CTranslate2 counts the GPU through the driver, but its CUDA 12
+    libraries are not there, so it could not run a job; PyTorch can."""
+    import ctranslate2
+
+    monkeypatch.setattr(ctranslate2, "get_cuda_device_count", lambda: 1)
+    monkeypatch.setattr(whisper, "CTRANSLATE2_CUDA_LIBRARIES", ("libcublas.so.0-not-here",))
+    monkeypatch.setattr(whisper, "torch_cuda_available", lambda: True)
+    assert whisper.ctranslate2_cuda_devices() == 0
+    assert whisper.choose_device("auto", "auto") == whisper.Device("cuda", "float16", whisper.TORCH)
+    monkeypatch.setattr(whisper, "CTRANSLATE2_CUDA_LIBRARIES", ("libc.so.6",))
+    assert whisper.choose_device("auto", "auto") == whisper.Device("cuda", "float16")
 
 
 def test_weights_travel_in_parts_and_are_joined_only_as_they_were(

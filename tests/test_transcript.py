@@ -11,6 +11,7 @@ import hashlib
 import itertools
 import json
 import subprocess
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -38,6 +39,7 @@ from workers.base import (
     result_to_json,
 )
 from workers.transcript import (
+    ModelRef,
     Packing,
     Segment,
     TranscriptConfig,
@@ -341,12 +343,30 @@ def test_model_and_language_choices_change_the_result_key(config: QarinaConfig) 
     assert moved.config_hash == default.config_hash
 
 
+def test_results_made_before_the_engine_was_recorded_read_as_ctranslate2s() -> None:
+    result = TranscriptResult(
+        language="ar", language_probability=None, model=ModelRef("base", "0" * 64),
+        device="cuda", compute_type="float16", mode="batched", duration_s=1.0, speech_s=1.0,
+        segments=[], text="", flagged_segments=0, flags=[], engine=whisper.TORCH,
+    )  # fmt: skip
+    stored = result.to_json()
+    assert TranscriptResult.from_json(stored) == result
+    older = {key: value for key, value in stored.items() if key != "engine"}
+    assert TranscriptResult.from_json(older).engine == whisper.CTRANSLATE2
+
+
 def test_engine_failures_are_the_engines_and_retried_not_bugs() -> None:
     memory = engine_failure(RuntimeError("CUDA failed with error out of memory"))
+    allocation = engine_failure(RuntimeError("cuBLAS failed: CUBLAS_STATUS_ALLOC_FAILED"))
     other = engine_failure(RuntimeError("cuBLAS failed with status CUBLAS_STATUS_NOT_INITIALIZED"))
     assert (memory.reason, memory.retryable) == (FailureReason.RESOURCE_LIMIT, True)
+    assert allocation.reason is FailureReason.RESOURCE_LIMIT
     assert (other.reason, other.retryable) == (FailureReason.MODEL_ERROR, True)
     assert "CUBLAS" not in other.detail
+
+
+class _Decoding:
+    """Stands for a decode's state (its caches on the device), referenced while it runs."""
 
 
 class _EngineWithLittleMemory:
@@ -357,15 +377,22 @@ class _EngineWithLittleMemory:
     def __init__(self, fits: int, message: str = "CUDA failed with error out of memory") -> None:
         self.fits, self.message = fits, message
         self.batches: list[int] = []
+        #: What each try's decode held (its "device memory"), and whether any of it was still
+        #: held when the next try began.
+        self.held: list[weakref.ref[_Decoding]] = []
+        self.still_held_at_retry: list[bool] = []
 
     def transcribe(self, window: Any, **options: Any) -> tuple[Any, Any]:
+        self.still_held_at_retry += [held() is not None for held in self.held]
         self.batches.append(options.get("batch_size", 1))
         fails = self.batches[-1] > self.fits
+        decoding = _Decoding()
+        self.held.append(weakref.ref(decoding))
 
         def pieces() -> Any:
             yield SimpleNamespace(start=0.0, end=1.0, text=" مرحبا", avg_logprob=-0.2,
                                   no_speech_prob=0.01, temperature=0.0, words=None)  # fmt: skip
-            if fails:
+            if fails and decoding:
                 raise RuntimeError(self.message)
 
         info = SimpleNamespace(
@@ -398,6 +425,7 @@ def test_a_gpu_out_of_memory_is_tried_again_with_half_the_windows(
     note = audio.speech(tmp_path / "note", "مرحبا")
     result = stage.run(probed_item(note), tmp_path).result
     assert engine.batches == [8, 4, 2]
+    assert engine.still_held_at_retry == [False] * 3, "a failed try's decode is let go"
     assert [segment.text for segment in result.segments] == ["مرحبا"]
     stage._pipeline = never = _EngineWithLittleMemory(fits=0)
     with pytest.raises(StageError) as failed:
@@ -414,16 +442,21 @@ def test_a_gpu_out_of_memory_is_tried_again_with_half_the_windows(
 def test_windows_at_once_are_capped_by_free_device_memory(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """On the PyTorch engine's GPU; CTranslate2's is left to its out-of-memory retry."""
     base = whisper.Shape(width=512, decoder_layers=6, encoder_heads=8)
     assert 130e6 < base.window_bytes(beams=5) < 140e6
-    cuda = whisper.Device("cuda", "float16")
+    cuda = whisper.Device("cuda", "float16", whisper.TORCH)
     assert whisper.windows_fitting(whisper.Device("cpu", "int8"), base.window_bytes(5), 8) == 8
-    if not whisper.torch_cuda_available():  # the arithmetic, with the driver's figure given
+    assert whisper.windows_fitting(whisper.Device("cuda", "float16"), base.window_bytes(5), 8) == 8
+    if not whisper.torch_cuda_available():  # the arithmetic, with the driver's figures given
         torch = pytest.importorskip("torch")
         monkeypatch.setattr(whisper, "torch_cuda_available", lambda: True)
-        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda: (1_000_000_000, 80_000_000_000))
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda: (700_000_000, 80_000_000_000))
+        monkeypatch.setattr(torch.cuda, "memory_reserved", lambda: 400_000_000)
+        monkeypatch.setattr(torch.cuda, "memory_allocated", lambda: 100_000_000)
         assert whisper.windows_fitting(cuda, base.window_bytes(5), 8) == 3
         monkeypatch.setattr(torch.cuda, "mem_get_info", lambda: (10_000_000, 80_000_000_000))
+        monkeypatch.setattr(torch.cuda, "memory_reserved", lambda: 0)
     assert 1 <= whisper.windows_fitting(cuda, base.window_bytes(5), 8) <= 8
 
 

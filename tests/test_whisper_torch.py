@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from models import whisper
-from models.whisper_torch import negative_dtw
+from models.whisper_torch import negative_dtw, read_ct2
 from pipelines.bench.keyframes import DEFAULT_CORPUS
 from pipelines.samples import audio
 from pipelines.transcript_eval import corpus_clips
@@ -80,6 +80,89 @@ def test_the_torch_engine_writes_what_ctranslate2_writes_on_corpus_speech(
     assert compared >= 4, "the clips must give segments to compare"
 
 
+@pytest.fixture(scope="module")
+def encoded(engines: dict[str, Any]) -> dict[str, Any]:
+    """Two corpus clips' features, encoded by each engine (a batch of two)."""
+    import ctranslate2
+    from faster_whisper.audio import decode_audio
+
+    extractor = engines["torch"].feature_extractor
+    features = np.stack([
+        np.pad(extracted, ((0, 0), (0, 3000 - extracted.shape[1])))
+        for extracted in (extractor(decode_audio(str(clip)))[:, :3000] for clip in _clips()[:2])
+    ]).astype(np.float32)  # fmt: skip
+    return {
+        "ctranslate2": engines["ctranslate2"].model.encode(
+            ctranslate2.StorageView.from_array(features)
+        ),
+        "torch": engines["torch"].model.encode(features),
+    }
+
+
+def _generated(engines: dict[str, Any], encoded: dict[str, Any], prompt: list[int],
+               **options: Any) -> list[Any]:  # fmt: skip
+    """Both engines on one batch: the same tokens; scores (summed log-probabilities) and
+    no-speech probabilities equal but for float rounding."""
+    found = {
+        name: engines[name].model.generate(
+            encoded[name], [prompt, prompt], return_scores=True, return_no_speech_prob=True,
+            **options,
+        )
+        for name in ("ctranslate2", "torch")
+    }  # fmt: skip
+    for ours, theirs in zip(found["torch"], found["ctranslate2"], strict=True):
+        assert ours.sequences_ids == theirs.sequences_ids, options
+        assert np.allclose(ours.scores, theirs.scores, atol=2e-3), options
+        assert abs(ours.no_speech_prob - theirs.no_speech_prob) < 1e-4, options
+    return list(found["torch"])
+
+
+def test_every_decoding_option_faster_whisper_can_pass_decodes_alike(
+    engines: dict[str, Any], encoded: dict[str, Any]
+) -> None:
+    """`generate` itself, over the options faster-whisper passes (beam or greedy, a forced
+    prefix, earlier text, penalties, a short budget, several hypotheses): the same tokens,
+    scores and no-speech probabilities as CTranslate2's."""
+    rules = engines["torch"].model.rules
+    tokenizer = engines["torch"].hf_tokenizer
+    arabic, transcribe = tokenizer.token_to_id("<|ar|>"), tokenizer.token_to_id("<|transcribe|>")
+    earlier = tokenizer.encode(" مرحبا بكم", add_special_tokens=False).ids
+    start = [rules.sot, arabic, transcribe]
+    plain = {"suppress_tokens": [-1], "max_initial_timestamp_index": 50}
+    _generated(engines, encoded, start, beam_size=5, **plain)
+    _generated(engines, encoded, start, beam_size=1, **plain)
+    _generated(engines, encoded, [*start, rules.no_timestamps], beam_size=5, **plain)
+    _generated(engines, encoded, [*start, rules.timestamp_begin, *earlier], beam_size=5, **plain)
+    previous = [tokenizer.token_to_id("<|startofprev|>"), *earlier, *start]
+    _generated(engines, encoded, previous, beam_size=5, **plain)
+    _generated(engines, encoded, start, beam_size=1, repetition_penalty=1.5,
+               no_repeat_ngram_size=2, **plain)  # fmt: skip
+    _generated(engines, encoded, start, beam_size=5, max_length=12, **plain)
+    _generated(engines, encoded, start, beam_size=5, length_penalty=0.0, **plain)
+    several = _generated(engines, encoded, start, beam_size=5, num_hypotheses=3, **plain)
+    assert all(len(result.sequences_ids) == 3 for result in several)
+
+
+def test_alignments_of_texts_of_unequal_length_match(
+    engines: dict[str, Any], encoded: dict[str, Any]
+) -> None:
+    """The batch case CTranslate2 pads (equal frames, texts of unequal length) and the one it
+    aligns item by item (unequal frames)."""
+    tokenizer = engines["torch"].hf_tokenizer
+    rules = engines["torch"].model.rules
+    start = [rules.sot, tokenizer.token_to_id("<|ar|>"), tokenizer.token_to_id("<|transcribe|>")]
+    texts = [tokenizer.encode(text, add_special_tokens=False).ids
+             for text in (" لا يقولون بعد الآباء", " الكلام فضة")]  # fmt: skip
+    for frames in (3000, [3000, 3000], [2400, 1000]):
+        found = {name: engines[name].model.align(encoded[name], start, texts, frames)
+                 for name in ("ctranslate2", "torch")}  # fmt: skip
+        for ours, theirs in zip(found["torch"], found["ctranslate2"], strict=True):
+            assert [tuple(pair) for pair in ours.alignments] == [
+                tuple(pair) for pair in theirs.alignments
+            ], frames
+            assert np.allclose(ours.text_token_probs, theirs.text_token_probs, atol=1e-4)
+
+
 def test_word_timing_and_batches_match_too(engines: dict[str, Any]) -> None:
     """The packed path: several windows decoded as one batch, with word timestamps (the
     cross-attention alignment), as the stage runs packed voice notes."""
@@ -103,15 +186,13 @@ def test_word_timing_and_batches_match_too(engines: dict[str, Any]) -> None:
     assert found[0] and found[1] == found[0]
 
 
-def test_a_hugging_face_checkpoint_runs_on_the_torch_engine(
-    base: whisper.WhisperModel, engines: dict[str, Any], tmp_path: Path
-) -> None:
+@pytest.fixture(scope="module")
+def checkpoint(
+    base: whisper.WhisperModel, engines: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
     """How Arabic fine-tunes are published: transformers' folder (safetensors, config,
-    generation config, tokenizer). Written here from the packaged base, so the words it gives
-    must be the base's."""
-    from faster_whisper.audio import decode_audio
-
-    folder = tmp_path / "whisper-base-hf"
+    generation config, tokenizer), written here from the packaged base."""
+    folder = tmp_path_factory.mktemp("whisper-base-hf")
     engines["torch"].model._modules.save_pretrained(folder)
     shutil.copy(base.path / "tokenizer.json", folder)
     converted = json.loads((base.path / "config.json").read_text())
@@ -122,17 +203,47 @@ def test_a_hugging_face_checkpoint_runs_on_the_torch_engine(
         "begin_suppress_tokens": converted["suppress_ids_begin"],
         "alignment_heads": converted["alignment_heads"],
     }))  # fmt: skip
-    checkpoint = whisper.from_folder(folder)
-    assert checkpoint.engines == (whisper.TORCH,)
-    device = whisper.choose_device("cpu", "auto", checkpoint)
+    return folder
+
+
+def test_a_hugging_face_checkpoint_runs_on_the_torch_engine(
+    checkpoint: Path, engines: dict[str, Any], tmp_path: Path
+) -> None:
+    """Written from the packaged base, so the words it gives must be the base's."""
+    from faster_whisper.audio import decode_audio
+
+    folder = tmp_path / "whisper-base-hf"
+    shutil.copytree(checkpoint, folder)
+    model = whisper.from_folder(folder)
+    assert model.engines == (whisper.TORCH,)
+    device = whisper.choose_device("cpu", "auto", model)
     assert device == whisper.Device("cpu", "float32", whisper.TORCH)
     audio = decode_audio(str(_clips()[0]))
-    loaded = whisper.load(checkpoint, device, 2)
+    loaded = whisper.load(model, device, 2)
     assert _segments(loaded, audio) == _segments(engines["torch"], audio)
-    whisper.verify(checkpoint)
+    whisper.verify(model)
     (folder / "model.safetensors").write_bytes(b"changed")
     with pytest.raises(whisper.ModelMissing, match="no longer match"):
-        whisper.verify(checkpoint)
+        whisper.verify(model)
+
+
+@pytest.mark.parametrize(("quantization", "step"), [("int8", 127), ("int16", 2**10)])
+def test_quantized_ctranslate2_weights_read_back_within_a_step(
+    checkpoint: Path, base: whisper.WhisperModel, tmp_path: Path, quantization: str, step: int
+) -> None:
+    """Quantized folders (CTranslate2's int8, int16) read as the weights they round, the
+    output projection too, which CTranslate2 stores as an alias of the embeddings."""
+    import ctranslate2
+
+    ctranslate2.converters.TransformersConverter(str(checkpoint)).convert(
+        str(tmp_path / quantization), quantization=quantization
+    )
+    quantized = read_ct2(tmp_path / quantization / "model.bin")
+    exact = read_ct2(base.path / "model.bin")
+    for name in ("decoder/projection/weight", "decoder/embeddings/weight",
+                 "encoder/layer_0/ffn/linear_0/weight", "encoder/conv1/weight"):  # fmt: skip
+        assert quantized[name].dtype == np.float32
+        assert np.abs(quantized[name] - exact[name]).max() <= np.abs(exact[name]).max() / step
 
 
 def test_the_stage_records_the_engine_that_ran(models_dir: Path, tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import gc
 import itertools
 import math
 import re
@@ -402,8 +403,8 @@ class TranscriptStage(Stage[TranscriptConfig, TranscriptResult]):
             model = whisper.resolve(env.models_dir, override)
             whisper.verify(model)
             self._device = whisper.choose_device(env.device, env.engine, model)
-            self._model = whisper.load(model, self._device, self.config.cpu_threads)
             self._window_bytes = whisper.shape(model).window_bytes(self.config.beam_size)
+            self._model = whisper.load(model, self._device, self.config.cpu_threads)
         except whisper.ModelMissing as error:
             self._setup_error = str(error)
             return
@@ -832,21 +833,34 @@ class TranscriptStage(Stage[TranscriptConfig, TranscriptResult]):
             return result
         windows = whisper.windows_fitting(self._device, self._window_bytes, options["batch_size"])
         while True:
-            try:
-                pieces, info = engine.transcribe(window, **{**options, "batch_size": windows})
-                read = []
-                for piece in _from_engine(pieces):
-                    _check(deadline)
-                    read.append(piece)
-                return iter(read), info
-            except RuntimeError as error:
-                failure = engine_failure(error)
-            except StageError as error:
-                failure = error
+            failure = self._batched_try(engine, window, {**options, "batch_size": windows},
+                                        deadline)  # fmt: skip
+            if not isinstance(failure, StageError):
+                return failure
             if failure.reason is not FailureReason.RESOURCE_LIMIT or windows == 1:
                 raise failure
+            gc.collect()  # the failed try's frames, before the device memory they held
             whisper.release_device_memory()
             windows //= 2
+
+    @staticmethod
+    def _batched_try(
+        engine: Any, window: np.ndarray, options: dict[str, Any], deadline: float
+    ) -> tuple[Iterator[Any], Any] | StageError:
+        """One batched call read to its end, or its classified failure, kept apart from
+        the call's frames so that nothing of the failed try outlives it."""
+        try:
+            pieces, info = engine.transcribe(window, **options)
+            read = []
+            for piece in _from_engine(pieces):
+                _check(deadline)
+                read.append(piece)
+            return iter(read), info
+        except RuntimeError as error:
+            failure = engine_failure(error)
+        except StageError as error:
+            failure = StageError(error.reason, error.detail, retryable=error.retryable)
+        return failure
 
     def _segment(
         self,
@@ -944,7 +958,7 @@ def engine_failure(error: RuntimeError) -> StageError:
     error): the engine's and the node's, not a bug in our code, so another attempt, maybe
     on another node, may pass. The message is not kept: it is the engine's, not ours."""
     text = str(error).lower()
-    if "out of memory" in text or "failed to allocate" in text:
+    if "out of memory" in text or "failed to allocate" in text or "alloc_failed" in text:
         return StageError(
             FailureReason.RESOURCE_LIMIT, "speech engine ran out of memory", retryable=True
         )
@@ -953,11 +967,15 @@ def engine_failure(error: RuntimeError) -> StageError:
 
 def _from_engine(pieces: Iterator[Any]) -> Iterator[Any]:
     """The engine's segments, which it decodes lazily as they are read: its failures while
-    reading them are classified like those of the call itself."""
+    reading them are classified like those of the call itself. The classified error is
+    raised outside the handler, so it does not hold the engine's error, whose traceback
+    holds the failed decode's frames and, on PyTorch, their device memory."""
     try:
         yield from pieces
+        return
     except RuntimeError as error:
-        raise engine_failure(error) from None
+        failure = engine_failure(error)
+    raise failure
 
 
 def transcribe_options(config: TranscriptConfig, language: str, batched: bool) -> dict[str, Any]:

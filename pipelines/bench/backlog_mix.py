@@ -174,7 +174,8 @@ def _observe(store: Store) -> Observed:
     transcripts = [value for (_, stage), value in data.items() if stage == "transcript"]
     if transcripts:
         seen.transcribed_with = {
-            key: transcripts[0][key] for key in ("device", "compute_type", "mode")
+            **{key: transcripts[0][key] for key in ("device", "compute_type", "mode")},
+            "engine": transcripts[0].get("engine", whisper.CTRANSLATE2),
         }
     seen.stages = _stage_figures(seen, transcripts)
     return seen
@@ -247,7 +248,9 @@ def _whisper_peer(
     script would: the path handed over, with the stage's options (`transcribe_options`) and
     the device, compute type and mode the stage's results recorded."""
     batched = settings["mode"] == "batched"
-    device = whisper.Device(settings["device"], settings["compute_type"])
+    device = whisper.Device(
+        settings["device"], settings["compute_type"], settings.get("engine", whisper.CTRANSLATE2)
+    )
     engine = whisper_engine(model, config, batched, device)
     options = transcribe_options(config, config.language, batched)
 

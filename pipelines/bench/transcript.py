@@ -51,17 +51,12 @@ def whisper_engine(
     batched: bool,
     device: whisper.Device = _CPU,
 ) -> Any:
-    """faster-whisper on its own, as a script would load it: the peer the stage is timed
-    against (batched inference for the GPU's way, the model itself for the CPU's)."""
-    from faster_whisper import BatchedInferencePipeline, WhisperModel
+    """faster-whisper on its own, as a script would load it, on the engine the stage ran: the
+    peer the stage is timed against (batched inference for the GPU's way, the model itself
+    for the CPU's)."""
+    from faster_whisper import BatchedInferencePipeline
 
-    loaded = WhisperModel(
-        str(model.path),
-        device=device.kind,
-        compute_type=device.compute_type,
-        cpu_threads=config.cpu_threads,
-        local_files_only=True,
-    )
+    loaded = whisper.load(model, device, config.cpu_threads)
     return BatchedInferencePipeline(loaded) if batched else loaded
 
 
