@@ -539,6 +539,8 @@ class TorchWhisper:
 
         _check_options(beam_size, patience, num_hypotheses, repetition_penalty, sampling_topk,
                        sampling_temperature)  # fmt: skip
+        if len(prompts) != encoder_output.shape[0]:
+            raise ValueError("one prompt per encoded window is needed")
         requests = [self._cut(list(prompt)) for prompt in prompts]
         start_step = len(requests[0].prefill)
         if any(len(request.prefill) != start_step or request.sot_index != requests[0].sot_index
@@ -779,39 +781,48 @@ class _Search:
         lowest: float,
     ) -> None:
         """Timestamps come in pairs, never go back, the first is at most `max_initial`, and
-        a timestamp is forced where timestamps together are likelier than any text token."""
+        a timestamp is forced where timestamps together are likelier than any text token.
+
+        Each row's rule is worked out from its history here, as up to two spans of token ids
+        to suppress, and applied to every row at once on the device: a loop of per-row writes
+        and comparisons would wait on the GPU once for each row at each step."""
         import torch
 
-        first = self._rules.timestamp_begin
-        weighed: list[int] = []
-        for row, (history, begin) in enumerate(zip(histories, begins, strict=True)):
-            logits[row, self._rules.no_timestamps] = lowest
-            if step == begin == 0:
-                logits[row, :first] = lowest
-                logits[row, self._processing.max_initial + 1 :] = lowest
-            elif step > begin:
-                last = history[step - 1]
-                if last >= first:
-                    before = history[step - 2] if step - 1 > begin else last
-                    if before >= first:
-                        logits[row, first:] = lowest
-                    else:
-                        logits[row, : self._rules.eot] = lowest
-                        logits[row, first:last] = lowest
-                        weighed.append(row)
-                else:
-                    weighed.append(row)
-                    latest = next((token for token in reversed(history[begin:step])
-                                   if token >= first), None)  # fmt: skip
-                    if latest is not None:
-                        logits[row, first : latest + 1] = lowest
-        if weighed:
-            log_probs = torch.log_softmax(logits[weighed], dim=-1)
+        first, vocabulary = self._rules.timestamp_begin, logits.shape[1]
+        spans = [self._timestamp_spans(history, begin, step, vocabulary)
+                 for history, begin in zip(histories, begins, strict=True)]  # fmt: skip
+        bounds = torch.tensor(spans, device=logits.device)
+        ids = torch.arange(vocabulary, device=logits.device)
+        suppressed = ((ids >= bounds[:, 0:1]) & (ids < bounds[:, 1:2])) | (
+            (ids >= bounds[:, 2:3]) & (ids < bounds[:, 3:4])
+        )
+        suppressed[:, self._rules.no_timestamps] = True
+        logits.masked_fill_(suppressed, lowest)
+        if any(span[4] for span in spans):
+            log_probs = torch.log_softmax(logits, dim=-1)
             timestamp_mass = torch.logsumexp(log_probs[:, first:], dim=-1)
             best_text = log_probs[:, :first].max(dim=-1).values
-            for position, row in enumerate(weighed):
-                if bool(timestamp_mass[position] > best_text[position]):
-                    logits[row, :first] = lowest
+            forced = bounds[:, 4].bool() & (timestamp_mass > best_text)
+            logits[:, :first] = logits[:, :first].masked_fill(forced.unsqueeze(1), lowest)
+
+    def _timestamp_spans(
+        self, history: list[int], begin: int, step: int, vocabulary: int
+    ) -> tuple[int, int, int, int, int]:
+        """One row's suppressed ids as two [start, end) spans, and 1 where the row is then
+        weighed (timestamps against text)."""
+        first, eot = self._rules.timestamp_begin, self._rules.eot
+        if step == begin == 0:  # the first token is a timestamp, and not a late one
+            return 0, first, self._processing.max_initial + 1, vocabulary, 0
+        if step <= begin:
+            return 0, 0, 0, 0, 0
+        last = history[step - 1]
+        if last >= first:
+            before = history[step - 2] if step - 1 > begin else last
+            if before >= first:  # a pair just closed: text (or the end) next
+                return first, vocabulary, 0, 0, 0
+            return 0, eot, first, last, 1  # an opening timestamp: its pair, or the end
+        latest = next((token for token in reversed(history[begin:step]) if token >= first), None)
+        return (first, latest + 1, 0, 0, 1) if latest is not None else (0, 0, 0, 0, 1)
 
     def _normalized(self, tokens: list[int], score: float) -> _Hypothesis:
         length = len(tokens) ** self._length_penalty  # 0 ** 0 is 1, as in C++
@@ -898,10 +909,11 @@ class _Search:
             rows_kept: list[int] = []
             items_kept: list[int] = []
             row = 0
-            for item in list(alive):
+            best = self._best_continuations(log_probs, [beams[item] for item in alive], width)
+            for position, item in enumerate(list(alive)):
                 own = len(beams[item])
                 tokens, scores, origins = self._candidates(
-                    item, step, log_probs[row : row + own], beams[item], width, any_prefix
+                    item, step, best[position], log_probs.shape[1], width, any_prefix
                 )
                 prefix = self._requests[item].prefix
                 chosen = self._chosen(item, step, tokens, scores, origins, beams, finished, width)
@@ -929,39 +941,43 @@ class _Search:
             cross_of = {item: position for position, item in enumerate(items_kept)}
         return [found[item] for item in range(len(self._requests))], first
 
+    @staticmethod
+    def _best_continuations(
+        log_probs: torch.Tensor, beams: list[list[_Hypothesis]], width: int
+    ) -> list[tuple[list[float], list[int]]]:
+        """Each item's 2 * `width` best continuations over all its beams (summed
+        log-probabilities, and positions in its beams' vocabularies laid end to end), in one
+        top-k and one transfer for the batch: every item has as many beams as the others."""
+        import torch
+
+        cumulative = torch.tensor([hypothesis.score for own in beams for hypothesis in own],
+                                  device=log_probs.device)  # fmt: skip
+        totals = (log_probs + cumulative.unsqueeze(1)).view(len(beams), -1)
+        values, indices = torch.topk(totals, 2 * width, dim=-1)
+        return list(zip(values.tolist(), indices.tolist(), strict=True))
+
     def _candidates(
         self,
         item: int,
         step: int,
-        log_probs: torch.Tensor,
-        beams: list[_Hypothesis],
+        best: tuple[list[float], list[int]],
+        vocabulary: int,
         width: int,
         any_prefix: bool,
     ) -> tuple[list[int], list[float], list[int]]:
-        """The item's 2 * `width` best continuations over all its beams: tokens, summed
-        log-probabilities, and the beam each continues. A forced step continues the first beam
-        with the prefix's token at no cost; at the first free step after a prefix only the best
-        continuation may end."""
-        import torch
-
-        eot = self._rules.eot
-        cumulative = torch.tensor([hypothesis.score for hypothesis in beams],
-                                  device=log_probs.device)  # fmt: skip
-        values, indices = torch.topk((log_probs + cumulative.unsqueeze(1)).flatten(), 2 * width)
-        scores, flat = values.tolist(), indices.tolist()
-        vocabulary = log_probs.shape[1]
+        """The item's best continuations as tokens, summed log-probabilities, and the beam
+        each continues. A forced step continues the first beam with the prefix's token at no
+        cost; at the first free step after a prefix only the best continuation may end."""
+        scores, flat = list(best[0]), best[1]
         origins = [index // vocabulary for index in flat]
         tokens = [index % vocabulary for index in flat]
         prefix = self._requests[item].prefix
+        count = 2 * width
         if any_prefix and step < len(prefix):
-            return (
-                [prefix[step]] * (2 * width),
-                [0.0] + [-1e10] * (2 * width - 1),
-                [0] * (2 * width),
-            )
+            return [prefix[step]] * count, [0.0] + [-1e10] * (count - 1), [0] * count
         if any_prefix and step == len(prefix):
-            for candidate in range(1, 2 * width):
-                if tokens[candidate] == eot:
+            for candidate in range(1, count):
+                if tokens[candidate] == self._rules.eot:
                     tokens[candidate], scores[candidate] = 0, -1e10
         return tokens, scores, origins
 
