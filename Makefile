@@ -55,8 +55,9 @@ fuzz: setup
 # the lent GPU machine, with its own Python (no venv there), after each call's parts were kept
 # by `python3 -m pipelines.gpu_check stash`: without a GPU it stops at once (exit 3).
 # The wheels the image lacks go too (Python 3.12 builds of what this venv runs), under
-# .gpu-bundle/wheels-*: av and ctranslate2 each fill most of a call.
-GPU_WHEELS := faster-whisper ctranslate2 av jiwer rapidfuzz
+# .gpu-bundle/wheels-*: av and ctranslate2 each fill most of a call. pillow-heif is for the
+# keyframes stage's imports.
+GPU_WHEELS := faster-whisper ctranslate2 av jiwer rapidfuzz pillow-heif
 gpu-bundle: setup
 	$(BIN)/python -m pipelines.gpu_check bundle --models qarina-data/models --to .gpu-bundle
 	for package in $(GPU_WHEELS); do \

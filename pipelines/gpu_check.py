@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import importlib.util
 import json
 import os
@@ -32,7 +33,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+import types
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,17 +56,15 @@ TARGET_REAL_TIME = 300.0
 TARGET_CER_MARGIN = 0.01
 
 
-def _arabic_normaliser() -> Callable[[str], str]:
-    """workers/arabic.py's `normalise`, the one the transcript evaluation scores with, loaded
-    from its file: importing the `workers` package would import every stage and the packages
-    they need, which the GPU image does not hold."""
-    path = Path(__file__).resolve().parents[1] / "workers" / "arabic.py"
-    spec = importlib.util.spec_from_file_location("qarina_arabic", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    normalise: Callable[[str], str] = module.normalise
-    return normalise
+def _stages_without_registry() -> None:
+    """Let `workers.<stage>` import without `workers/__init__`, whose registry imports every
+    stage and what each needs: the photo hashers' pdqhash has no wheel for the GPU image's
+    Python, and keyframes and transcripts do not use it. A process that already imported
+    the package (the tests) keeps it."""
+    if "workers" not in sys.modules:
+        package = types.ModuleType("workers")
+        package.__path__ = [str(Path(__file__).resolve().parents[1] / "workers")]
+        sys.modules["workers"] = package
 
 
 def gpu_name() -> str | None:
@@ -77,9 +77,32 @@ def gpu_name() -> str | None:
     return name
 
 
-def bundle(corpus: Path, models_dir: Path, target: Path, long_minutes: float) -> dict[str, Any]:
-    """The speech arrays (int16), their references, and the weights in parts, under `target`."""
+#: The videos' shots (frames at 30 fps), a clip each: cuts where phones' keyframes are not.
+CLIP_SHOTS = ((90, 60, 150), (150, 45, 105), (30, 120, 90, 60))
+
+
+def bundle(
+    corpus: Path,
+    models_dir: Path,
+    target: Path,
+    long_minutes: float,
+    clip_size: str = "1920x1080",
+    clip_shots: Sequence[Sequence[int]] = CLIP_SHOTS,
+) -> dict[str, Any]:
+    """The speech arrays (int16) and their references, phone-shaped H.264 clips with known
+    cuts (the image has no ffmpeg to make them), and the weights in parts, under `target`."""
     from faster_whisper.audio import decode_audio
+
+    from pipelines.samples.videos import video_with_hard_cuts
+
+    (target / "clips").mkdir(parents=True, exist_ok=True)
+    cuts = {}
+    for number, shots in enumerate(clip_shots):
+        path = target / "clips" / f"clip{number}.mp4"
+        video_with_hard_cuts(path, shots, size=clip_size, rate=30,
+                             encoder=("-g", "30", "-sc_threshold", "0", "-bf", "0"))  # fmt: skip
+        cuts[path.name] = [int(frame) for frame in np.cumsum(shots)[:-1]]
+    (target / "clips.json").write_text(json.dumps(cuts))
 
     from pipelines.transcript_eval import corpus_clips
 
@@ -103,7 +126,7 @@ def bundle(corpus: Path, models_dir: Path, target: Path, long_minutes: float) ->
         whisper.assemble_base(models_dir).path, target / "whisper-base", PART_BYTES
     )
     return {"notes": len(notes), "long_s": len(one_pass) * repeats / SAMPLE_RATE,
-            "parts": [part["name"] for part in parts["parts"]]}  # fmt: skip
+            "clips": len(cuts), "parts": [part["name"] for part in parts["parts"]]}  # fmt: skip
 
 
 def _int16(samples: np.ndarray) -> np.ndarray:
@@ -150,6 +173,7 @@ def check(bundle_dir: Path, out: Path, rehearse: bool) -> int:
         steps: dict[str, Callable[[], dict[str, Any]]] = {
             "pytest_gpu": lambda: _pytest_gpu(pytest_environment(model, bundle_dir, rehearse)),
             "transcription": lambda: _transcription(model, bundle_dir, gpu is not None, rehearse),
+            "keyframes": lambda: _keyframes(bundle_dir, gpu is not None),
         }
         failed = False
         for name, step in steps.items():
@@ -265,6 +289,51 @@ def _transcription(
     return figures
 
 
+def _keyframes(bundle_dir: Path, on_gpu: bool) -> dict[str, Any]:
+    """The keyframes stage on each clip, decoding with NVDEC (PyAV's FFmpeg, `cuda`) and on
+    the CPU: the cuts each finds against those the clip was made with (within one frame),
+    which decoder really ran, and the time each took, the NVDEC run after an untimed one."""
+    _stages_without_registry()
+    from workers.base import Kind, StageInput
+    from workers.keyframes import KeyframesConfig, KeyframesStage
+
+    made = json.loads((bundle_dir / "clips.json").read_text())
+    paths = {"nvdec" if on_gpu else "rehearsal": "cuda" if on_gpu else "none", "cpu": "none"}
+    figures: dict[str, Any] = {name: {"wall_s": 0.0, "decoders": []} for name in paths}
+    clips: dict[str, dict[str, list[int]]] = {}
+    with tempfile.TemporaryDirectory(prefix="qarina-keyframes-") as scratch:
+        for name, mode in paths.items():
+            stage = KeyframesStage(KeyframesConfig(hwaccel=mode))
+            first = sorted(made)[0]
+            stage.run(StageInput("0" * 64, bundle_dir / "clips" / first, Kind.VIDEO),
+                      Path(tempfile.mkdtemp(dir=scratch)))  # fmt: skip
+            for clip, expected in sorted(made.items()):
+                started = time.monotonic()
+                output = stage.run(StageInput("0" * 64, bundle_dir / "clips" / clip, Kind.VIDEO),
+                                   Path(tempfile.mkdtemp(dir=scratch)))  # fmt: skip
+                figures[name]["wall_s"] += time.monotonic() - started
+                figures[name]["decoders"].append(output.result.decoder)
+                found = [cut.frame_index for cut in output.result.cuts]
+                clips.setdefault(clip, {"made": expected})[name] = found
+    for name in paths:
+        figures[name]["wall_s"] = round(figures[name]["wall_s"], 2)
+    fast, slow = (figures[name]["wall_s"] for name in paths)
+    figures["speedup"] = round(slow / fast, 2) if fast else None
+    figures["clips"] = clips
+    figures["same_cuts_within_one_frame"] = all(
+        _within_one_frame(cuts[name], cuts["made"]) for cuts in clips.values() for name in paths
+    )
+    if on_gpu:
+        figures["target_nvdec_at_least_5x"] = bool(figures["speedup"] and figures["speedup"] >= 5)
+    return figures
+
+
+def _within_one_frame(found: list[int], made: list[int]) -> bool:
+    return len(found) == len(made) and all(
+        abs(a - b) <= 1 for a, b in zip(found, made, strict=True)
+    )
+
+
 def _cpu_device() -> whisper.Device:
     """CTranslate2 int8, as CPU workers run, where its library loads; else PyTorch."""
     try:
@@ -285,7 +354,9 @@ def _engine_figures(
     import jiwer
     from faster_whisper import BatchedInferencePipeline
 
-    normalise = _arabic_normaliser()
+    _stages_without_registry()
+    from workers.arabic import normalise
+
     started = time.monotonic()
     loaded = whisper.load(model, device, cpu_threads=os.cpu_count() or 1)
     load_s = time.monotonic() - started

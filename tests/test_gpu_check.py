@@ -33,7 +33,8 @@ def test_without_a_gpu_the_check_stops_at_once_and_says_why(tmp_path: Path) -> N
 def test_a_rehearsal_runs_every_step_on_the_cpu(models_dir: Path, tmp_path: Path) -> None:
     if not (DEFAULT_CORPUS / "audio_ar").is_dir():
         pytest.skip("the shared corpus is not beside the repository")
-    made = gpu_check.bundle(DEFAULT_CORPUS, models_dir, tmp_path / "bundle", long_minutes=0.2)
+    made = gpu_check.bundle(DEFAULT_CORPUS, models_dir, tmp_path / "bundle", long_minutes=0.2,
+                            clip_size="320x180", clip_shots=((20, 15, 25),))  # fmt: skip
     assert len(made["parts"]) == 4, "145 MB of weights in parts of 40 MiB"
     stashed = tmp_path / "stash"
     for part in made["parts"]:  # as separate calls carry them
@@ -69,3 +70,7 @@ def test_a_rehearsal_runs_every_step_on_the_cpu(models_dir: Path, tmp_path: Path
         assert figures[engine]["long"]["characters"] > 0
         assert 0 <= figures[engine]["notes"]["cer"] <= 1.5
     assert figures["cpu"]["engine"] == whisper.CTRANSLATE2
+    keyframes = report["steps"]["keyframes"]
+    assert keyframes["same_cuts_within_one_frame"], keyframes["clips"]
+    assert keyframes["clips"]["clip0.mp4"]["made"] == [20, 35]
+    assert keyframes["rehearsal"]["decoders"] == keyframes["cpu"]["decoders"] == ["cpu"]
