@@ -38,8 +38,9 @@ _BFLOAT16 = 5
 
 def read_ct2(path: Path) -> dict[str, np.ndarray]:
     """Every variable of a CTranslate2 `model.bin` (format 6), int8 and int16 weights
-    dequantized with their scales, then aliases resolved (CTranslate2 aliases before it
-    quantizes, so an alias has no scale of its own), as float32 or integer arrays.
+    dequantized to float32 with their scales, then aliases resolved (CTranslate2 aliases
+    before it quantizes, so an alias has no scale of its own); float weights as stored
+    (bfloat16 widened to float32).
 
     Raises:
         ModelMissing: the file is not a CTranslate2 model this reader knows.
@@ -117,8 +118,8 @@ def _dequantized(variables: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if scale is not None and stored.dtype in (np.int8, np.int16):
             scales = scale.astype(np.float32).reshape(-1, *([1] * (stored.ndim - 1)))
             result[name] = stored.astype(np.float32) / scales
-        else:
-            result[name] = stored.astype(np.float32) if stored.dtype.kind == "f" else stored
+        else:  # float16 stays so until it becomes the engine's type, a tensor at a time
+            result[name] = stored
     return result
 
 
@@ -284,29 +285,33 @@ def load_modules(folder: Path, device: str, dtype: str) -> Any:
     elif (folder / "model.bin").is_file():
         variables = read_ct2(folder / "model.bin")
         state = hf_state_dict(variables)
-        model = WhisperForConditionalGeneration(
-            WhisperConfig(
-                vocab_size=state["model.decoder.embed_tokens.weight"].shape[0],
-                num_mel_bins=state["model.encoder.conv1.weight"].shape[1],
-                d_model=state["model.decoder.embed_tokens.weight"].shape[1],
-                encoder_layers=count_layers(variables, "encoder"),
-                decoder_layers=count_layers(variables, "decoder"),
-                encoder_attention_heads=int(variables["encoder/num_heads"]),
-                decoder_attention_heads=int(variables["decoder/num_heads"]),
-                encoder_ffn_dim=state["model.encoder.layers.0.fc1.weight"].shape[0],
-                decoder_ffn_dim=state["model.decoder.layers.0.fc1.weight"].shape[0],
-                max_source_positions=state["model.encoder.embed_positions.weight"].shape[0],
-                max_target_positions=state["model.decoder.embed_positions.weight"].shape[0],
+        with torch.device("meta"):  # no float32 model to fill first: the weights are assigned
+            model = WhisperForConditionalGeneration(
+                WhisperConfig(
+                    vocab_size=state["model.decoder.embed_tokens.weight"].shape[0],
+                    num_mel_bins=state["model.encoder.conv1.weight"].shape[1],
+                    d_model=state["model.decoder.embed_tokens.weight"].shape[1],
+                    encoder_layers=count_layers(variables, "encoder"),
+                    decoder_layers=count_layers(variables, "decoder"),
+                    encoder_attention_heads=int(variables["encoder/num_heads"]),
+                    decoder_attention_heads=int(variables["decoder/num_heads"]),
+                    encoder_ffn_dim=state["model.encoder.layers.0.fc1.weight"].shape[0],
+                    decoder_ffn_dim=state["model.decoder.layers.0.fc1.weight"].shape[0],
+                    max_source_positions=state["model.encoder.embed_positions.weight"].shape[0],
+                    max_target_positions=state["model.decoder.embed_positions.weight"].shape[0],
+                )
             )
-        )
+        converted: dict[int, torch.Tensor] = {}  # one tensor per array: the tied projection
+        for array in state.values():
+            if id(array) not in converted:
+                converted[id(array)] = torch.tensor(array, dtype=torch_dtype)
         try:
-            model.load_state_dict({name: torch.from_numpy(np.ascontiguousarray(array))
-                                   for name, array in state.items()}, strict=True)  # fmt: skip
+            model.load_state_dict({name: converted[id(array)] for name, array in state.items()},
+                                  strict=True, assign=True)  # fmt: skip
         except RuntimeError as error:
             raise ModelMissing(
                 f"{folder}: weights do not fit Whisper's modules ({error})"
             ) from None
-        model = model.to(torch_dtype)
     else:
         raise ModelMissing(f"{folder} holds neither a Hugging Face nor a CTranslate2 Whisper")
     return model.to(device).eval().requires_grad_(False)
