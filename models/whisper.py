@@ -239,18 +239,20 @@ def split_into_parts(folder: Path, target: Path, part_bytes: int) -> dict[str, A
     """A model folder written as parts of at most `part_bytes` each, for a machine that takes
     only so much per transfer (a lent GPU machine takes 64 MiB a call): the weights cut in
     pieces, the small files whole, and a manifest of every file's SHA-256 and the weights'
-    own, which `join_parts` checks."""
+    own, which `join_parts` checks. The weights are read once for all of it."""
     target.mkdir(parents=True, exist_ok=True)
     weights = _weights(folder)
     if len(weights) != 1:
         raise ModelMissing(f"{folder}: one weights file expected, found {len(weights)}")
-    manifest: dict[str, Any] = {"weights": weights[0].name, "sha256": _sha256(weights[0]),
-                                "parts": [], "files": {}}  # fmt: skip
+    whole = hashlib.sha256()
+    manifest: dict[str, Any] = {"weights": weights[0].name, "parts": [], "files": {}}
     with open(weights[0], "rb") as reader:
         while chunk := reader.read(part_bytes):
+            whole.update(chunk)
             name = f"{weights[0].name}.part{len(manifest['parts']) + 1}"
             (target / name).write_bytes(chunk)
             manifest["parts"].append({"name": name, "sha256": hashlib.sha256(chunk).hexdigest()})
+    manifest["sha256"] = whole.hexdigest()
     for path in sorted(folder.iterdir()):
         if path.is_file() and path != weights[0] and path.name != "manifest.json":
             shutil.copy(path, target / path.name)
@@ -261,7 +263,8 @@ def split_into_parts(folder: Path, target: Path, part_bytes: int) -> dict[str, A
 
 def join_parts(parts: Path, folder: Path) -> WhisperModel:
     """The model folder again from `split_into_parts`'s output, each part and file checked
-    against the manifest and the joined weights against their own SHA-256.
+    against the manifest and the joined weights against their own SHA-256, every part read
+    once while it is written.
 
     Raises:
         ModelMissing: a part or file is missing or differs from what was split.
@@ -272,17 +275,23 @@ def join_parts(parts: Path, folder: Path) -> WhisperModel:
         if not (parts / name).is_file() or _sha256(parts / name) != sha256:
             raise ModelMissing(f"{name} is missing or differs from the one split")
         shutil.copy(parts / name, folder / name)
+    whole = hashlib.sha256()
     with open(folder / manifest["weights"], "wb") as joined:
         for part in manifest["parts"]:
             path = parts / part["name"]
-            if not path.is_file() or _sha256(path) != part["sha256"]:
+            if not path.is_file():
                 raise ModelMissing(f"{part['name']} is missing or differs from the one split")
+            own = hashlib.sha256()
             with open(path, "rb") as reader:
-                shutil.copyfileobj(reader, joined, _CHUNK)
-    model = from_folder(folder)
-    if model.sha256 != manifest["sha256"]:
+                while chunk := reader.read(_CHUNK):
+                    own.update(chunk)
+                    whole.update(chunk)
+                    joined.write(chunk)
+            if own.hexdigest() != part["sha256"]:
+                raise ModelMissing(f"{part['name']} is missing or differs from the one split")
+    if whole.hexdigest() != manifest["sha256"]:
         raise ModelMissing(f"the joined {manifest['weights']} differs from the one split")
-    return model
+    return WhisperModel(folder.name, folder, manifest["sha256"])
 
 
 def _sha256(*paths: Path) -> str:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -45,28 +45,7 @@ def read_ct2(path: Path) -> dict[str, np.ndarray]:
     Raises:
         ModelMissing: the file is not a CTranslate2 model this reader knows.
     """
-    with open(path, "rb") as handle:
-        version = _unpack(handle, "I")
-        if version != 6:
-            raise ModelMissing(f"{path.name}: CTranslate2 model format {version}, expected 6")
-        _read_string(handle)  # the spec's name
-        _unpack(handle, "I")  # its revision
-        variables: dict[str, np.ndarray] = {}
-        aliases: dict[str, str] = {}
-        for _ in range(_unpack(handle, "I")):
-            name = _read_string(handle)
-            shape = [_unpack(handle, "I") for _ in range(_unpack(handle, "B"))]
-            type_id = _unpack(handle, "B")
-            raw = handle.read(_unpack(handle, "I"))
-            if type_id not in _CT2_DTYPES:
-                raise ModelMissing(f"{path.name}: unknown data type {type_id} in {name}")
-            array = np.frombuffer(raw, dtype=_CT2_DTYPES[type_id]).reshape(shape)
-            if type_id == _BFLOAT16:
-                array = (array.astype(np.uint32) << 16).view(np.float32)
-            variables[name] = array
-        for _ in range(_unpack(handle, "I")):
-            alias, target = _read_string(handle), _read_string(handle)
-            aliases[alias] = target
+    variables, aliases = _walk_ct2(path, lambda _: True)
     dequantized = _dequantized(variables)
     dequantized.update({alias: dequantized[target] for alias, target in aliases.items()})
     return dequantized
@@ -74,23 +53,45 @@ def read_ct2(path: Path) -> dict[str, np.ndarray]:
 
 def ct2_shapes(path: Path) -> tuple[dict[str, list[int]], int]:
     """Each variable's shape in a CTranslate2 `model.bin`, its data skipped, and the encoder's
-    number of attention heads (a scalar variable)."""
+    number of attention heads (a scalar variable, the one read)."""
+    variables, _ = _walk_ct2(path, lambda name: name == "encoder/num_heads")
+    return {name: list(array.shape) for name, array in variables.items()}, int(
+        variables["encoder/num_heads"]
+    )
+
+
+def _walk_ct2(
+    path: Path, wanted: Callable[[str], bool]
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """The variables of a `model.bin` (for those not `wanted`, whose bytes are skipped, not
+    read, a zero array of their shape) and its aliases (alias -> variable)."""
     with open(path, "rb") as handle:
-        _unpack(handle, "I")
-        _read_string(handle)
-        _unpack(handle, "I")
-        shapes: dict[str, list[int]] = {}
-        heads = 0
+        version = _unpack(handle, "I")
+        if version != 6:
+            raise ModelMissing(f"{path.name}: CTranslate2 model format {version}, expected 6")
+        _read_string(handle)  # the spec's name
+        _unpack(handle, "I")  # its revision
+        variables: dict[str, np.ndarray] = {}
         for _ in range(_unpack(handle, "I")):
             name = _read_string(handle)
-            shapes[name] = [_unpack(handle, "I") for _ in range(_unpack(handle, "B"))]
+            shape = [_unpack(handle, "I") for _ in range(_unpack(handle, "B"))]
             type_id = _unpack(handle, "B")
             size = _unpack(handle, "I")
-            if name == "encoder/num_heads":
-                heads = int(np.frombuffer(handle.read(size), dtype=_CT2_DTYPES[type_id])[0])
-            else:
+            if type_id not in _CT2_DTYPES:
+                raise ModelMissing(f"{path.name}: unknown data type {type_id} in {name}")
+            if not wanted(name):
                 handle.seek(size, 1)
-    return shapes, heads
+                variables[name] = np.broadcast_to(np.uint8(0), shape)  # its shape, no memory
+                continue
+            array = np.frombuffer(handle.read(size), dtype=_CT2_DTYPES[type_id]).reshape(shape)
+            if type_id == _BFLOAT16:
+                array = (array.astype(np.uint32) << 16).view(np.float32)
+            variables[name] = array
+        aliases = {}
+        for _ in range(_unpack(handle, "I")):
+            alias, target = _read_string(handle), _read_string(handle)
+            aliases[alias] = target
+    return variables, aliases
 
 
 def _unpack(handle: BinaryIO, code: str) -> int:
@@ -575,11 +576,12 @@ class TorchWhisper:
                 if return_no_speech_prob and requests[0].sot_index < start_step:
                     no_speech = self._no_speech(logits[:, requests[0].sot_index])
             sot_starts = requests[0].sot_index == start_step
-            search = _Search(self, requests, budget, rules, length_penalty,
-                             return_no_speech_prob and sot_starts)  # fmt: skip
+            at_first_step = self._no_speech if return_no_speech_prob and sot_starts else None
+            search = _Search(self._decoder, self.rules, requests, budget, rules, length_penalty,
+                             at_first_step)  # fmt: skip
             if beam_size == 1:
                 best = sampling_topk == 1 or sampling_temperature == 0
-                found, first = search.greedy(cache, max(num_hypotheses, 1), best,
+                found, first = search.greedy(cache, num_hypotheses, best,
                                              sampling_topk, sampling_temperature)  # fmt: skip
             else:
                 enough = round_half_away(beam_size * patience)
@@ -709,20 +711,23 @@ class _Search:
 
     def __init__(
         self,
-        engine: TorchWhisper,
+        decoder: _Decoder,
+        rules: TokenRules,
         requests: list[_Request],
         budget: int,
         processing: _Processing,
         length_penalty: float,
-        no_speech_first: bool,
+        no_speech: Callable[[torch.Tensor], list[float]] | None,
     ) -> None:
-        self._engine = engine
-        self._rules = engine.rules
+        self._decoder = decoder
+        self._rules = rules
         self._requests = requests
         self._budget = budget
         self._processing = processing
         self._length_penalty = length_penalty
-        self._no_speech_first = no_speech_first
+        #: Given where `<|startoftranscript|>` starts the decoding: its first step gives the
+        #: no-speech probabilities.
+        self._no_speech = no_speech
 
     def _forced(self, item: int, step: int) -> bool:
         return step < len(self._requests[item].prefix)
@@ -740,7 +745,7 @@ class _Search:
 
         device = cache.cross[0][0].device
         tokens = torch.tensor(inputs, device=device).unsqueeze(1)
-        logits, cache, _ = self._engine._decoder.step(tokens, cache)
+        logits, cache, _ = self._decoder.step(tokens, cache)
         raw = logits[:, -1]
         begins = [len(self._requests[item].prefix) for item in items]
         return raw, self._process(raw.clone(), histories, step, begins), cache
@@ -853,8 +858,8 @@ class _Search:
         for step in range(self._budget):
             raw, processed, cache = self._step(cache, inputs, [items[row] for row in alive],
                                                [tokens[row] for row in alive], step)  # fmt: skip
-            if step == 0 and self._no_speech_first:
-                first = self._engine._no_speech(raw)[::copies]
+            if step == 0 and self._no_speech is not None:
+                first = self._no_speech(raw)[::copies]
             log_probs = torch.log_softmax(processed, dim=-1)
             chosen = log_probs.argmax(dim=-1) if best else _sample(log_probs, top_k, temperature)
             picked = log_probs.gather(1, chosen.unsqueeze(1)).squeeze(1)
@@ -908,8 +913,8 @@ class _Search:
             inputs = [history[-1] if history else self._requests[item].start
                       for item, history in zip(items, histories, strict=True)]  # fmt: skip
             raw, processed, cache = self._step(cache, inputs, items, histories, step)
-            if step == 0 and self._no_speech_first:
-                first = self._engine._no_speech(raw)
+            if step == 0 and self._no_speech is not None:
+                first = self._no_speech(raw)
             log_probs = torch.log_softmax(processed, dim=-1)
             rows_kept: list[int] = []
             items_kept: list[int] = []
@@ -920,9 +925,8 @@ class _Search:
                 tokens, scores, origins = self._candidates(
                     item, step, best[position], log_probs.shape[1], width, any_prefix
                 )
-                prefix = self._requests[item].prefix
                 chosen = self._chosen(item, step, tokens, scores, origins, beams, finished, width)
-                if tokens[0] == eot and step >= len(prefix):
+                if tokens[0] == eot and not self._forced(item, step):
                     best_ended.add(item)
                 enough = ((item in best_ended and len(finished[item]) >= keep) if early_exit
                           else len(finished[item]) >= finished_enough)  # fmt: skip
@@ -1005,7 +1009,7 @@ class _Search:
         chosen: list[int] = []
         for candidate in range(width):
             taken = candidate
-            ends = tokens[candidate] == eot and step >= len(self._requests[item].prefix)
+            ends = tokens[candidate] == eot and not self._forced(item, step)
             if ends or step + 1 == self._budget:
                 history = beams[item][origins[candidate]].tokens
                 kept = history if tokens[candidate] == eot else [*history, tokens[candidate]]

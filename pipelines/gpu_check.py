@@ -97,6 +97,7 @@ def bundle(
     from faster_whisper.audio import decode_audio
 
     from pipelines.samples.videos import video_with_hard_cuts
+    from pipelines.transcript_eval import corpus_clips
 
     (target / "clips").mkdir(parents=True, exist_ok=True)
     cuts = {}
@@ -106,15 +107,11 @@ def bundle(
                              encoder=("-g", "30", "-sc_threshold", "0", "-bf", "0"))  # fmt: skip
         cuts[path.name] = [int(frame) for frame in np.cumsum(shots)[:-1]]
     (target / "clips.json").write_text(json.dumps(cuts))
-
-    from pipelines.transcript_eval import corpus_clips
-
     clips = corpus_clips(corpus / "audio_ar")
     notes = [decode_audio(str(corpus / "audio_ar" / clip.file)) for clip in clips]
     pause = np.zeros(SAMPLE_RATE // 2, dtype=np.float32)
     one_pass = np.concatenate([piece for note in notes for piece in (note, pause)])
     repeats = max(1, int(long_minutes * 60 * SAMPLE_RATE // len(one_pass)))
-    target.mkdir(parents=True, exist_ok=True)
     np.savez(
         target / "speech.npz",
         long=_int16(np.concatenate([one_pass] * repeats)),
@@ -137,11 +134,13 @@ def _int16(samples: np.ndarray) -> np.ndarray:
 
 
 def stash(bundle_dir: Path, stash_dir: Path = STASH) -> list[str]:
-    """Keep what this call carried of the bundle for a later call (parts travel apart)."""
+    """Keep what this call carried of the bundle for a later call (parts travel apart). A
+    file already kept at its size is not copied again (the tree may still hold an earlier
+    call's files); `join_parts` checks every byte by SHA-256 in the end."""
     kept = []
     for path in sorted(bundle_dir.rglob("*")):
-        if path.is_file():
-            into = stash_dir / path.relative_to(bundle_dir)
+        into = stash_dir / path.relative_to(bundle_dir)
+        if path.is_file() and not (into.is_file() and into.stat().st_size == path.stat().st_size):
             into.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(path, into)
             kept.append(str(path.relative_to(bundle_dir)))

@@ -347,16 +347,8 @@ class _Runner:
     def direct(self, clips: Sequence[CorpusClip], vad: bool) -> dict[str, Transcribed]:
         """faster-whisper as its README calls it: the file path, Arabic, its defaults (beam
         5), with its VAD on (its default VAD options) or off."""
-        from faster_whisper import WhisperModel
-
         device = whisper.choose_device(engine=whisper.CTRANSLATE2)  # faster-whisper's own
-        engine = WhisperModel(
-            str(self.model.path),
-            device=device.kind,
-            compute_type=device.compute_type,
-            cpu_threads=TranscriptConfig().cpu_threads,
-            local_files_only=True,
-        )
+        engine = whisper.load(self.model, device, TranscriptConfig().cpu_threads)
         texts = {}
         for clip in clips:
             segments, _ = engine.transcribe(
